@@ -1,0 +1,68 @@
+"""Pieces shared by the models: convolutional encoders and the recurrence driver."""
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+
+def conv_stack(c_in, c_mid, c_out, num_layers, final_activation=None):
+    """`num_layers` 3x3 convs (padding 1): c_in -> c_mid -> ... -> c_out, ReLU between.
+
+    `final_activation` (a module, or None) follows the last conv.
+    """
+    layers, c = [], c_in
+    for i in range(num_layers):
+        last = i == num_layers - 1
+        layers.append(nn.Conv2d(c, c_out if last else c_mid, 3, padding=1))
+        if not last:
+            layers.append(nn.ReLU())
+        c = c_mid
+    if final_activation is not None:
+        layers.append(final_activation)
+    return nn.Sequential(*layers)
+
+
+def full_precision(t):
+    """float32 for half-precision tensors (from an autocast region), else unchanged."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _run_segment(step, readout, num_steps, t0, keep_frames, state):
+    frames = []
+    for _ in range(num_steps):
+        state, frame = step(state)
+        frames.append(frame)
+    return state, readout.partial_features(frames, t0), (frames if keep_frames else None)
+
+
+def unroll(step, state, T, readout, bptt_segment=0, return_sequence=False):
+    """Run `state, frame = step(state)` T times, feeding every frame to the readout.
+
+    Returns (features for the readout's MLP, sequence B x T x C x H x W or None).
+
+    bptt_segment > 0: backpropagation through time recomputes the recurrence segment by
+    segment (activation checkpointing), so only the states at segment boundaries and
+    the readout's features are kept between forward and backward, instead of every
+    intermediate of every step. The arithmetic is the same; it costs one extra
+    forward pass of the recurrence. 0 keeps everything.
+
+    The recurrence runs in float32 (or float64) also inside a bfloat16 autocast region:
+    the waves are a long chain of small increments that bfloat16 would round away.
+    """
+    state = tuple(full_precision(s) for s in state)
+    use_checkpoint = bptt_segment > 0 and torch.is_grad_enabled()
+    seg = bptt_segment if bptt_segment > 0 else T
+    accumulated, frames = None, []
+    with torch.autocast(state[0].device.type, enabled=False):
+        for t0 in range(0, T, seg):
+            n = min(seg, T - t0)
+            args = (step, readout, n, t0, return_sequence, state)
+            if use_checkpoint:
+                state, partial, kept = checkpoint(_run_segment, *args, use_reentrant=False)
+            else:
+                state, partial, kept = _run_segment(*args)
+            accumulated = readout.combine(accumulated, partial)
+            if return_sequence:
+                frames.extend(kept)
+        features = readout.finish(accumulated)
+    sequence = torch.stack(frames, dim=1) if return_sequence else None
+    return features, sequence

@@ -1,0 +1,70 @@
+"""Neural Wave Machine: a damped, locally coupled oscillator RNN (SPEC section 2.1).
+
+Three 3x3 convolutional encoders read the image once and set, per pixel and channel,
+the natural frequency omega >= 0, the damping alpha >= 0 and the initial position y.
+The velocity z starts at 0. Each of the T steps is
+
+    z <- z + dt * ( tanh(W * y) - omega * y - alpha * z )
+    y <- y + dt * z                                   (with the new z)
+
+where W is a 3x3 convolution with circular padding, initialised to the discrete
+Laplacian on each channel: a wave equation whose waves carry information across the
+image, far beyond the 3x3 neighbourhood of one step. The readout sees y_1..y_T.
+"""
+import torch
+import torch.nn as nn
+
+from .common import conv_stack, full_precision, unroll
+from .readouts import TemporalReadout
+
+LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
+
+
+def laplacian_coupling(channels):
+    """3x3 circular conv that applies the discrete Laplacian to each channel alone."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1, padding_mode="circular", bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c in range(channels):
+            conv.weight[c, c] = torch.tensor(LAPLACIAN)
+    return conv
+
+
+class NWM(nn.Module):
+    recurrent = True
+
+    def __init__(self, in_channels=3, num_classes=6, c_mid=16, hidden_channels=2, T=100,
+                 dt=0.1, readout="linear", readout_width=256, readout_depth=3, bptt_segment=0):
+        super().__init__()
+        self.T, self.dt, self.bptt_segment = T, dt, bptt_segment
+        c = hidden_channels
+        self.omega_encoder = conv_stack(in_channels, c_mid, c, 3, nn.ReLU())
+        self.alpha_encoder = conv_stack(in_channels, c_mid, c, 3, nn.ReLU())
+        self.position_encoder = conv_stack(in_channels, c_mid, c, 4, nn.Tanh())
+        self.coupling = laplacian_coupling(c)
+        self.readout = TemporalReadout(readout, T, c, num_classes, readout_width, readout_depth)
+
+    def step(self, state, omega, alpha):
+        """One oscillator step: (y, z) -> (y, z), and y is the frame the readout sees."""
+        y, z = state
+        z = z + self.dt * (torch.tanh(self.coupling(y)) - omega * y - alpha * z)
+        y = y + self.dt * z
+        return (y, z), y
+
+    def initial_state(self, x):
+        """(omega, alpha, y_0, z_0) from the image; float32 also under autocast."""
+        omega = full_precision(self.omega_encoder(x))
+        alpha = full_precision(self.alpha_encoder(x))
+        y = full_precision(self.position_encoder(x))
+        return omega, alpha, y, torch.zeros_like(y)
+
+    def forward(self, x, return_sequence=False):
+        """x: B x in_channels x H x W -> logits B x classes x H x W.
+
+        With return_sequence=True also returns y_1..y_T as B x T x C x H x W.
+        """
+        omega, alpha, y, z = self.initial_state(x)
+        features, sequence = unroll(lambda s: self.step(s, omega, alpha), (y, z), self.T,
+                                    self.readout, self.bptt_segment, return_sequence)
+        logits = self.readout.head(features)
+        return (logits, sequence) if return_sequence else logits

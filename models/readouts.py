@@ -1,0 +1,127 @@
+"""Temporal readouts, shared by every model.
+
+A recurrent model produces a hidden sequence y_1..y_T (B x T x C x H x W). A readout
+turns each pixel's C time series into K features per channel and feeds the C*K
+features to an MLP that is the same for every pixel (SPEC section 2.5):
+
+    linear     learned T -> K map over time (no bias), K = T // 2 + 1
+    fft        |rfft| over time, K = T // 2 + 1 bins
+    last       y_T
+    mean_time  mean over time
+    max_time   max over time
+
+The features are accumulated frame by frame (`partial_features` + `combine`), so a model
+can consume its sequence in segments without ever holding all T frames; feeding the
+whole sequence at once is the same computation.
+"""
+import math
+
+import torch
+import torch.nn as nn
+
+READOUTS = ("linear", "fft", "last", "mean_time", "max_time")
+
+
+def num_temporal_features(readout, T):
+    """Features per channel that `readout` extracts from a sequence of length T."""
+    return T // 2 + 1 if readout in ("linear", "fft") else 1
+
+
+class PixelMLP(nn.Module):
+    """The same MLP at every pixel: in -> width (`depth` times, ReLU) -> num_classes.
+
+    Takes channels-last features (B x H x W x F) so every layer is one matrix product
+    over all pixels, and returns logits as a B x classes x H x W view.
+    """
+
+    def __init__(self, in_features, num_classes, width=256, depth=3):
+        super().__init__()
+        layers, d = [], in_features
+        for _ in range(depth):
+            # in-place ReLU: the head's activations are the largest tensors of a step
+            layers += [nn.Linear(d, width), nn.ReLU(inplace=True)]
+            d = width
+        layers.append(nn.Linear(d, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features):
+        B, H, W, F = features.shape
+        logits = self.net(features.reshape(B * H * W, F))
+        return logits.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+
+def _time_basis(readout, T):
+    """Fixed T x K' matrices that express a readout as a sum over time, or None."""
+    t = torch.arange(T, dtype=torch.float64)
+    if readout == "fft":
+        k = torch.arange(T // 2 + 1, dtype=torch.float64)
+        # angle = 2 pi (k t mod T) / T keeps the basis exact for large k * t
+        angle = 2 * math.pi * torch.remainder(t[:, None] * k[None, :], T) / T
+        real, imag = torch.cos(angle), -torch.sin(angle)
+        imag[:, 0] = 0  # the DC bin (and Nyquist bin, below) is real: make it exactly so
+        if T % 2 == 0:
+            imag[:, -1] = 0
+        return torch.cat([real, imag], dim=1).float()
+    if readout == "last":
+        basis = torch.zeros(T, 1)
+        basis[-1] = 1.0
+        return basis
+    if readout == "mean_time":
+        return torch.full((T, 1), 1.0 / T)
+    return None
+
+
+class TemporalReadout(nn.Module):
+    """Per-pixel readout of a hidden sequence: temporal features, then a PixelMLP."""
+
+    def __init__(self, readout, T, channels, num_classes, width=256, depth=3):
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
+        self.readout, self.T, self.channels = readout, T, channels
+        self.K = num_temporal_features(readout, T)
+        if readout == "linear":
+            # same initialisation as nn.Linear(T, K, bias=False), stored transposed (T x K)
+            bound = 1.0 / math.sqrt(T)
+            self.time_weight = nn.Parameter(torch.empty(T, self.K).uniform_(-bound, bound))
+        basis = _time_basis(readout, T)
+        if basis is not None:
+            self.register_buffer("time_basis", basis, persistent=False)
+        self.head = PixelMLP(channels * self.K, num_classes, width, depth)
+
+    def _basis(self):
+        return self.time_weight if self.readout == "linear" else self.time_basis
+
+    def partial_features(self, frames, t0):
+        """Contribution of frames y_{t0+1}..y_{t0+n} (a list of B x C x H x W tensors).
+
+        Returns B x H x W x C x K' (K' = 2K for fft: real and imaginary parts).
+        """
+        stacked = torch.stack(frames, dim=-1)  # B x C x H x W x n
+        if self.readout == "max_time":
+            return stacked.amax(dim=-1).permute(0, 2, 3, 1).unsqueeze(-1)
+        basis = self._basis()[t0:t0 + len(frames)].to(stacked.dtype)
+        return torch.einsum("bchwn,nk->bhwck", stacked, basis)
+
+    def combine(self, accumulated, partial):
+        if accumulated is None:
+            return partial
+        if self.readout == "max_time":
+            return torch.maximum(accumulated, partial)
+        return accumulated + partial
+
+    def finish(self, accumulated):
+        """Accumulated partial features -> B x H x W x (C * K) input of the MLP."""
+        if self.readout == "fft":
+            real, imag = accumulated.chunk(2, dim=-1)
+            # |complex| has a zero (not NaN) gradient at 0, unlike sqrt(re^2 + im^2)
+            accumulated = torch.complex(real, imag).abs()
+        B, H, W = accumulated.shape[:3]
+        return accumulated.reshape(B, H, W, -1)
+
+    def features(self, sequence):
+        """B x T x C x H x W sequence -> B x H x W x (C * K) features, in one go."""
+        return self.finish(self.partial_features(list(sequence.unbind(1)), 0))
+
+    def forward(self, sequence):
+        return self.head(self.features(sequence))
