@@ -1,0 +1,195 @@
+"""
+Shared pieces of the dataset programs in data_scripts/: the command-line flags, the
+per-split random streams, the generation loop (which keeps test and val images distinct
+from earlier splits), bilinear resizing, and all-or-nothing writing of a dataset folder.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dataset_config import DATA_ROOT_ENV, SPLITS, DatasetError, resolve_data_root
+
+FORMAT_VERSION = 1
+DEFAULT_SEED = 0
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def make_parser(info, doc, generated=True):
+    """The flags every dataset program shares; `generated` adds the split sizes."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default=None,
+                        help=f"data root folder (default: ${DATA_ROOT_ENV} if set, else ./data)")
+    parser.add_argument("--out", default=None, help=f"output folder (default: <data root>/{info.folder})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"random seed; the same seed gives byte-identical files (default: {DEFAULT_SEED})")
+    parser.add_argument("--force", action="store_true",
+                        help="re-create the dataset even if the output folder already holds one (any recipe)")
+    if generated:
+        for split, size in zip(info.splits, info.paper_split_sizes):
+            parser.add_argument(f"--{split}", type=positive_int, default=size,
+                                help=f"number of {split} images (default: {size}, the paper's)")
+    return parser
+
+
+def output_dir(args, info):
+    return Path(args.out) if args.out else resolve_data_root(args.data_root) / info.folder
+
+
+def run_cli(main):
+    """Runs a program's main(); dataset errors end it with their message, not a traceback."""
+    try:
+        main()
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+
+# -----------------------------------------------------------------------------
+# generation
+
+
+def split_rngs(seed):
+    """One independent generator per split, so e.g. changing --test leaves train unchanged."""
+    return dict(zip(SPLITS, (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(SPLITS)))))
+
+
+def image_digest(image):
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+
+
+def generate_splits(make_sample, sizes, seed, desc):
+    """Draws sizes[split] samples per split with make_sample(rng) -> (image, mask, info).
+    A val or test sample whose image equals an image of an earlier split is redrawn, so
+    test never repeats a train/val image and val never repeats a train image.
+    Returns ({"train_images": array, "train_masks": array, ...}, {split: [info, ...]},
+    {split: number of redrawn samples})."""
+    arrays, infos, redrawn, seen = {}, {}, {}, set()
+    for split, rng in split_rngs(seed).items():
+        images, masks, infos[split], redrawn[split], digests = None, None, [], 0, set()
+        for i in tqdm(range(sizes[split]), desc=f"{desc} {split}", unit="img"):
+            image, mask, info = make_sample(rng)
+            while split != "train" and image_digest(image) in seen:
+                redrawn[split] += 1
+                image, mask, info = make_sample(rng)
+            if images is None:
+                images = np.zeros((sizes[split],) + image.shape, np.uint8)
+                masks = np.zeros((sizes[split],) + mask.shape, np.uint8)
+            images[i], masks[i] = image, mask
+            infos[split].append(info)
+            digests.add(image_digest(image))
+        seen |= digests
+        arrays[f"{split}_images"], arrays[f"{split}_masks"] = images, masks
+    return arrays, infos, redrawn
+
+
+def bilinear_matrix(n_in, n_out):
+    """n_out x n_in weights of a 1-d bilinear resize with align_corners=False (half-pixel
+    centres, no antialiasing), i.e. torch.nn.functional.interpolate(mode='bilinear')."""
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)  # torch clamps at 0
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = src - i0
+    weights = np.zeros((n_out, n_in))
+    np.add.at(weights, (np.arange(n_out), i0), 1.0 - frac)
+    np.add.at(weights, (np.arange(n_out), i1), frac)
+    return weights
+
+
+def resize_bilinear(images, size):
+    """Resizes ... x h x w arrays to ... x size[0] x size[1] (float64); separable, so two matmuls."""
+    rows = bilinear_matrix(images.shape[-2], size[0])
+    cols = bilinear_matrix(images.shape[-1], size[1])
+    return rows @ np.asarray(images, np.float64) @ cols.T
+
+# -----------------------------------------------------------------------------
+# all-or-nothing writing
+
+
+def describe(name, seed, info, files, recipe, split_sizes=None):
+    """The part of dataset.json that says what was asked for; a rerun compares exactly this."""
+    request = {"format_version": FORMAT_VERSION, "dataset": name, "seed": seed}
+    if split_sizes is not None:
+        request["split_sizes"] = split_sizes
+    request.update(image_size=list(info.image_size), channels=info.channels,
+                   class_names=list(info.class_names), files=files, recipe=recipe)
+    return json.loads(json.dumps(request))  # as it will read back from the file (lists, str keys)
+
+
+def already_done(out_dir, request, force, keep=()):
+    """True if out_dir already holds a complete dataset made with this request (nothing to do).
+    Raises if it holds something else, unless --force. `keep` names entries of out_dir that
+    are not part of the dataset and survive a rewrite (MNIST's raw/ folder)."""
+    out_dir = Path(out_dir)
+    if force or not out_dir.exists():
+        return False
+    meta_path = out_dir / "dataset.json"
+    if not meta_path.is_file():
+        others = sorted(set(os.listdir(out_dir)) - set(keep))
+        if others:
+            raise DatasetError(f"{out_dir} exists but is not a dataset (no dataset.json; it holds "
+                               f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); "
+                               f"re-run with --force to replace it, or pick another --out")
+        return False
+    try:
+        old = json.loads(meta_path.read_text())
+    except ValueError:
+        raise DatasetError(f"{meta_path} is unreadable; re-run with --force to re-create the dataset") from None
+    changed = [key for key in request if old.get(key) != request[key]]
+    if changed:
+        if "recipe" in changed:  # name the recipe entries, not just "recipe"
+            old_recipe = old.get("recipe") or {}
+            changed.remove("recipe")
+            changed += [f"recipe.{k}" for k in request["recipe"] if old_recipe.get(k) != request["recipe"][k]]
+        raise DatasetError(f"{out_dir} holds a dataset made with a different recipe (differs in: "
+                           f"{', '.join(changed)}); re-run with --force to replace it")
+    missing = [f for f in request["files"] if not (out_dir / f).is_file()]
+    if missing:
+        raise DatasetError(f"{out_dir} is incomplete (missing {', '.join(missing)}); re-run with --force")
+    print(f"{out_dir} already holds this dataset (same recipe): nothing to do. Use --force to re-create it.")
+    return True
+
+
+def write_dataset(out_dir, arrays, meta, keep=()):
+    """Writes {name}.npy for every array plus dataset.json into a temporary sibling folder,
+    then renames it into place, so out_dir is never half written: a crash while writing
+    leaves the old state. An existing out_dir is replaced (the caller checked --force);
+    the entries named in `keep` are carried over from it."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset folder should not be
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # the swap is a few renames in one folder; if one fails, nothing has been deleted yet
+    if out_dir.exists():
+        old = out_dir.parent / tmp.name.replace(".tmp-", ".old-")
+        os.rename(out_dir, old)
+        for entry in keep:
+            if (old / entry).exists():
+                os.rename(old / entry, tmp / entry)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out_dir)
+    print(f"wrote {out_dir}")

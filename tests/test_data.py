@@ -1,0 +1,531 @@
+"""Tests of the datasets: dataset_config.py (table, loader, errors) and data_scripts/ (recipes,
+determinism, all-or-nothing writing, MNIST's IDX/checksum path on fake files)."""
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dataset_config as dc  # noqa: E402
+from data_scripts import common, create_multi_mnist, create_polygons, create_tetrominoes, download_mnist  # noqa: E402
+from data_scripts import show_samples  # noqa: E402
+
+TINY = ["--train", "20", "--val", "5", "--test", "5"]
+
+
+def create(module, root, *extra):
+    return module.main(["--data-root", str(root), *TINY, *extra])
+
+
+def npy_bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("*.npy"))}
+
+
+def write_idx(path, array):
+    """A gzip'd IDX file: magic 0x08nn (unsigned bytes, nn dimensions), the dimensions, the bytes."""
+    array = np.asarray(array, np.uint8)
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_fake_mnist(folder, train_digits, train_labels, test_digits, test_labels):
+    """The four MNIST files with these contents; returns their checksum table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = {"train-images-idx3-ubyte.gz": train_digits, "train-labels-idx1-ubyte.gz": train_labels,
+             "t10k-images-idx3-ubyte.gz": test_digits, "t10k-labels-idx1-ubyte.gz": test_labels}
+    for name, array in parts.items():
+        write_idx(folder / name, array)
+    return {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in parts}
+
+
+@pytest.fixture(scope="module")
+def tetro_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tetro")
+    create(create_tetrominoes, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def polygon_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("poly")
+    create(create_polygons, root)
+    return root
+
+# -----------------------------------------------------------------------------
+# the table and the data root
+
+
+def test_resolve_data_root(monkeypatch):
+    monkeypatch.delenv(dc.DATA_ROOT_ENV, raising=False)
+    assert dc.resolve_data_root() == Path("data")
+    monkeypatch.setenv(dc.DATA_ROOT_ENV, "/somewhere")
+    assert dc.resolve_data_root() == Path("/somewhere")
+    assert dc.resolve_data_root("/given") == Path("/given")
+
+
+def test_dataset_table_matches_spec():
+    expected = {"tetrominoes": ((64, 64), 3, 6, (10_000, 1_000, 1_000)),
+                "mnist": ((56, 56), 1, 11, (51_000, 9_000, 10_000)),
+                "multi_mnist": ((128, 128), 1, 11, (10_000, 1_000, 1_000)),
+                "polygons": ((64, 64), 1, 7, (10_000, 1_000, 1_000))}
+    assert set(dc.DATASETS) == set(expected)
+    for name, (size, channels, classes, splits) in expected.items():
+        info = dc.get_info(name)
+        assert (info.image_size, info.channels, info.num_classes, info.paper_split_sizes) == (size, channels,
+                                                                                               classes, splits)
+        assert len(info.class_names) == classes and info.class_names[0] == "background"
+        assert info.splits == ("train", "val", "test") and info.create_command.startswith("python data_scripts/")
+        assert (ROOT / info.create_command.split()[1]).is_file()
+    assert dc.get_info("tetrominoes").class_names == ("background", "I", "O", "T", "S/Z", "J/L")
+    assert dc.get_info("polygons").class_names[1] == "triangle" and dc.get_info("polygons").class_names[6] == "octagon"
+
+# -----------------------------------------------------------------------------
+# determinism, splits, writing
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, tetro_root):
+    create(create_tetrominoes, tmp_path / "a")
+    assert npy_bytes(tmp_path / "a" / "tetrominoes") == npy_bytes(tetro_root / "tetrominoes")
+    assert ((tmp_path / "a" / "tetrominoes" / "dataset.json").read_bytes()
+            == (tetro_root / "tetrominoes" / "dataset.json").read_bytes())
+    create(create_tetrominoes, tmp_path / "b", "--seed", "1")
+    other = npy_bytes(tmp_path / "b" / "tetrominoes")
+    assert all(other[name] != data for name, data in npy_bytes(tetro_root / "tetrominoes").items())
+
+
+def test_split_streams_are_independent(tmp_path, polygon_root):
+    # a bigger test split must not change train (each split has its own random stream)
+    create_polygons.main(["--data-root", str(tmp_path), "--train", "20", "--val", "5", "--test", "9"])
+    ours, reference = npy_bytes(tmp_path / "polygons"), npy_bytes(polygon_root / "polygons")
+    assert ours["train_images.npy"] == reference["train_images.npy"]
+    assert ours["val_masks.npy"] == reference["val_masks.npy"]
+
+
+@pytest.mark.parametrize("name", ["tetrominoes", "polygons"])
+def test_no_test_image_repeats_train_or_val(name, tetro_root, polygon_root):
+    root = tetro_root if name == "tetrominoes" else polygon_root
+    digests = {s: {common.image_digest(i) for i in np.load(root / name / f"{s}_images.npy")} for s in dc.SPLITS}
+    assert not digests["test"] & (digests["train"] | digests["val"])
+    assert not digests["val"] & digests["train"]
+
+
+def test_colliding_samples_are_redrawn():
+    # a sampler with only 6 possible images: val and test must avoid train's (and test val's)
+    def make_sample(rng):
+        k = int(rng.integers(6))
+        return np.full((2, 2), k, np.uint8), np.zeros((2, 2), np.uint8), k
+
+    arrays, _, redrawn = common.generate_splits(make_sample, {"train": 3, "val": 1, "test": 1}, 0, "toy")
+    train = set(arrays["train_images"][:, 0, 0])
+    assert arrays["val_images"][0, 0, 0] not in train
+    assert arrays["test_images"][0, 0, 0] not in train | {arrays["val_images"][0, 0, 0]}
+    again = common.generate_splits(make_sample, {"train": 3, "val": 1, "test": 1}, 0, "toy")
+    assert all(np.array_equal(arrays[k], again[0][k]) for k in arrays) and again[2] == redrawn
+
+
+def test_dataset_json(tetro_root):
+    meta = json.loads((tetro_root / "tetrominoes" / "dataset.json").read_text())
+    assert meta["format_version"] == common.FORMAT_VERSION and meta["dataset"] == "tetrominoes"
+    assert meta["seed"] == common.DEFAULT_SEED and meta["split_sizes"] == {"train": 20, "val": 5, "test": 5}
+    assert meta["image_size"] == [64, 64] and meta["class_names"][1] == "I"
+    assert "32" in meta["recipe"]["colour"] and set(meta["stats"]["redrawn_as_duplicates"]) == set(dc.SPLITS)
+
+
+def test_rerun_does_nothing_other_recipe_needs_force(tmp_path, capsys):
+    out = create(create_polygons, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    create(create_polygons, tmp_path)
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    with pytest.raises(dc.DatasetError, match="different recipe.*seed.*--force"):
+        create(create_polygons, tmp_path, "--seed", "3")
+    old = npy_bytes(out)
+    create(create_polygons, tmp_path, "--seed", "3", "--force")
+    assert npy_bytes(out)["train_images.npy"] != old["train_images.npy"]
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["polygons"]  # no temporary folders left
+
+
+def test_crash_leaves_no_half_dataset(tmp_path, monkeypatch):
+    real_save, calls = np.save, []
+
+    def failing_save(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_save(path, array)
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        create(create_tetrominoes, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither the dataset nor its temporary folder
+    monkeypatch.setattr(np, "save", real_save)
+    out = create(create_tetrominoes, tmp_path)
+    old = npy_bytes(out)
+    calls.clear()
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        create(create_tetrominoes, tmp_path, "--seed", "5", "--force")
+    assert npy_bytes(out) == old and [p.name for p in tmp_path.iterdir()] == ["tetrominoes"]
+
+
+def test_temporary_folder_is_not_a_dataset(tmp_path):
+    half = tmp_path / ".tetrominoes.tmp-1234"
+    half.mkdir()
+    np.save(half / "train_images.npy", np.zeros((2, 64, 64, 3), np.uint8))
+    np.save(half / "train_masks.npy", np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(dc.DatasetNotFoundError):
+        dc.load_dataset("tetrominoes", "train", tmp_path)
+    out = create(create_tetrominoes, tmp_path)
+    assert dc.load_dataset("tetrominoes", "train", tmp_path)[0].shape == (20, 3, 64, 64) and out.is_dir()
+
+
+def test_existing_folder_that_is_not_a_dataset_needs_force(tmp_path):
+    (tmp_path / "polygons").mkdir()
+    (tmp_path / "polygons" / "notes.txt").write_text("mine")
+    with pytest.raises(dc.DatasetError, match="not a dataset.*--force"):
+        create(create_polygons, tmp_path)
+
+# -----------------------------------------------------------------------------
+# the loader and its errors
+
+
+def test_load_dataset_outputs(tetro_root, polygon_root):
+    for name, root, channels, classes in (("tetrominoes", tetro_root, 3, 6), ("polygons", polygon_root, 1, 7)):
+        images, masks = dc.load_dataset(name, "train", root)
+        raw = np.load(root / name / "train_images.npy")
+        assert images.dtype == torch.float32 and images.shape == (20, channels, 64, 64)
+        assert masks.dtype == torch.int64 and masks.shape == (20, 64, 64)
+        assert 0 <= images.min() and images.max() <= 1 and 0 <= masks.min() and masks.max() < classes
+        as_stored = images.permute(0, 2, 3, 1) if channels == 3 else images[:, 0]
+        assert torch.equal(as_stored, torch.from_numpy(raw).float() / 255)
+        small_images, small_masks = dc.load_dataset(name, "val", root, limit=3)
+        assert small_images.shape[0] == 3 and torch.equal(small_masks, dc.load_dataset(name, "val", root)[1][:3])
+
+
+def test_load_dataset_uses_env_root(tetro_root, monkeypatch):
+    monkeypatch.setenv(dc.DATA_ROOT_ENV, str(tetro_root))
+    assert dc.load_dataset("tetrominoes", "test")[0].shape == (5, 3, 64, 64)
+
+
+def test_loader_name_split_and_missing_errors(tmp_path, tetro_root):
+    with pytest.raises(dc.UnknownDatasetError, match="valid names: tetrominoes, mnist, multi_mnist, polygons"):
+        dc.load_dataset("tetris", "train", tetro_root)
+    with pytest.raises(dc.UnknownDatasetError):
+        dc.get_info("tetris")
+    with pytest.raises(dc.DatasetError, match="unknown split 'dev'.*train, val, test"):
+        dc.load_dataset("tetrominoes", "dev", tetro_root)
+    with pytest.raises(dc.DatasetError, match="limit=21"):
+        dc.load_dataset("tetrominoes", "train", tetro_root, limit=21)
+    with pytest.raises(dc.DatasetNotFoundError) as e:
+        dc.load_dataset("polygons", "train", tmp_path)
+    assert f"python data_scripts/create_polygons.py --data-root {tmp_path}" in str(e.value)
+    with pytest.raises(dc.DatasetNotFoundError) as e:
+        dc.load_dataset("mnist", "test", tmp_path)
+    assert f"python data_scripts/download_mnist.py --data-root {tmp_path}" in str(e.value)
+    assert f"--from-dir DIR --data-root {tmp_path}" in str(e.value)
+
+
+def test_missing_dataset_message_in_default_root(tmp_path, monkeypatch):
+    monkeypatch.delenv(dc.DATA_ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(dc.DatasetNotFoundError, match=r"Create it with:\npython data_scripts/create_tetrominoes.py$"):
+        dc.load_dataset("tetrominoes", "train")
+
+
+@pytest.mark.parametrize("file, array, problem", [
+    ("train_images.npy", np.zeros((3, 64, 64, 3), np.float32), "dtype is float32"),
+    ("train_images.npy", np.zeros((3, 64, 64), np.uint8), r"shape is \(3, 64, 64\)"),
+    ("train_masks.npy", np.zeros((3, 32, 32), np.uint8), "shape is"),
+    ("train_masks.npy", np.zeros((3, 64, 64), np.int64), "dtype is int64"),
+    ("train_masks.npy", np.full((3, 64, 64), 6, np.uint8), "class id 6"),
+    ("train_masks.npy", np.zeros((4, 64, 64), np.uint8), "holds 4 masks but train_images.npy holds 3"),
+])
+def test_loader_rejects_bad_files(tmp_path, file, array, problem):
+    folder = tmp_path / "tetrominoes"
+    folder.mkdir()
+    np.save(folder / "train_images.npy", np.zeros((3, 64, 64, 3), np.uint8))
+    np.save(folder / "train_masks.npy", np.zeros((3, 64, 64), np.uint8))
+    np.save(folder / file, array)
+    with pytest.raises(dc.CorruptDatasetError, match=problem) as e:
+        dc.load_dataset("tetrominoes", "train", tmp_path)
+    assert str(folder / file) in str(e.value)
+    assert f"create_tetrominoes.py --data-root {tmp_path} --force" in str(e.value)
+
+
+def test_loader_rejects_unreadable_file(tmp_path):
+    folder = tmp_path / "polygons"
+    folder.mkdir()
+    (folder / "val_images.npy").write_bytes(b"not a numpy file")
+    np.save(folder / "val_masks.npy", np.zeros((3, 64, 64), np.uint8))
+    with pytest.raises(dc.CorruptDatasetError, match="--force"):
+        dc.load_dataset("polygons", "val", tmp_path)
+
+# -----------------------------------------------------------------------------
+# recipes
+
+
+def test_tetromino_recipe():
+    rng = np.random.default_rng(7)
+    seen_clipped = False
+    for _ in range(300):
+        image, mask, info = create_tetrominoes.make_sample(rng)
+        pieces = info["pieces"]
+        assert 1 <= len(pieces) <= 5 and info["left_out"] == 0
+        assert (mask > 0).sum() == 196 * len(pieces)  # 4 cells of 7x7 each, never overlapping
+        occupied = np.zeros((64, 64), bool)
+        for p in pieces:
+            pixels, ring = create_tetrominoes.SHAPES[p["label"] - 1, p["mirror"], p["turns"]]
+            assert pixels.sum() == 196 and ring.sum() == 4 * 24  # each 7x7 cell has a 24-pixel ring
+            h, w = pixels.shape
+            y, x = p["y"], p["x"]
+            assert 0 <= y <= 64 - h and 0 <= x <= 64 - w
+            assert not occupied[y:y + h, x:x + w].any()  # no earlier pixel in the bounding box
+            occupied[y:y + h, x:x + w] |= pixels
+            colour = np.array(p["colour"])
+            assert colour.max() >= 32
+            box = image[y:y + h, x:x + w].astype(int)
+            assert (box[pixels & ~ring] == colour).all()
+            assert (box[ring] == np.minimum(colour + colour // 2, 255)).all()
+            assert (box[ring] >= box[pixels & ~ring][0]).all()  # brightened, never wrapped around
+            assert (mask[y:y + h, x:x + w][pixels] == p["label"]).all()
+            seen_clipped |= bool((colour > 170).any())
+        assert (mask > 0).sum() == occupied.sum() and (image[~occupied] == 0).all()
+        for label in range(1, 6):  # every connected region of one label is made of whole pieces
+            regions, n = ndimage.label(mask == label)
+            assert all(np.sum(regions == r) % 196 == 0 for r in range(1, n + 1))
+    assert seen_clipped
+
+
+def test_tetromino_shapes():
+    # 19 distinct oriented shapes; mirrors only for S/Z and J/L
+    distinct = {(p.shape, p.tobytes()) for p, _ in create_tetrominoes.SHAPES.values()}
+    assert len(distinct) == 19
+    assert all(create_tetrominoes.SHAPES[f, False, 0][0].shape[0] % 7 == 0 for f in range(5))
+
+
+def test_stored_tetrominoes(tetro_root):
+    for split in dc.SPLITS:
+        images = np.load(tetro_root / "tetrominoes" / f"{split}_images.npy")
+        masks = np.load(tetro_root / "tetrominoes" / f"{split}_masks.npy")
+        assert images.dtype == masks.dtype == np.uint8 and images.shape[1:] == (64, 64, 3)
+        fg = (masks > 0).sum((1, 2))
+        assert (fg % 196 == 0).all() and (fg >= 196).all() and (fg <= 5 * 196).all() and masks.max() <= 5
+        assert ((images.max(-1) > 0) == (masks > 0)).all()
+
+
+def test_polygon_recipe():
+    rng = np.random.default_rng(3)
+    sides_seen = set()
+    for _ in range(200):
+        image, mask, info = create_polygons.make_sample(rng)
+        polygons = info["polygons"]
+        assert 1 <= len(polygons) <= 4 and len(polygons) + info["left_out"] <= 4
+        # 8-connected components: polygons at least 1 pixel apart form one component each
+        regions, n = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+        assert n == len(polygons)
+        for p in polygons:
+            cy, cx = int(p["cy"]), int(p["cx"])
+            region = regions == regions[cy, cx]
+            assert regions[cy, cx] > 0
+            assert (mask[region] == p["sides"] - 2).all() and (image[region] == p["intensity"]).all()
+            assert 128 <= p["intensity"] <= 255 and 8 <= p["radius"] <= 14
+            expected_area = 0.5 * p["sides"] * p["radius"] ** 2 * np.sin(2 * np.pi / p["sides"])
+            assert abs(region.sum() - expected_area) < 0.25 * expected_area
+            sides_seen.add(p["sides"])
+        assert ((image > 0) == (mask > 0)).all()
+    assert sides_seen == set(range(3, 9))
+
+
+def test_polygon_rasterise_square():
+    # a square of circumradius 5 * sqrt(2) rotated 45 degrees = the axis-aligned 10 x 10 square
+    pixels = create_polygons.rasterise(4, 5 * np.sqrt(2), np.pi / 4, 20.0, 30.0, (64, 64))
+    assert pixels.sum() == 100 and pixels[15:25, 25:35].all()
+
+
+def test_stored_polygons(polygon_root):
+    masks = np.load(polygon_root / "polygons" / "train_masks.npy")
+    images = np.load(polygon_root / "polygons" / "train_images.npy")
+    assert masks.max() <= 6 and ((images > 0) == (masks > 0)).all() and (masks > 0).any((1, 2)).all()
+
+# -----------------------------------------------------------------------------
+# bilinear resize, IDX files, checksums, MNIST
+
+
+@pytest.mark.parametrize("size_in, size_out", [((28, 28), (56, 56)), ((28, 28), (42, 42)), ((5, 7), (9, 3))])
+def test_bilinear_matches_torch(size_in, size_out):
+    x = np.random.default_rng(0).random((4,) + size_in)
+    ours = common.resize_bilinear(x, size_out)
+    theirs = F.interpolate(torch.from_numpy(x)[:, None], size=size_out, mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-12)
+
+
+def test_read_idx(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "images.gz", images)
+    write_idx(tmp_path / "labels.gz", np.array([1, 2, 9]))
+    assert np.array_equal(download_mnist.read_idx(tmp_path / "images.gz"), images)
+    assert download_mnist.read_idx(tmp_path / "labels.gz").tolist() == [1, 2, 9]
+    with gzip.open(tmp_path / "bad_magic.gz", "wb") as f:
+        f.write(struct.pack(">II", 2052, 1) + b"\0")
+    with pytest.raises(dc.DatasetError, match="bad_magic.gz: magic number 2052"):
+        download_mnist.read_idx(tmp_path / "bad_magic.gz")
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 2, 28, 28) + bytes(100))
+    with pytest.raises(dc.DatasetError, match="short.gz: header says 2 x 28 x 28 = 1568 bytes, the file holds 100"):
+        download_mnist.read_idx(tmp_path / "short.gz")
+
+
+def test_verify_md5(tmp_path):
+    path = tmp_path / "file.gz"
+    path.write_bytes(b"hello")
+    download_mnist.verify_md5(path, hashlib.md5(b"hello").hexdigest())
+    with pytest.raises(dc.DatasetError, match=f"{path}: MD5 is .*expected 0123"):
+        download_mnist.verify_md5(path, "0123")
+
+
+@pytest.fixture(scope="module")
+def fake_mnist(tmp_path_factory):
+    """100 training and 20 test 'digits' of random noise, and their checksum table."""
+    rng = np.random.default_rng(0)
+    source = tmp_path_factory.mktemp("mnist_files")
+    sums = write_fake_mnist(source, rng.integers(0, 256, (100, 28, 28)), rng.integers(0, 10, 100),
+                            rng.integers(0, 256, (20, 28, 28)), rng.integers(0, 10, 20))
+    return source, sums
+
+
+def test_mnist_from_dir(tmp_path, fake_mnist, capsys):
+    source, sums = fake_mnist
+    out = download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=sums)
+    assert out == tmp_path / "mnist" and sorted(p.name for p in (out / "raw").iterdir()) == sorted(sums)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["split_sizes"] == {"train": 85, "val": 15, "test": 20} and meta["recipe"]["source"] == sums
+
+    digits = download_mnist.read_idx(source / "train-images-idx3-ubyte.gz")
+    labels = download_mnist.read_idx(source / "train-labels-idx1-ubyte.gz")
+    reference = F.interpolate(torch.from_numpy(digits / 255.0)[:, None], size=(56, 56), mode="bilinear",
+                              align_corners=False)[:, 0].numpy()
+    expected_masks = np.where(reference > 0.5, labels[:, None, None] + 1, 0)
+    # train + val are the 100 training digits, each exactly once, in a seeded order
+    order = np.random.default_rng(common.DEFAULT_SEED).permutation(100)
+    train, val = dc.load_dataset("mnist", "train", tmp_path), dc.load_dataset("mnist", "val", tmp_path)
+    images = torch.cat([train[0], val[0]])[:, 0].numpy()
+    masks = torch.cat([train[1], val[1]]).numpy()
+    assert images.shape == (100, 56, 56) and train[0].shape == (85, 1, 56, 56) and val[1].shape == (15, 56, 56)
+    assert np.abs(images * 255 - reference[order] * 255).max() <= 0.5 + 1e-6  # round(resized * 255)
+    near_threshold = np.abs(reference[order] - 0.5) < 1e-9
+    assert ((masks == expected_masks[order]) | near_threshold).all() and masks.max() <= 10
+    test_images, test_masks = dc.load_dataset("mnist", "test", tmp_path)
+    assert test_images.shape == (20, 1, 56, 56) and test_masks.max() <= 10
+
+    capsys.readouterr()
+    download_mnist.main(["--data-root", str(tmp_path)], checksums=sums)  # no download needed: complete
+    assert "nothing to do" in capsys.readouterr().out
+    download_mnist.main(["--data-root", str(tmp_path), "--seed", "1", "--force"], checksums=sums)
+    assert sorted(p.name for p in (out / "raw").iterdir()) == sorted(sums)  # raw/ survives the rewrite
+    assert not torch.equal(dc.load_dataset("mnist", "train", tmp_path)[1], train[1])
+
+
+def test_mnist_from_dir_errors(tmp_path, fake_mnist):
+    source, sums = fake_mnist
+    wrong = {**sums, "t10k-labels-idx1-ubyte.gz": "0" * 32}
+    with pytest.raises(dc.DatasetError, match="t10k-labels-idx1-ubyte.gz: MD5 is .* expected 0000"):
+        download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=wrong)
+    assert not (tmp_path / "mnist" / "raw" / "t10k-labels-idx1-ubyte.gz").exists()
+    with pytest.raises(dc.DatasetError, match="not found: --from-dir needs the four MNIST files"):
+        download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(tmp_path / "empty")], checksums=sums)
+
+
+def test_mnist_download_failure_message(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise OSError("no network")
+
+    monkeypatch.setattr(download_mnist.urllib.request, "urlopen", offline)
+    with pytest.raises(dc.DatasetError) as e:
+        download_mnist.fetch_raw(tmp_path / "raw")
+    message = str(e.value)
+    assert "could not download train-images-idx3-ubyte.gz" in message and "no network" in message
+    assert all(mirror in message for mirror in download_mnist.MIRRORS)
+    assert str(tmp_path / "raw" / "train-images-idx3-ubyte.gz") in message and "--from-dir" in message
+
+
+def test_multi_mnist(tmp_path):
+    # identical square "digits" with labels 0..9: each placed digit covers the same number of pixels
+    digits = np.zeros((30, 28, 28), np.uint8)
+    digits[:, 9:19, 9:19] = 200
+    sums = write_fake_mnist(tmp_path / "source", digits, np.arange(30) % 10, digits[:5], np.arange(5))
+    download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(tmp_path / "source")], checksums=sums)
+    out = create(create_multi_mnist, tmp_path)
+    glyph_pixels = create_multi_mnist.glyph(digits[0]).sum()
+    assert 200 < glyph_pixels < 42 * 42
+    for split, n in (("train", 20), ("val", 5), ("test", 5)):
+        images = np.load(out / f"{split}_images.npy")
+        masks = np.load(out / f"{split}_masks.npy")
+        counts = np.load(out / f"{split}_counts.npy")
+        assert images.shape == (n, 128, 128) and masks.shape == (n, 128, 128) and counts.shape == (n,)
+        assert ((counts >= 1) & (counts <= 4)).all()
+        assert set(np.unique(images)) <= {0, 255} and ((images == 255) == (masks > 0)).all()  # binarised
+        assert ((masks > 0).sum((1, 2)) == counts * glyph_pixels).all()  # never overlapping
+    assert dc.load_dataset("multi_mnist", "train", tmp_path)[0].shape == (20, 1, 128, 128)
+
+    rng = np.random.default_rng(0)
+    make_sample = create_multi_mnist.make_sampler(digits, np.arange(30) % 10)
+    for _ in range(50):
+        image, mask, info = make_sample(rng)
+        assert len(info["digits"]) + info["skipped"] <= 4
+        for d in info["digits"]:
+            pixels = create_multi_mnist.glyph(digits[d["index"]])
+            assert (mask[d["y"]:d["y"] + 42, d["x"]:d["x"] + 42][pixels] == d["label"] + 1).all()
+
+
+def test_multi_mnist_needs_raw_mnist(tmp_path):
+    with pytest.raises(dc.DatasetError, match=f"python data_scripts/download_mnist.py --data-root {tmp_path}"):
+        create(create_multi_mnist, tmp_path)
+
+# -----------------------------------------------------------------------------
+# command line and pictures
+
+
+@pytest.mark.parametrize("module", [create_tetrominoes, create_polygons, create_multi_mnist, download_mnist,
+                                    show_samples])
+def test_help(module, capsys):
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0
+    assert "--data-root" in capsys.readouterr().out
+
+
+def test_cli(tmp_path):
+    env = {**os.environ, dc.DATA_ROOT_ENV: str(tmp_path)}
+    run = subprocess.run([sys.executable, "data_scripts/create_polygons.py", "--train", "3", "--val", "2",
+                          "--test", "2", "--seed", "4"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert dc.load_dataset("polygons", "train", tmp_path)[1].shape == (3, 64, 64)
+    run = subprocess.run([sys.executable, "data_scripts/create_multi_mnist.py", "--data-root", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and "error:" in run.stderr and "download_mnist.py" in run.stderr
+
+
+def test_sample_grid(tmp_path, tetro_root):
+    images, masks = dc.load_dataset("tetrominoes", "train", tetro_root, limit=6)
+    path = tmp_path / "grid.png"
+    show_samples.save_sample_grid(images, masks, dc.get_info("tetrominoes").class_names, path, n=6)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000
+    show_samples.main(["--dataset", "tetrominoes", "--n", "4", "--data-root", str(tetro_root),
+                       "--out", str(tmp_path / "cli.png")])
+    assert (tmp_path / "cli.png").is_file()
