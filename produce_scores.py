@@ -1,0 +1,141 @@
+"""Turn finished runs into one score table (CSV, one row per run).
+
+    python produce_scores.py                               # every run under ./runs -> results/scores.csv
+    python produce_scores.py --runs-root /scratch/runs --out results/scores.csv
+    python produce_scores.py runs/tetrominoes/nwm-linear-T100-h2-seed0 --no-eval
+
+Each finished run's best checkpoint is evaluated again on the test split (--no-eval
+reads the test metrics the run stored instead). Rows are keyed by run name: scoring a
+run again replaces its row, and rows of runs not scored in this call are kept, so the
+table can be built up dataset by dataset. Unfinished and broken runs are listed and
+skipped.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import runs
+from dataset_config import DatasetError, load_dataset
+from engine import evaluate
+from metrics import METRIC_NAMES
+
+CONFIG_COLUMNS = ("dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
+                  "num_params", "epochs", "train_size")
+RUN_COLUMNS = ("run", "epochs_run", "best_epoch")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dirs", nargs="*", help="run directories to score (default: every run under --runs-root)")
+    p.add_argument("--runs-root", default=None, help="folder to scan for runs (default: $WAVES_RUNS_ROOT, else ./runs)")
+    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    p.add_argument("--out", default="results/scores.csv", help="CSV file to write (rows are merged into it)")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="use each run's stored test_metrics.json instead of evaluating its checkpoint again")
+    p.add_argument("--fresh", action="store_true", help="ignore rows already in --out instead of merging")
+    p.add_argument("--device", default="auto", help="device for evaluation: cpu, cuda or auto")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+    return p
+
+
+def config_columns(config):
+    """The table's config columns; settings that do not apply to a model are left empty."""
+    row = {k: config.get(k) for k in CONFIG_COLUMNS}
+    if config["model"] != "cnn":
+        row["depth"] = None
+    if config["model"] != "unet":
+        row["width"] = None
+    if config["model"] == "unet":
+        row["T"] = row["hidden_channels"] = None
+    return row
+
+
+def variant(row):
+    """What tells runs of one model apart in the paper's tables: readout, depth or width."""
+    if row["model"] == "cnn":
+        return f"depth {row['depth']}"
+    if row["model"] == "unet":
+        return f"width {row['width']}"
+    return row["readout"]
+
+
+class TestSplits:
+    """Test splits loaded once per dataset, on the evaluation device."""
+
+    def __init__(self, data_root, device):
+        self.data_root, self.device, self.cache = data_root, device, {}
+
+    def __call__(self, dataset):
+        if dataset not in self.cache:
+            images, masks = load_dataset(dataset, "test", self.data_root)
+            self.cache[dataset] = images.to(self.device), masks.to(self.device)
+        return self.cache[dataset]
+
+
+def score_run(run_dir, test_splits, device, do_evaluate, batch_size):
+    """One table row for a finished run (raises on a broken one)."""
+    config = runs.load_json(run_dir / runs.CONFIG)
+    stored = runs.load_json(run_dir / runs.TEST_METRICS)
+    if do_evaluate:
+        model, _ = runs.load_model(run_dir, device)
+        metrics = evaluate(model, *test_splits(config["dataset"]), config["num_classes"], batch_size)
+    else:
+        metrics = stored
+    row = {"run": config["run_name"], "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch")}
+    row.update(config_columns(config))
+    row.update({name: metrics[name] for name in METRIC_NAMES})
+    row.update({f"iou_class{i}": v for i, v in enumerate(metrics["iou_per_class"])})
+    return row
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if args.run_dirs:
+        run_dirs = [Path(d) for d in args.run_dirs]
+    else:
+        root = runs.resolve_runs_root(args.runs_root)
+        if not root.is_dir():
+            sys.exit(f"error: no runs root at {root}; train with train.py first, or pass --runs-root")
+        run_dirs = runs.find_runs(root)
+
+    rows, skipped = [], []
+    test_splits = TestSplits(args.data_root, device)
+    for run_dir in run_dirs:
+        if not (run_dir / runs.CONFIG).is_file():
+            skipped.append((run_dir, "not a run directory (no config.json)"))
+        elif not runs.is_finished(run_dir):
+            skipped.append((run_dir, "unfinished (no test_metrics.json): resume it with its train.py command"))
+        else:
+            try:
+                rows.append(score_run(run_dir, test_splits, device, args.evaluate, args.batch_size))
+            except (DatasetError, OSError, KeyError, ValueError, RuntimeError) as e:
+                skipped.append((run_dir, f"broken: {type(e).__name__}: {e}"))
+
+    out = Path(args.out)
+    table = pd.DataFrame(rows)
+    if out.is_file() and not args.fresh:
+        old = pd.read_csv(out)
+        table = pd.concat([old[~old["run"].isin(table.get("run", []))], table], ignore_index=True)
+    if len(table):
+        table = table.sort_values("run").reset_index(drop=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        runs.save_text(table.to_csv(index=False), out)
+    print(f"scored {len(rows)} run(s){' (re-evaluated on the test split)' if args.evaluate else ''}; "
+          f"{out} holds {len(table)} row(s)")
+    for run_dir, why in skipped:
+        print(f"skipped {run_dir}: {why}")
+    if rows:
+        summary = (pd.DataFrame(rows).assign(variant=[variant(r) for r in rows])
+                   .groupby(["dataset", "model", "variant"])["iou_foreground"].agg(["count", "mean", "std"]))
+        print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
+    return table, skipped
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Shared fixtures: a tiny 16x16 dataset registered like the real ones."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import dataset_config  # noqa: E402
+
+
+def make_squares(n, rng, size=16):
+    """RGB images with one grey square each; the class is set by its side (3 -> 1, 6 -> 2),
+    so a pixel's class depends on the whole square, as in the paper's tasks."""
+    images = np.zeros((n, size, size, 3), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        label = rng.integers(1, 3)
+        side = 3 if label == 1 else 6
+        r, c = rng.integers(0, size - side, 2)
+        images[i, r:r + side, c:c + side] = rng.integers(120, 256)
+        masks[i, r:r + side, c:c + side] = label
+    return images, masks
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, monkeypatch):
+    """Registers dataset "tiny" (16x16 RGB, 3 classes, 48/16/16 images) under tmp_path/data."""
+    root = tmp_path / "data"
+    folder = root / "tiny"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("val", 16), ("test", 16)):
+        images, masks = make_squares(n, rng)
+        np.save(folder / f"{split}_images.npy", images)
+        np.save(folder / f"{split}_masks.npy", masks)
+    info = dataset_config.DatasetInfo(
+        name="tiny", folder="tiny", image_size=(16, 16), channels=3, num_classes=3,
+        class_names=("background", "small", "large"), paper_split_sizes=(48, 16, 16),
+        create_command="(written by the test fixture)", description="test squares")
+    monkeypatch.setitem(dataset_config.DATASETS, "tiny", info)
+    return root

@@ -1,0 +1,73 @@
+"""produce_scores.py: one row per finished run, idempotent, unfinished and broken runs listed."""
+import pandas as pd
+import pytest
+
+import produce_scores
+import runs
+import train
+
+FAST = ["--dataset", "tiny", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
+        "--min-epochs", "0", "--epochs", "1"]
+
+
+@pytest.fixture
+def runs_root(tiny_dataset, tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    common = FAST + ["--data-root", str(tiny_dataset), "--runs-root", str(root)]
+    train.main(common + ["--seed", "0"])
+    train.main(common + ["--seed", "1"])
+    train.main(common + ["--model", "cnn", "--depth", "2"])
+    # a run killed during its first epoch: config.json but no test metrics
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train.main(common + ["--seed", "2"])
+    return root
+
+
+def score(runs_root, data_root, out, *extra):
+    return produce_scores.main(["--runs-root", str(runs_root), "--data-root", str(data_root),
+                                "--out", str(out), *extra])
+
+
+def test_one_row_per_finished_run_and_unfinished_runs_listed(runs_root, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "scores.csv"
+    table, skipped = score(runs_root, tiny_dataset, out)
+    csv = pd.read_csv(out)
+    assert len(csv) == 3
+    assert set(csv["model"]) == {"nwm", "cnn"} and set(csv["seed"]) == {0, 1}
+    for column in ["dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
+                   "num_params", "epochs", "acc", "acc_foreground", "iou_foreground", "loss",
+                   "loss_foreground", "miou"]:
+        assert column in csv.columns
+    cnn = csv[csv["model"] == "cnn"].iloc[0]
+    assert cnn["depth"] == 2 and pd.isna(cnn["readout"])
+    assert [d.name for d, _ in skipped] == ["nwm-linear-T6-h2-seed2"]
+    assert "unfinished" in capsys.readouterr().out
+
+
+def test_rescoring_replaces_rows_instead_of_appending(runs_root, tiny_dataset, tmp_path):
+    out = tmp_path / "scores.csv"
+    score(runs_root, tiny_dataset, out)
+    first = out.read_text()
+    score(runs_root, tiny_dataset, out)
+    assert out.read_text() == first
+    # scoring a single run again keeps the other rows
+    one = runs.find_runs(runs_root)[0]
+    produce_scores.main([str(one), "--data-root", str(tiny_dataset), "--out", str(out)])
+    assert out.read_text() == first
+
+
+def test_reevaluation_matches_the_stored_test_metrics(runs_root, tiny_dataset, tmp_path):
+    evaluated, _ = score(runs_root, tiny_dataset, tmp_path / "a.csv")
+    stored, _ = score(runs_root, tiny_dataset, tmp_path / "b.csv", "--no-eval")
+    for column in ["acc", "acc_foreground", "iou_foreground", "loss", "loss_foreground", "miou"]:
+        assert evaluated[column].tolist() == pytest.approx(stored[column].tolist(), rel=1e-5)
+
+
+def test_broken_run_is_skipped_with_a_reason(runs_root, tiny_dataset, tmp_path):
+    victim = next(d for d in runs.find_runs(runs_root) if runs.is_finished(d))
+    (victim / runs.CHECKPOINT).unlink()
+    table, skipped = score(runs_root, tiny_dataset, tmp_path / "s.csv")
+    assert len(table) == 2
+    reasons = dict((d.name, why) for d, why in skipped)
+    assert "broken" in reasons[victim.name]
