@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import runs
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, get_info, load_dataset, resolve_data_root
-from engine import NonFiniteLossError, bf16_supported, evaluate, train_one_epoch
+from engine import NonFiniteLossError, bf16_supported, evaluate, train_one_epoch, tune_cpu_allocator
 from metrics import METRIC_NAMES, background_only_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
 
@@ -39,7 +39,12 @@ QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_si
 
 # Settings that do not change what is trained, so a run may resume with other values.
 NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "restart",
-                    "progress", "compile", "amp", "quickstart"}
+                    "progress", "compile", "amp", "cpu_allocator", "bptt_segment", "quickstart"}
+AUTO_SEGMENT, AUTO_SEGMENT_BYTES = 10, 2**30
+
+
+def auto_or_int(text):
+    return text if text == "auto" else int(text)
 
 
 def build_parser():
@@ -91,11 +96,16 @@ def build_parser():
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
                    help="bfloat16 autocast for the convolutions and the readout head (recurrences stay "
                         "float32); auto: on where bfloat16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
-    g.add_argument("--bptt-segment", type=int, default=10,
+    g.add_argument("--bptt-segment", default="auto", type=auto_or_int,
                    help="recompute the recurrence in segments of this many steps during backpropagation "
-                        "instead of storing every step (saves memory; 0 stores all)")
+                        "instead of storing every step (saves memory, costs one more forward pass of the "
+                        f"recurrence); 0 stores all; auto: {AUTO_SEGMENT} when a batch's hidden sequence "
+                        f"would exceed {AUTO_SEGMENT_BYTES // 2**30} GiB, else 0")
     g.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                    help="torch.compile the recurrent step (the whole model for cnn/unet); auto: on for CUDA")
+    g.add_argument("--cpu-allocator", default="tuned", choices=["tuned", "system"],
+                   help="tuned: keep freed memory for reuse instead of returning it to the OS after "
+                        "every tensor (glibc; much faster CPU steps, see engine.tune_cpu_allocator)")
 
     g = p.add_argument_group("run directory")
     g.add_argument("--runs-root", default=None, help="where run directories go (default: $WAVES_RUNS_ROOT, else ./runs)")
@@ -144,6 +154,11 @@ def fill_model_defaults(args):
         args.readout_depth = 5 if small_head else 3
     if not is_recurrent(args.model):
         args.readout = None  # feed-forward models have no temporal readout
+    if args.bptt_segment == "auto":
+        H, W = get_info(args.dataset).image_size
+        sequence_bytes = args.batch_size * args.T * args.hidden_channels * H * W * 4
+        args.bptt_segment = AUTO_SEGMENT if is_recurrent(args.model) and sequence_bytes > AUTO_SEGMENT_BYTES else 0
+
     if args.run_name is None:
         args.run_name = default_run_name(args)
 
@@ -292,6 +307,8 @@ def format_metrics(m):
 
 def main(argv=None):
     parser, args = parse_args(argv)
+    if args.cpu_allocator == "tuned":
+        tune_cpu_allocator()
     info = get_info(args.dataset)
     check_settings(parser, args)
     device = pick_device(parser, args.device)

@@ -95,13 +95,13 @@ class TemporalReadout(nn.Module):
     def partial_features(self, frames, t0):
         """Contribution of frames y_{t0+1}..y_{t0+n} (a list of B x C x H x W tensors).
 
-        Returns B x H x W x C x K' (K' = 2K for fft: real and imaginary parts).
+        Returns B x C x H x W x K' (K' = 2K for fft: real and imaginary parts): time is
+        the last axis of the stacked frames, so the projection is one matrix product.
         """
         stacked = torch.stack(frames, dim=-1)  # B x C x H x W x n
         if self.readout == "max_time":
-            return stacked.amax(dim=-1).permute(0, 2, 3, 1).unsqueeze(-1)
-        basis = self._basis()[t0:t0 + len(frames)].to(stacked.dtype)
-        return torch.einsum("bchwn,nk->bhwck", stacked, basis)
+            return stacked.amax(dim=-1, keepdim=True)
+        return stacked @ self._basis()[t0:t0 + len(frames)].to(stacked.dtype)
 
     def combine(self, accumulated, partial):
         if accumulated is None:
@@ -116,8 +116,8 @@ class TemporalReadout(nn.Module):
             real, imag = accumulated.chunk(2, dim=-1)
             # |complex| has a zero (not NaN) gradient at 0, unlike sqrt(re^2 + im^2)
             accumulated = torch.complex(real, imag).abs()
-        B, H, W = accumulated.shape[:3]
-        return accumulated.reshape(B, H, W, -1)
+        B, C, H, W, K = accumulated.shape
+        return accumulated.permute(0, 2, 3, 1, 4).reshape(B, H, W, C * K)
 
     def features(self, sequence):
         """B x T x C x H x W sequence -> B x H x W x (C * K) features, in one go."""
