@@ -30,13 +30,14 @@ CONFIG_KEYS = {
     "depth": "CNN depth (number of 3x3 convs)",
     "width": "U-Net base width",
     "bptt_segment": "steps per recomputed segment in backpropagation through time (0: store all)",
+    "fused": "NWM: hand-written recurrence and backward pass (models/nwm_fused.py) instead of autograd",
 }
 
 # name -> (constructor, the keywords it uses)
 _RECURRENT = ("in_channels", "num_classes", "c_mid", "hidden_channels", "T", "readout",
               "readout_width", "readout_depth", "bptt_segment")
 _REGISTRY = {
-    "nwm": (NWM, _RECURRENT + ("dt",)),
+    "nwm": (NWM, _RECURRENT + ("dt", "fused")),
     "lstm": (partial(ConvRNN, "lstm"), _RECURRENT),
     "gru": (partial(ConvRNN, "gru"), _RECURRENT),
     "rnn": (partial(ConvRNN, "rnn"), _RECURRENT),

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .common import conv_stack, full_precision, unroll
+from .nwm_fused import wave_recurrence_projection
 from .readouts import TemporalReadout
 
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
@@ -34,9 +35,10 @@ class NWM(nn.Module):
     recurrent = True
 
     def __init__(self, in_channels=3, num_classes=6, c_mid=16, hidden_channels=2, T=100,
-                 dt=0.1, readout="linear", readout_width=256, readout_depth=3, bptt_segment=0):
+                 dt=0.1, readout="linear", readout_width=256, readout_depth=3, bptt_segment=0,
+                 fused=True):
         super().__init__()
-        self.T, self.dt, self.bptt_segment = T, dt, bptt_segment
+        self.T, self.dt, self.bptt_segment, self.fused = T, dt, bptt_segment, fused
         c = hidden_channels
         self.omega_encoder = conv_stack(in_channels, c_mid, c, 3, nn.ReLU())
         self.alpha_encoder = conv_stack(in_channels, c_mid, c, 3, nn.ReLU())
@@ -70,6 +72,14 @@ class NWM(nn.Module):
         """
         omega, alpha, y, z = self.initial_state(x)
         dt_omega, damping = self.dt * omega, 1 - self.dt * alpha
+        projection = self.readout.projection()
+        if self.fused and projection is not None and not return_sequence:
+            # same numbers, hand-written backward (models/nwm_fused.py)
+            with torch.autocast(x.device.type, enabled=False):
+                projected = wave_recurrence_projection(y, dt_omega, damping, self.coupling.weight,
+                                                       projection.to(y.dtype), self.dt, self.bptt_segment or self.T)
+            logits = self.readout.head(self.readout.finish(projected))
+            return logits
         features, sequence = unroll(lambda s: self.step(s, dt_omega, damping), (y, z), self.T,
                                     self.readout, self.bptt_segment, return_sequence)
         logits = self.readout.head(features)

@@ -89,7 +89,10 @@ class TemporalReadout(nn.Module):
             self.register_buffer("time_basis", basis, persistent=False)
         self.head = PixelMLP(channels * self.K, num_classes, width, depth)
 
-    def _basis(self):
+    def projection(self):
+        """The T x K' matrix the readout sums the frames with (None for max_time)."""
+        if self.readout == "max_time":
+            return None
         return self.time_weight if self.readout == "linear" else self.time_basis
 
     def partial_features(self, frames, t0):
@@ -101,7 +104,7 @@ class TemporalReadout(nn.Module):
         stacked = torch.stack(frames, dim=-1)  # B x C x H x W x n
         if self.readout == "max_time":
             return stacked.amax(dim=-1, keepdim=True)
-        return stacked @ self._basis()[t0:t0 + len(frames)].to(stacked.dtype)
+        return stacked @ self.projection()[t0:t0 + len(frames)].to(stacked.dtype)
 
     def combine(self, accumulated, partial):
         if accumulated is None:

@@ -1,0 +1,114 @@
+"""The NWM recurrence and its temporal readout with a hand-written backward pass.
+
+Computes the same numbers as unrolling `NWM.step` T times and projecting the frames
+y_1..y_T on a time basis (the linear, fft, last and mean_time readouts are all a sum
+over time, see readouts.py), but
+
+  * runs the steps without an autograd graph, into preallocated buffers, and never stores the sequence:
+    each segment of frames is projected on the basis as soon as it is computed;
+  * in the backward pass recomputes one segment at a time from the (y, z) saved at its
+    start and runs the adjoint equations below, so memory grows with the segment
+    length, not with T;
+  * accumulates the coupling's weight gradient once per segment (one batched call)
+    instead of once per step.
+
+Forward step t (a = W * y with circular padding, damping = 1 - dt alpha, dt_omega = dt omega):
+    z_t = damping z_{t-1} - dt_omega y_{t-1} + dt tanh(a_t),   a_t = W * y_{t-1}
+    y_t = y_{t-1} + dt z_t
+Backward step t, given gy = dL/dy_t and gz = dL/dz_t through later steps:
+    Gz         = gz + dt gy                         (total dL/dz_t)
+    Ga         = dt Gz (1 - tanh(a_t)^2)            (dL/da_t)
+    dL/dy_{t-1} = gy - dt_omega Gz + W^T * Ga        (W^T: the adjoint circular conv)
+    dL/dz_{t-1} = damping Gz
+    dL/ddamping += Gz z_{t-1},  dL/ddt_omega -= Gz y_{t-1},  dL/dW += Ga (x) y_{t-1}
+tests/test_speed.py checks outputs and gradients against the autograd path.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _pad(x):
+    return F.pad(x, (1, 1, 1, 1), mode="circular")
+
+
+def _step(y, z, dt_omega, damping, weight, dt, y_out, z_out, activation_out=None):
+    """One step from (y, z) into the buffers (y_out, z_out), and tanh(a_t) into
+    activation_out if given: the operations of NWM.step, writing straight into the
+    buffers that keep the results instead of copying them there."""
+    activation = torch.tanh(F.conv2d(_pad(y), weight), out=activation_out)
+    torch.mul(damping, z, out=z_out).addcmul_(dt_omega, y, value=-1).add_(activation, alpha=dt)
+    torch.add(y, z_out, alpha=dt, out=y_out)
+
+
+class _WaveRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment):
+        T = basis.shape[0]
+        y, z = y0, torch.zeros_like(y0)
+        z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
+        projected = None  # (B*C*H*W) x K'
+        starts = []
+        for t0 in range(0, T, segment):
+            n = min(segment, T - t0)
+            starts += [y.clone(), z.clone()]
+            frames = y.new_empty(n, *y.shape)
+            for i in range(n):
+                z_out = z_buffers[i % 2]
+                _step(y, z, dt_omega, damping, weight, dt, frames[i], z_out)
+                y, z = frames[i], z_out
+            if projected is None:
+                projected = frames.view(n, -1).t() @ basis[t0:t0 + n]
+            else:
+                projected.addmm_(frames.view(n, -1).t(), basis[t0:t0 + n])
+        ctx.save_for_backward(dt_omega, damping, weight, basis, *starts)
+        ctx.dt, ctx.segment = dt, segment
+        return projected.view(*y0.shape, basis.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_projected):
+        dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
+        dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
+        grad_projected = grad_projected.reshape(-1, basis.shape[1])
+        gy, gz = torch.zeros_like(starts[0]), torch.zeros_like(starts[0])
+        g_dt_omega, g_damping = torch.zeros_like(dt_omega), torch.zeros_like(damping)
+        g_weight = torch.zeros_like(weight)
+        g_basis = torch.zeros_like(basis) if ctx.needs_input_grad[4] else None
+        adjoint_weight = weight.flip(2, 3).transpose(0, 1)
+
+        for k, t0 in reversed(list(enumerate(range(0, T, segment)))):
+            n = min(segment, T - t0)
+            # recompute the segment: the states before and after each step, and its tanh
+            shape = starts[0].shape
+            ys, zs, th = gy.new_empty(n + 1, *shape), gy.new_empty(n + 1, *shape), gy.new_empty(n, *shape)
+            ys[0], zs[0] = starts[2 * k], starts[2 * k + 1]
+            for i in range(n):
+                _step(ys[i], zs[i], dt_omega, damping, weight, dt, ys[i + 1], zs[i + 1], th[i])
+            if g_basis is not None:
+                g_basis[t0:t0 + n] = ys[1:].view(n, -1) @ grad_projected
+            g_frames = basis[t0:t0 + n] @ grad_projected.t()  # n x (B*C*H*W)
+            g_activation = torch.empty_like(th)
+            for i in reversed(range(n)):
+                gy += g_frames[i].view_as(gy)
+                gz.add_(gy, alpha=dt)  # now the total dL/dz_t
+                g_damping.addcmul_(gz, zs[i])
+                g_dt_omega.addcmul_(gz, ys[i], value=-1)
+                ga = g_activation[i]  # dt Gz (1 - tanh^2)
+                torch.mul(gz, th[i], out=ga).mul_(th[i]).neg_().add_(gz).mul_(dt)
+                gy.addcmul_(dt_omega, gz, value=-1).add_(F.conv2d(_pad(ga), adjoint_weight))
+                gz.mul_(damping)
+            # the coupling's weight gradient for the whole segment in one call
+            padded = _pad(ys[:n].flatten(0, 1)).contiguous(memory_format=torch.channels_last)
+            g_weight += torch.nn.grad.conv2d_weight(
+                padded, weight.shape, g_activation.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None
+
+
+def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment):
+    """sum_t y_t (x) basis[t] over the T = len(basis) NWM steps from (y0, z0 = 0).
+
+    y0, dt_omega, damping: B x C x H x W; weight: C x C x 3 x 3; basis: T x K'.
+    Returns B x C x H x W x K'. The frames are projected `segment` steps at a time, and
+    the backward pass recomputes one segment at a time: longer segments mean fewer
+    passes over the (large) projected features, shorter ones less memory.
+    """
+    return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment)

@@ -1,0 +1,68 @@
+"""The fast paths compute the same thing as the plain ones (outputs and gradients)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import autocast
+from models import MODEL_NAMES, READOUTS, build_model, is_recurrent
+
+
+def outputs_and_gradients(name, dtype=torch.float64, amp=False, size=16, **config):
+    torch.manual_seed(0)
+    model = build_model(name, in_channels=3, num_classes=4, T=12, **config).to(dtype)
+    x = torch.rand(3, 3, size, size, dtype=dtype)
+    target = torch.randint(0, 4, (3, size, size))
+    with autocast("cpu", amp):
+        logits = model(x)
+    F.cross_entropy(logits.float(), target).backward()
+    return logits.detach().float(), {n: p.grad.float() for n, p in model.named_parameters()}
+
+
+def assert_same(a, b, rtol, atol):
+    torch.testing.assert_close(a[0], b[0], rtol=rtol, atol=atol)
+    for name in a[1]:
+        torch.testing.assert_close(a[1][name], b[1][name], rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("readout", READOUTS)
+@pytest.mark.parametrize("segment", [0, 5])
+def test_fused_nwm_matches_autograd(readout, segment):
+    # float64 so that any difference is a wrong equation, not rounding
+    plain = outputs_and_gradients("nwm", readout=readout, fused=False)
+    fused = outputs_and_gradients("nwm", readout=readout, fused=True, bptt_segment=segment)
+    assert_same(fused, plain, rtol=1e-9, atol=1e-12)
+
+
+def test_fused_nwm_matches_autograd_in_float32():
+    plain = outputs_and_gradients("nwm", dtype=torch.float32, fused=False)
+    fused = outputs_and_gradients("nwm", dtype=torch.float32, fused=True, bptt_segment=5)
+    assert_same(fused, plain, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [m for m in MODEL_NAMES if is_recurrent(m)])
+def test_recomputed_segments_match_stored_steps(name):
+    extra = {"fused": False} if name == "nwm" else {}
+    stored = outputs_and_gradients(name, bptt_segment=0, **extra)
+    recomputed = outputs_and_gradients(name, bptt_segment=5, **extra)
+    assert_same(recomputed, stored, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bfloat16_autocast_stays_close_to_float32(name):
+    # the stated bound: logits within 3% of their scale, and the gradient (all parameters
+    # as one vector) pointing the same way (cosine >= 0.99; 0.95 for the U-Net, whose
+    # BatchNorm statistics over the tiny 2x2 bottleneck maps are themselves noisy)
+    size = 32 if name == "unet" else 16
+    full = outputs_and_gradients(name, dtype=torch.float32, size=size)
+    half = outputs_and_gradients(name, dtype=torch.float32, amp=True, size=size)
+    assert (half[0] - full[0]).abs().max() <= 0.03 * full[0].abs().max()
+    cosine = F.cosine_similarity(torch.cat([g.flatten() for g in full[1].values()]),
+                                 torch.cat([g.flatten() for g in half[1].values()]), dim=0)
+    assert cosine >= (0.95 if name == "unet" else 0.99)
+
+
+def test_recurrence_stays_float32_under_autocast():
+    model = build_model("nwm", in_channels=1, num_classes=2, T=4, fused=False)
+    with autocast("cpu", True):
+        _, sequence = model(torch.rand(1, 1, 8, 8), return_sequence=True)
+    assert sequence.dtype == torch.float32
