@@ -6,7 +6,6 @@ by index: the datasets are small, and no worker processes means nothing to tune.
 import contextlib
 import ctypes
 import math
-import os
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +22,12 @@ def tune_cpu_allocator():
     """Let freed CPU memory be reused instead of handed back to the OS after every tensor.
 
     A training step allocates and frees tensors of hundreds of MB. By default glibc maps
-    each large one fresh from the OS and frees it back, so every page faults again on
-    first touch; on the machines we measured that cost a third of a CPU training step
-    (bench.py). Keeping large blocks in the heap (and 2 MB pages for PyTorch's large
-    tensors) removes most of it. Returns whether it could be applied (glibc only).
+    each large one fresh from the OS and unmaps it when freed, so the kernel zeroes every
+    page again on first touch; on our 2-core test machine that was a quarter to a third
+    of a CPU training step (bench.py, README "Speed"). Serving large blocks from the heap
+    and never trimming it removes that cost, for a higher peak resident size (freed
+    blocks stay with the process). Returns whether it could be applied (glibc only).
     """
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # read by PyTorch's CPU allocator
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:

@@ -40,7 +40,7 @@ QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_si
 # Settings that do not change what is trained, so a run may resume with other values.
 NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "restart",
                     "progress", "compile", "amp", "cpu_allocator", "bptt_segment", "fused", "quickstart"}
-AUTO_SEGMENT, AUTO_SEGMENT_BYTES = 10, 2**30
+AUTO_SEGMENT, AUTO_SEGMENT_BYTES = 10, 2**28
 
 
 def auto_or_int(text):
@@ -100,7 +100,7 @@ def build_parser():
                    help="recompute the recurrence in segments of this many steps during backpropagation "
                         "instead of storing every step (saves memory, costs one more forward pass of the "
                         f"recurrence); 0 stores all; auto: {AUTO_SEGMENT} when a batch's hidden sequence "
-                        f"would exceed {AUTO_SEGMENT_BYTES // 2**30} GiB, else 0")
+                        f"would exceed {AUTO_SEGMENT_BYTES // 2**20} MiB, else 0")
     g.add_argument("--no-fused", dest="fused", action="store_false",
                    help="run the NWM recurrence through autograd instead of its hand-written forward and "
                         "backward pass (models/nwm_fused.py; same numbers, faster, less memory)")

@@ -66,3 +66,18 @@ def test_recurrence_stays_float32_under_autocast():
     with autocast("cpu", True):
         _, sequence = model(torch.rand(1, 1, 8, 8), return_sequence=True)
     assert sequence.dtype == torch.float32
+
+
+@pytest.mark.parametrize("config", ["tetrominoes_nwm", "tetrominoes_lstm", "tetrominoes_cnn8",
+                                    "multi_mnist_nwm", "multi_mnist_unet4"])
+def test_bench_reference_computes_what_the_project_computes(config):
+    import bench
+    output_err, grad_err = bench.check_equivalence(bench.CONFIGS[config], "cpu", batch=2, size=16)
+    assert output_err < 1e-8 and grad_err < 1e-6
+
+
+def test_bench_measures_a_training_step():
+    import bench
+    result = bench.measure("tetrominoes_cnn8", "project", batch_size=2, steps=1, device="cpu")
+    assert result["seconds_per_step"] > 0 and result["images_per_second"] > 0
+    assert result["peak_memory_bytes"] >= 0
