@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 import torch
 
 import runs
@@ -34,6 +35,7 @@ def build_parser():
     p.add_argument("--runs-root", default=None, help="folder to scan for runs (default: $WAVES_RUNS_ROOT, else ./runs)")
     p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
     p.add_argument("--out", default="results/scores.csv", help="CSV file to write (rows are merged into it)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="use each run's stored test_metrics.json instead of evaluating its checkpoint again")
     p.add_argument("--fresh", action="store_true", help="ignore rows already in --out instead of merging")
@@ -106,7 +108,7 @@ def main(argv=None):
 
     rows, skipped = [], []
     test_splits = TestSplits(args.data_root, device)
-    for run_dir in run_dirs:
+    for run_dir in tqdm(run_dirs, desc="scoring runs", disable=not args.progress, dynamic_ncols=True):
         if not (run_dir / runs.CONFIG).is_file():
             skipped.append((run_dir, "not a run directory (no config.json)"))
         elif not runs.is_finished(run_dir):

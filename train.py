@@ -58,6 +58,9 @@ def build_parser():
                    help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
     g.add_argument("--train-size", type=int, default=None,
                    help="train on the first N training images only (default: all)")
+    g.add_argument("--val-size", type=int, default=None,
+                   help="validate on the first N validation images only (default: all; the test split is "
+                        "always used whole)")
 
     g = p.add_argument_group("model (SPEC section 2)")
     g.add_argument("--model", default="nwm", choices=MODEL_NAMES,
@@ -90,6 +93,10 @@ def build_parser():
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     g.add_argument("--batch-size", type=int, default=64, help="images per batch (evaluation too)")
     g.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="a time budget: stop after the epoch in which the training time (summed over "
+                        "epochs, across resumes) passes this many minutes, then test the kept checkpoint "
+                        "as usual; test_metrics.json records the epochs run (default: no budget)")
 
     g = p.add_argument_group("speed (none of these changes the mathematics)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
@@ -189,6 +196,8 @@ def check_settings(parser, args):
         parser.error("--readout-depth, --min-epochs and --bptt-segment must be >= 0 and --patience >= 1")
     if not (args.lr > 0 and args.dt > 0 and args.tolerance >= 0):
         parser.error("--lr and --dt must be positive and --tolerance non-negative")
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        parser.error(f"--max-minutes must be positive, got {args.max_minutes}")
     if args.model == "cnn" and args.T < 4:
         parser.error(f"the CNN makes T/2 - 1 features per channel: --T must be at least 4, got {args.T}")
     if args.model == "unet" and min(get_info(args.dataset).image_size) < 16:
@@ -231,7 +240,7 @@ def ensure_quickstart_data(args):
 def load_splits(parser, args, device):
     try:
         data = {"train": load_dataset(args.dataset, "train", args.data_root, args.train_size),
-                "val": load_dataset(args.dataset, "val", args.data_root),
+                "val": load_dataset(args.dataset, "val", args.data_root, args.val_size),
                 "test": load_dataset(args.dataset, "test", args.data_root)}
     except DatasetError as e:
         parser.error(str(e))
@@ -374,6 +383,9 @@ def main(argv=None):
                    f"  {time.perf_counter() - start:.1f}s{'  *' if improved else ''}")
         if epoch + 1 >= args.min_epochs and state["since_improvement"] >= args.patience:
             stop_reason = "early_stopping"
+            break
+        if args.max_minutes is not None and sum(r["seconds"] for r in state["history"]) > 60 * args.max_minutes:
+            stop_reason = "time_budget"
             break
     epochs.close()
 

@@ -222,3 +222,9 @@ def test_help_documents_every_setting():
                  "--amp", "--compile"]:
         assert flag in out
     assert "default: 0.001" in out and "default: 300" in out
+
+
+def test_time_budget_stops_after_the_epoch_that_spends_it(tiny_dataset, tmp_path):
+    test = run_train(tiny_dataset, tmp_path / "runs", "--epochs", "5", "--max-minutes", "1e-6", "--run-name", "b")
+    assert test["epochs_run"] == 1 and test["stop_reason"] == "time_budget"
+    assert len(read_metrics(tmp_path / "runs" / "b")) == 1
