@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Options of every experiment script (scripts/<dataset>/<model>.sh and scripts/run_all.sh):
+#
+#   --dry-run          print the train.py commands, one per line, and run nothing
+#   --seeds N          seeds 0..N-1 instead of the paper's count
+#   --python PATH      interpreter (default: the repo's .venv/bin/python if present, else python3)
+#   --keep-going       go on after a failed run, list the failures at the end and exit
+#                      non-zero if any (default: stop at the first failure)
+#   --slurm            submit one SLURM job array, one task per run, instead of running here.
+#                      Writes <runs root>/slurm/<family>_<time>.commands (one command a line)
+#                      and .sbatch (task i runs line i+1); logs go to <runs root>/slurm/logs/.
+#                      With --dry-run the files are written and shown but not submitted.
+#     --partition P    --time HH:MM:SS   --gpus N (default 1; 0: none)   --cpus N   --mem M
+#     --account A      --max-parallel N (at most N tasks of the array at once)
+#   -h, --help         this text
+#   -- ARGS...         extra train.py flags for every run, e.g. -- --epochs 50 --train-size 2000
+#
+# The runs go one after another (or as array tasks), always from the repository root, so
+# relative paths (--python, ARGS, $WAVES_DATA_ROOT, $WAVES_RUNS_ROOT) are taken from there.
+# The runs root is --runs-root in ARGS, else $WAVES_RUNS_ROOT, else ./runs. Running a
+# script again is safe: train.py skips finished runs and resumes killed ones.
+
+# Sourced by the scripts, never run. A family script declares its configurations and
+# hands them to run_grid, which adds the seeds and runs, prints or submits the commands:
+#
+#     parse_options "$@"
+#     for depth in 2 4 8; do add_config --dataset mnist --model cnn --depth "$depth"; done
+#     run_grid 10    # the paper's number of seeds
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LIB=$REPO/scripts/lib.sh
+SCRIPT=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")  # the script being run
+SYNOPSIS="$0 [options] [-- train.py ARGS...]"
+# train.py's ./data and ./runs defaults are relative to the current directory: working
+# from the repository root puts every run of every script in the same place.
+cd "$REPO"
+
+DRY_RUN=0 KEEP_GOING=0 SLURM=0 SEEDS="" PYTHON=""
+PARTITION="" TIME_LIMIT="" GPUS=1 CPUS="" MEM="" ACCOUNT="" MAX_PARALLEL=""
+EXTRA_ARGS=() CONFIGS=()
+
+# header FILE: the first comment block of FILE without the '#'s (the --help text).
+header() { awk 'NR == 1 && /^#!/ { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"; }
+
+show_help() { echo "usage: $SYNOPSIS"; echo; header "$SCRIPT"; echo; header "$LIB"; }
+
+usage_error() {  # exit status 2, as argparse
+  echo "usage: $SYNOPSIS" >&2
+  echo "$0: error: $1 (see --help)" >&2
+  exit 2
+}
+
+# set_value VAR OPTION [VALUE ...]: VAR=VALUE, or a usage error when the value is missing.
+set_value() {
+  [[ $# -ge 3 && $3 != -* ]] || usage_error "$2 needs a value"
+  printf -v "$1" %s "$3"
+}
+
+# set_count VAR OPTION [VALUE ...]: the same for a whole number.
+set_count() {
+  set_value "$@"
+  [[ ${!1} =~ ^[0-9]+$ ]] || usage_error "$2 needs a whole number, not '${!1}'"
+}
+
+# The interpreter the commands name: --python, else the repo's virtual environment, else python3.
+resolve_python() {
+  [[ -n $PYTHON ]] && return
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+}
+
+parse_options() {
+  local slurm_only=""  # the last option given that means something only with --slurm
+  while (($#)); do
+    case $1 in
+      --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;  # --opt=value -> --opt value
+      -h | --help) show_help; exit 0 ;;
+      --dry-run) DRY_RUN=1 ;;
+      --keep-going) KEEP_GOING=1 ;;
+      --slurm) SLURM=1 ;;
+      --seeds) set_count SEEDS "$@"; shift ;;
+      --python) set_value PYTHON "$@"; shift ;;
+      --partition) set_value PARTITION "$@"; slurm_only=$1; shift ;;
+      --time) set_value TIME_LIMIT "$@"; slurm_only=$1; shift ;;
+      --gpus) set_count GPUS "$@"; slurm_only=$1; shift ;;
+      --cpus) set_count CPUS "$@"; slurm_only=$1; shift ;;
+      --mem) set_value MEM "$@"; slurm_only=$1; shift ;;
+      --account) set_value ACCOUNT "$@"; slurm_only=$1; shift ;;
+      --max-parallel) set_count MAX_PARALLEL "$@"; slurm_only=$1; shift ;;
+      --) shift; EXTRA_ARGS=("$@"); break ;;
+      *) usage_error "unknown option '$1'; train.py flags go after --" ;;
+    esac
+    shift
+  done
+  # Without --slurm these would silently start the whole grid on this machine.
+  [[ -z $slurm_only ]] || ((SLURM)) || usage_error "$slurm_only needs --slurm"
+  [[ -z $SEEDS ]] || ((SEEDS > 0)) || usage_error "--seeds must be at least 1"
+  [[ -z $MAX_PARALLEL ]] || ((MAX_PARALLEL > 0)) || usage_error "--max-parallel must be at least 1"
+  resolve_python
+}
+
+# quote ARGS...: the arguments as shell words, each after a space (nothing for none).
+quote() {
+  local arg
+  for arg in "$@"; do printf ' %q' "$arg"; done
+}
+
+# extra_value FLAG: the value of FLAG among the extra train.py ARGS (the last one wins,
+# as in argparse), or nothing.
+extra_value() {
+  local i value=""
+  for ((i = 0; i < ${#EXTRA_ARGS[@]}; i++)); do
+    case ${EXTRA_ARGS[i]} in
+      "$1") value=${EXTRA_ARGS[i + 1]-} ;;
+      "$1"=*) value=${EXTRA_ARGS[i]#*=} ;;
+    esac
+  done
+  printf %s "$value"
+}
+
+# add_config ARGS...: one configuration of the family (train.py flags, without --seed).
+add_config() { CONFIGS+=("$(quote "$@")"); }
+
+# run_grid PAPER_SEEDS: every configuration x seeds 0..PAPER_SEEDS-1 (or --seeds), run
+# here, printed (--dry-run) or submitted (--slurm).
+run_grid() {
+  local seed config commands=()
+  # Seeds outermost: a grid stopped halfway has every configuration at its first seeds.
+  for ((seed = 0; seed < ${SEEDS:-$1}; seed++)); do
+    for config in "${CONFIGS[@]}"; do
+      commands+=("$(printf %q "$PYTHON") train.py$config --seed $seed$(quote "${EXTRA_ARGS[@]}")")
+    done
+  done
+  if ((SLURM)); then
+    submit_array "${commands[@]}"
+  elif ((DRY_RUN)); then
+    printf '%s\n' "${commands[@]}"
+  else
+    run_locally "${commands[@]}"
+  fi
+}
+
+run_locally() {
+  local n=$# i=0 cmd status failed=()
+  for cmd in "$@"; do
+    i=$((i + 1))
+    echo "[$i/$n] $cmd"
+    status=0
+    eval "$cmd" || status=$?
+    if ((status)); then
+      ((KEEP_GOING)) || { echo "$0: error: run $i/$n failed (exit status $status): $cmd" >&2; exit "$status"; }
+      failed+=("$cmd")
+    fi
+  done
+  if ((${#failed[@]})); then
+    echo "$0: error: ${#failed[@]} of $n runs failed:" >&2
+    printf '  %s\n' "${failed[@]}" >&2
+    exit 1
+  fi
+  echo "all $n runs done"
+}
+
+# sbatch_option NAME VALUE: an #SBATCH line, only when VALUE is set.
+sbatch_option() { [[ -z $2 ]] || echo "#SBATCH --$1=$2"; }
+
+# submit_array COMMANDS...: write the commands and a job array script running one each,
+# then submit it.
+submit_array() {
+  local n=$# family runs_root slurm_dir stem
+  family=$(basename "$(dirname "$SCRIPT")")_$(basename "$SCRIPT" .sh)  # e.g. tetrominoes_nwm
+  runs_root=$(extra_value --runs-root)
+  runs_root=${runs_root:-${WAVES_RUNS_ROOT:-runs}}
+  mkdir -p "$runs_root/slurm/logs"  # SLURM does not create the log folder itself
+  slurm_dir=$(cd "$runs_root/slurm" && pwd)
+  # The process id keeps two submissions in one second apart: tasks read their file late.
+  stem=$slurm_dir/${family}_$(date +%Y%m%d-%H%M%S)_$$
+
+  printf '%s\n' "$@" >"$stem.commands"
+  {
+    echo "#!/usr/bin/env bash"
+    sbatch_option job-name "$family"
+    sbatch_option array "0-$((n - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}"
+    sbatch_option output "$slurm_dir/logs/%A_%a.out"
+    sbatch_option partition "$PARTITION"
+    sbatch_option time "$TIME_LIMIT"
+    ((GPUS == 0)) || sbatch_option gres "gpu:$GPUS"
+    sbatch_option cpus-per-task "$CPUS"
+    sbatch_option mem "$MEM"
+    sbatch_option account "$ACCOUNT"
+    cat <<EOF
+# Task i runs line i+1 of the commands file, from the repository root.
+set -euo pipefail
+cd $(printf %q "$REPO")
+cmd=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" $(printf %q "$stem.commands"))
+echo "\$cmd"
+eval "\$cmd"
+EOF
+  } >"$stem.sbatch"
+
+  if ((DRY_RUN)); then
+    echo "wrote $stem.commands ($n runs) and $stem.sbatch; not submitted (--dry-run):"
+    echo
+    cat "$stem.sbatch"
+  elif command -v sbatch >/dev/null; then
+    sbatch "$stem.sbatch"
+  else
+    echo "$0: error: sbatch not found on PATH. Wrote $stem.commands ($n runs) and $stem.sbatch;" \
+      "submit them where SLURM is available with: sbatch $stem.sbatch" >&2
+    exit 1
+  fi
+}

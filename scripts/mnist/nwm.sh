@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# MNIST, NWM (hidden channels 2, T=100): the five temporal readouts x 10 seeds (SPEC section 7).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+parse_options "$@"
+
+for readout in linear fft last mean_time max_time; do
+  add_config --dataset mnist --model nwm --readout "$readout"
+done
+run_grid 10

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Multi-MNIST, NWM with 16 hidden channels (train.py's default on this dataset) and the
+# linear readout x 12 seeds (SPEC section 7).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+parse_options "$@"
+
+add_config --dataset multi_mnist --model nwm --readout linear
+run_grid 12

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Multi-MNIST, U-Net baseline: base widths 2, 3, 4, 5 x 12 seeds (SPEC section 7).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+parse_options "$@"
+
+for width in 2 3 4 5; do
+  add_config --dataset multi_mnist --model unet --width "$width"
+done
+run_grid 12

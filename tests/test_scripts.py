@@ -1,0 +1,260 @@
+"""scripts/: the experiment grid as shell scripts. Every test runs bash on the real scripts;
+nothing is trained (a fake interpreter and a fake sbatch record what they are called with)."""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import train
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+READOUTS = ["linear", "fft", "last", "mean_time", "max_time"]
+# script: dataset, model, the flag the configurations vary, its values, the paper's seed count
+FAMILIES = {
+    "tetrominoes/nwm.sh": ("tetrominoes", "nwm", "readout", READOUTS, 10),
+    "tetrominoes/lstm.sh": ("tetrominoes", "lstm", "readout", ["linear", "fft"], 10),
+    "tetrominoes/cnn.sh": ("tetrominoes", "cnn", "depth", [2, 4, 8, 16, 32], 10),
+    "mnist/nwm.sh": ("mnist", "nwm", "readout", READOUTS, 10),
+    "mnist/lstm.sh": ("mnist", "lstm", "readout", ["linear", "fft"], 10),
+    "mnist/cnn.sh": ("mnist", "cnn", "depth", [2, 4, 8, 16, 32], 10),
+    "multi_mnist/nwm.sh": ("multi_mnist", "nwm", "readout", ["linear"], 12),
+    "multi_mnist/unet.sh": ("multi_mnist", "unet", "width", [2, 3, 4, 5], 12),
+    "polygons/nwm.sh": ("polygons", "nwm", "readout", ["linear"], 10),
+}
+
+
+@pytest.fixture
+def env(tmp_path):
+    """The environment of a script run: runs root in tmp_path, no data root override."""
+    env = dict(os.environ, WAVES_RUNS_ROOT=str(tmp_path / "runs"))
+    env.pop("WAVES_DATA_ROOT", None)
+    return env
+
+
+def bash(script, *args, env, cwd):
+    return subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def parse(line):
+    """A printed command -> (interpreter, train.py's parsed arguments); fails unless argparse accepts it."""
+    argv = shlex.split(line)
+    assert argv[1] == "train.py", line
+    return argv[0], train.build_parser().parse_args(argv[2:])
+
+
+def write_executable(path, text):
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def fake_python(tmp_path, fail_on=None):
+    """An interpreter that logs its working directory and arguments, failing (status 3)
+    when its arguments contain `fail_on`."""
+    fail = f'case "$*" in *"{fail_on}"*) exit 3 ;; esac\n' if fail_on else ""
+    return write_executable(tmp_path / "python", f'#!/bin/sh\necho "$(pwd) $*" >> "{tmp_path}/calls.log"\n{fail}')
+
+
+def calls(tmp_path):
+    return (tmp_path / "calls.log").read_text().splitlines()
+
+
+def test_every_script_is_covered_and_executable():
+    scripts = {str(p.relative_to(SCRIPTS)) for p in SCRIPTS.rglob("*.sh")}
+    assert scripts == set(FAMILIES) | {"lib.sh", "create_data.sh", "run_all.sh"}
+    for script in scripts - {"lib.sh"}:  # lib.sh is sourced, not run
+        assert os.access(SCRIPTS / script, os.X_OK), script
+        assert "set -euo pipefail" in (SCRIPTS / script).read_text(), script
+
+
+@pytest.mark.parametrize("script", FAMILIES)
+def test_dry_run_prints_every_configuration_times_seeds(script, env, tmp_path):
+    dataset, model, flag, values, _ = FAMILIES[script]
+    result = bash(script, "--dry-run", "--seeds", "2", env=env, cwd=tmp_path)  # any cwd works
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(values) * 2
+    parsed = [parse(line)[1] for line in lines]
+    assert {(getattr(a, flag), a.seed) for a in parsed} == {(v, s) for v in values for s in (0, 1)}
+    assert all(a.dataset == dataset and a.model == model for a in parsed)
+    assert [a.seed for a in parsed] == sorted(a.seed for a in parsed)  # seeds outermost
+    if model == "lstm":
+        assert all(a.T == 20 for a in parsed)
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("script", ["multi_mnist/nwm.sh", "polygons/nwm.sh"])
+def test_paper_seed_count_and_override(script, env, tmp_path):
+    paper_seeds = FAMILIES[script][4]
+    lines = bash(script, "--dry-run", env=env, cwd=tmp_path).stdout.splitlines()
+    assert [parse(line)[1].seed for line in lines] == list(range(paper_seeds))
+    lines = bash(script, "--dry-run", "--seeds=3", env=env, cwd=tmp_path).stdout.splitlines()
+    assert [parse(line)[1].seed for line in lines] == [0, 1, 2]
+
+
+def test_extra_args_and_python_reach_every_command(env, tmp_path):
+    result = bash("mnist/cnn.sh", "--dry-run", "--seeds", "1", "--python", "/opt/py/bin/python",
+                  "--", "--epochs", "50", "--train-size", "2000", env=env, cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        assert line.endswith("--seed 0 --epochs 50 --train-size 2000")
+        python, args = parse(line)
+        assert python == "/opt/py/bin/python"
+        assert (args.epochs, args.train_size) == (50, 2000)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unknown option '--bogus'"),
+    (["--seeds"], "--seeds needs a value"),
+    (["--seeds", "two"], "--seeds needs a whole number"),
+    (["--partition", "gpu"], "--partition needs --slurm"),
+])
+def test_bad_options_are_usage_errors(args, message, env, tmp_path):
+    result = bash("tetrominoes/nwm.sh", *args, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "usage:" in result.stderr
+    assert result.stdout == ""
+
+
+def test_help_shows_the_script_and_the_shared_options(env, tmp_path):
+    result = bash("multi_mnist/unet.sh", "--help", env=env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert "U-Net baseline" in result.stdout
+    for option in ["--dry-run", "--seeds N", "--keep-going", "--slurm", "--max-parallel N", "-- ARGS"]:
+        assert option in result.stdout
+
+
+def test_local_mode_runs_in_order_from_the_repo_root(env, tmp_path):
+    python = fake_python(tmp_path)
+    dry = bash("tetrominoes/cnn.sh", "--dry-run", "--seeds", "2", "--python", str(python), env=env, cwd=tmp_path)
+    result = bash("tetrominoes/cnn.sh", "--seeds", "2", "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert calls(tmp_path) == [f"{REPO} {line.split(' ', 1)[1]}" for line in dry.stdout.splitlines()]
+    assert "all 10 runs done" in result.stdout
+
+
+def test_local_mode_stops_at_the_first_failure(env, tmp_path):
+    python = fake_python(tmp_path, fail_on="--seed 1")
+    result = bash("mnist/lstm.sh", "--seeds", "3", "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 3
+    assert len(calls(tmp_path)) == 3  # seed 0 linear, seed 0 fft, seed 1 linear
+    assert "run 3/6 failed (exit status 3)" in result.stderr
+
+
+def test_keep_going_runs_everything_and_lists_the_failures(env, tmp_path):
+    python = fake_python(tmp_path, fail_on="--seed 1")
+    result = bash("mnist/lstm.sh", "--seeds", "3", "--python", str(python), "--keep-going", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert len(calls(tmp_path)) == 6
+    assert "2 of 6 runs failed" in result.stderr
+    failed = [line.strip() for line in result.stderr.splitlines() if "train.py" in line]
+    assert [parse(line)[1].readout for line in failed] == ["linear", "fft"]
+
+
+def slurm_files(runs_root):
+    commands, = (runs_root / "slurm").glob("tetrominoes_cnn_*.commands")
+    return commands, commands.with_suffix(".sbatch")
+
+
+def test_slurm_writes_a_job_array_and_submits_it(env, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "sbatch", f'#!/bin/sh\necho "$@" > "{tmp_path}/sbatch_args"\necho "Submitted batch job 7"\n')
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    python = fake_python(tmp_path)
+    result = bash("tetrominoes/cnn.sh", "--slurm", "--seeds", "2", "--python", str(python), "--partition", "gpu",
+                  "--time", "02:00:00", "--gpus", "2", "--cpus", "8", "--mem", "32G", "--account", "lab",
+                  "--max-parallel", "3", "--", "--epochs", "5", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Submitted batch job 7" in result.stdout
+
+    commands, sbatch = slurm_files(tmp_path / "runs")
+    assert (tmp_path / "sbatch_args").read_text().strip() == str(sbatch)
+    lines = commands.read_text().splitlines()
+    assert len(lines) == 10 and all(parse(line)[1].epochs == 5 for line in lines)
+    text = sbatch.read_text()
+    for directive in ["--job-name=tetrominoes_cnn", "--array=0-9%3", f"--output={tmp_path}/runs/slurm/logs/%A_%a.out",
+                      "--partition=gpu", "--time=02:00:00", "--gres=gpu:2", "--cpus-per-task=8", "--mem=32G",
+                      "--account=lab"]:
+        assert f"#SBATCH {directive}\n" in text
+    assert 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p"' in text
+    assert (tmp_path / "runs" / "slurm" / "logs").is_dir()
+
+    # Array task 4 runs line 5 of the commands file, from the repository root.
+    task = subprocess.run(["bash", str(sbatch)], env=dict(env, SLURM_ARRAY_TASK_ID="4"), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert task.returncode == 0, task.stderr
+    assert calls(tmp_path) == [f"{REPO} {lines[4].split(' ', 1)[1]}"]
+
+
+def test_slurm_defaults_and_runs_root_from_extra_args(env, tmp_path):
+    runs_root = tmp_path / "elsewhere"
+    result = bash("tetrominoes/cnn.sh", "--slurm", "--dry-run", "--seeds", "1",
+                  "--", f"--runs-root={runs_root}", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands, sbatch = slurm_files(runs_root)
+    assert "not submitted (--dry-run)" in result.stdout and str(sbatch) in result.stdout
+    text = sbatch.read_text()
+    assert text in result.stdout
+    directives = re.findall(r"^#SBATCH (\S+)$", text, re.M)
+    assert directives == ["--job-name=tetrominoes_cnn", "--array=0-4", f"--output={runs_root}/slurm/logs/%A_%a.out",
+                          "--gres=gpu:1"]
+
+
+def test_slurm_without_sbatch_says_how_to_submit(env, tmp_path):
+    env["PATH"] = os.defpath
+    if shutil.which("sbatch", path=env["PATH"]):
+        pytest.skip("sbatch is installed here")
+    result = bash("tetrominoes/cnn.sh", "--slurm", "--seeds", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    _, sbatch = slurm_files(tmp_path / "runs")
+    assert "sbatch not found" in result.stderr and f"sbatch {sbatch}" in result.stderr
+
+
+def test_create_data_commands(env, tmp_path):
+    result = bash("create_data.sh", "--dry-run", "--data-root", "/data/waves", "--mnist-from-dir", "/dl/mnist",
+                  "--python", "py", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "py data_scripts/create_tetrominoes.py --data-root /data/waves",
+        "py data_scripts/create_polygons.py --data-root /data/waves",
+        "py data_scripts/download_mnist.py --data-root /data/waves --from-dir /dl/mnist",
+        "py data_scripts/create_multi_mnist.py --data-root /data/waves",
+    ]
+    assert bash("create_data.sh", "--seeds", "1", env=env, cwd=tmp_path).returncode == 2
+
+
+def test_run_all_covers_the_whole_grid(env, tmp_path):
+    result = bash("run_all.sh", "--dry-run", "--seeds", "1", "--python", "py",
+                  "--", "--data-root", "/data/waves", "--runs-root", "/runs/waves", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines[:4]] == [
+        "data_scripts/create_tetrominoes.py", "data_scripts/create_polygons.py",
+        "data_scripts/download_mnist.py", "data_scripts/create_multi_mnist.py"]
+    assert all(line.endswith("--data-root /data/waves") for line in lines[:4])
+    assert lines[-1] == "py produce_scores.py --runs-root /runs/waves --data-root /data/waves"
+    trained = [parse(line)[1] for line in lines[4:-1]]
+    assert len(trained) == sum(len(values) for _, _, _, values, _ in FAMILIES.values())
+    assert [a.dataset for a in trained] == sorted([a.dataset for a in trained], key=["tetrominoes", "mnist",
+                                                  "multi_mnist", "polygons"].index)
+
+
+def test_environment_yml_matches_requirements():
+    yaml = pytest.importorskip("yaml")
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    assert env["name"] == "waves"
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip, = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    names = {re.split(r"[=<>]", d)[0] for d in conda + pip}
+    assert "python=3.11" in conda
+    requirements = (REPO / "requirements.txt").read_text().splitlines()
+    required = {re.split(r"[=<>]", line)[0] for line in requirements if line and not line.startswith("#")}
+    assert required <= names
