@@ -102,7 +102,11 @@ def score_tables(scores):
     for metric in metrics:
         stats = grouped[metric].agg(list(STATISTICS))
         table[[f"{metric}_{s}" for s in STATISTICS]] = stats.to_numpy()
-    return table.reset_index()
+    table = table.reset_index()
+    # "depth 16" after "depth 8": order variants by their number where they end in one
+    number = pd.to_numeric(table["variant"].str.extract(r"(\d+)$")[0], errors="coerce")
+    order = table.assign(_number=number).sort_values(["dataset", "model", "_number", "variant"], kind="stable")
+    return table.loc[order.index].reset_index(drop=True)
 
 
 # short column titles for the formatted tables
@@ -122,7 +126,9 @@ def _formatted_rows(table):
         if "T" in r and not pd.isna(r["T"]):
             variant_text += f", T {int(r['T'])}"
         row = [r["dataset"], r["model"], variant_text, str(r["n_seeds"]), f"{int(r['num_params']):,}"]
-        row += [f"{r[f'{m}_mean']:.3f} ± {0.0 if pd.isna(r[f'{m}_std']) else r[f'{m}_std']:.3f}" for m in metrics]
+        # one seed has no spread: its value alone
+        row += [f"{r[f'{m}_mean']:.3f}" + ("" if pd.isna(r[f"{m}_std"]) else f" ± {r[f'{m}_std']:.3f}")
+                for m in metrics]
         row.append(" / ".join(f"{r[f'iou_foreground_{s}']:.3f}" for s in ("min", "median", "max")))
         rows.append(row)
     return header, rows
