@@ -13,10 +13,12 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
 import analysis
+import runs
 from data_scripts.show_samples import class_colours
 
 FIGURES_ENV = "WAVES_FIGURES"
@@ -102,6 +104,30 @@ def score_strip(scores, dataset, metric="iou_foreground"):
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_ylim(0, 1)
     ax.set_title(f"{dataset}: test {metric.replace('_', ' ')} per seed (bar: mean)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(runs_root, dataset, metric="val_iou_foreground"):
+    """`metric` per epoch (metrics.csv) of every run on `dataset` under `runs_root`, one
+    line per run, one colour per model and variant: how far each run got in its budget."""
+    curves = []
+    for run_dir in runs.find_runs(runs_root):
+        config = runs.load_json(run_dir / runs.CONFIG)
+        if config.get("dataset") == dataset and (run_dir / runs.METRICS).is_file():
+            label = f"{config['model']} {analysis.variant(config)}"
+            curves.append((label, config.get("seed", 0), pd.read_csv(run_dir / runs.METRICS)))
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    labels = sorted({label for label, _, _ in curves})
+    for (label, seed, history) in sorted(curves, key=lambda c: c[:2]):
+        colour = plt.cm.tab10(labels.index(label) % 10)
+        ax.plot(history["epoch"], history[metric], color=colour, lw=1.2,
+                label=label if seed == min(s for l, s, _ in curves if l == label) else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{dataset}: {metric.replace('_', ' ')} per epoch (one line per seed)", fontsize=10)
+    if labels:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -34,8 +34,8 @@ from metrics import METRIC_NAMES, background_only_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
 
 # What --quickstart changes: a CPU-sized Tetrominoes NWM run (see README, "Quickstart").
-QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_size=2000, epochs=12,
-                  min_epochs=12, readout_width=64, run_name="quickstart")
+QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_size=1000, val_size=250,
+                  batch_size=16, epochs=10, min_epochs=10, readout_width=64, run_name="quickstart")
 
 # Settings that do not change what is trained, so a run may resume with other values.
 NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "restart",

@@ -61,6 +61,14 @@ if scores is not None:
     for dataset in sorted(scores["dataset"].unique()):
         path = plotting.save_figure(plotting.score_strip(scores, dataset), f"scores_{dataset}", S["figures"])[0]
         display(Image(filename=str(path)))''',
+        MD("Learning curves of the runs under `WAVES_FIGURE_RUNS`: validation foreground IoU per epoch, "
+           "which shows how far each run got within its budget."),
+        '''\
+if scores is not None:
+    for dataset in sorted(scores["dataset"].unique()):
+        path = plotting.save_figure(plotting.learning_curves(S["runs"], dataset), f"curves_{dataset}",
+                                    S["figures"])[0]
+        display(Image(filename=str(path)))''',
     ],
     "wave_animations": [
         MD("# Hidden-state animations\n\nThe NWM's waves and, for contrast, the LSTM's hidden state, on one test "

@@ -228,3 +228,11 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tiny_dataset, tmp_path
     test = run_train(tiny_dataset, tmp_path / "runs", "--epochs", "5", "--max-minutes", "1e-6", "--run-name", "b")
     assert test["epochs_run"] == 1 and test["stop_reason"] == "time_budget"
     assert len(read_metrics(tmp_path / "runs" / "b")) == 1
+
+
+def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
+    _, args = train.parse_args(["--quickstart", "--epochs", "3"])
+    assert (args.dataset, args.model, args.readout) == ("tetrominoes", "nwm", "linear")
+    assert (args.train_size, args.val_size, args.batch_size, args.readout_width) == (1000, 250, 16, 64)
+    assert args.epochs == 3 and args.run_name == "quickstart"
+    assert args.T == 100 and args.lr == 1e-3  # the paper's model and optimiser
