@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 import runs
-from metrics import METRIC_NAMES
+from metrics import METRIC_NAMES, confusion_matrix, iou_from_confusion
 from models import build_model
 from models.nwm import NWM
 from produce_scores import variant
@@ -442,8 +442,6 @@ def predict(model, images, batch_size=32):
 
 def confusion_and_iou(predictions, masks, num_classes):
     """(confusion matrix, rows = true class; per-class IoU, NaN for absent classes) as numpy."""
-    from metrics import confusion_matrix, iou_from_confusion
-
     confusion = confusion_matrix(predictions, masks, num_classes)
     return confusion.numpy(), iou_from_confusion(confusion).numpy()
 

@@ -29,8 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine import autocast, bf16_supported, tune_cpu_allocator
-from models import build_model
+from models import build_model, is_recurrent
 from models.unet import UNet
+from train import auto_bptt_segment
 
 CONFIGS = {  # the paper's configurations (SPEC sections 2 and 3)
     "tetrominoes_nwm": dict(model="nwm", in_channels=3, num_classes=6, size=64, T=100, hidden_channels=2),
@@ -40,7 +41,6 @@ CONFIGS = {  # the paper's configurations (SPEC sections 2 and 3)
                             readout_width=32, readout_depth=5),
     "multi_mnist_unet4": dict(model="unet", in_channels=1, num_classes=11, size=128, width=4),
 }
-SEQUENCE_BYTES_FOR_SEGMENTS = 2**28  # train.py's --bptt-segment auto rule
 
 
 # ---------------------------------------------------------------- straightforward reference
@@ -144,9 +144,9 @@ def copy_weights(source, target):
 
 def build_project(config, batch_size, device):
     kw = {k: v for k, v in config.items() if k not in ("model", "size")}
-    if config["model"] == "nwm":
-        sequence_bytes = batch_size * config["T"] * config["hidden_channels"] * config["size"] ** 2 * 4
-        kw["bptt_segment"] = 10 if sequence_bytes > SEQUENCE_BYTES_FOR_SEGMENTS else 0
+    if is_recurrent(config["model"]):  # as train.py's --bptt-segment auto
+        kw["bptt_segment"] = auto_bptt_segment(config["model"], batch_size, config["T"], config["hidden_channels"],
+                                               (config["size"], config["size"]))
     return build_model(config["model"], **kw).to(device)
 
 

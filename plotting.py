@@ -119,10 +119,12 @@ def learning_curves(runs_root, dataset, metric="val_iou_foreground"):
             curves.append((label, config.get("seed", 0), pd.read_csv(run_dir / runs.METRICS)))
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     labels = sorted({label for label, _, _ in curves})
-    for (label, seed, history) in sorted(curves, key=lambda c: c[:2]):
+    labelled = set()
+    for label, _, history in sorted(curves, key=lambda c: c[:2]):
         colour = plt.cm.tab10(labels.index(label) % 10)
         ax.plot(history["epoch"], history[metric], color=colour, lw=1.2,
-                label=label if seed == min(s for l, s, _ in curves if l == label) else None)
+                label=None if label in labelled else label)  # one legend entry per model
+        labelled.add(label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{dataset}: {metric.replace('_', ' ')} per epoch (one line per seed)", fontsize=10)

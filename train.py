@@ -150,6 +150,13 @@ def parse_args(argv=None):
     return parser, args
 
 
+def auto_bptt_segment(model, batch_size, T, hidden_channels, image_size):
+    """--bptt-segment auto: recompute in segments when a batch's float32 hidden sequence is large."""
+    H, W = image_size
+    sequence_bytes = batch_size * T * hidden_channels * H * W * 4
+    return AUTO_SEGMENT if is_recurrent(model) and sequence_bytes > AUTO_SEGMENT_BYTES else 0
+
+
 def fill_model_defaults(args):
     """The paper's per-dataset and per-model values for settings left unset."""
     wide = args.dataset in ("multi_mnist", "polygons")
@@ -165,9 +172,8 @@ def fill_model_defaults(args):
     if not is_recurrent(args.model):
         args.readout = None  # feed-forward models have no temporal readout
     if args.bptt_segment == "auto":
-        H, W = get_info(args.dataset).image_size
-        sequence_bytes = args.batch_size * args.T * args.hidden_channels * H * W * 4
-        args.bptt_segment = AUTO_SEGMENT if is_recurrent(args.model) and sequence_bytes > AUTO_SEGMENT_BYTES else 0
+        args.bptt_segment = auto_bptt_segment(args.model, args.batch_size, args.T, args.hidden_channels,
+                                              get_info(args.dataset).image_size)
 
     if args.run_name is None:
         args.run_name = default_run_name(args)
