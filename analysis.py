@@ -74,7 +74,7 @@ def find_run(runs_root, dataset, model, readout=None, finished=True):
 # -----------------------------------------------------------------------------
 # score tables
 
-GROUP_KEYS = ("dataset", "model", "variant", "T", "hidden_channels", "train_size")
+GROUP_KEYS = ("dataset", "data", "model", "variant", "T", "hidden_channels", "train_size")
 STATISTICS = ("mean", "std", "min", "median", "max")
 
 
@@ -91,6 +91,7 @@ def score_tables(scores):
 
     `scores` has one row per run (produce_scores.py). Runs that differ in T, hidden
     channels or training-set size are kept apart, so no group mixes configurations.
+    Runs on other data (the `data` column) are kept apart too.
     Columns: the keys, n_seeds, num_params, then `<metric>_<statistic>`.
     """
     df = scores.copy()
@@ -117,7 +118,7 @@ METRIC_TITLES = {"iou_foreground": "fg IoU", "acc_foreground": "fg acc", "miou":
 def _formatted_rows(table):
     """Header and rows of strings: keys, n, params, each metric as mean ± std, and the
     min / median / max of the foreground IoU (the paper's headline metric)."""
-    header = ["dataset", "model", "variant", "n", "params"]
+    header = ["dataset", "data", "model", "variant", "n", "params"]
     metrics = [m for m in METRIC_TITLES if f"{m}_mean" in table.columns]
     header += [METRIC_TITLES[m] for m in metrics] + ["fg IoU min / median / max"]
     rows = []
@@ -125,7 +126,8 @@ def _formatted_rows(table):
         variant_text = str(r["variant"])
         if "T" in r and not pd.isna(r["T"]):
             variant_text += f", T {int(r['T'])}"
-        row = [r["dataset"], r["model"], variant_text, str(r["n_seeds"]), f"{int(r['num_params']):,}"]
+        row = [r["dataset"], str(r.get("data", "")), r["model"], variant_text, str(r["n_seeds"]),
+               f"{int(r['num_params']):,}"]
         # one seed has no spread: its value alone
         row += [f"{r[f'{m}_mean']:.3f}" + ("" if pd.isna(r[f"{m}_std"]) else f" ± {r[f'{m}_std']:.3f}")
                 for m in metrics]

@@ -5,18 +5,24 @@ Every dataset lives in its own folder under a data root:
 
     <data root>/<folder>/{train,val,test}_images.npy   uint8, N x H x W x 3 (RGB) or N x H x W (gray)
     <data root>/<folder>/{train,val,test}_masks.npy    uint8 class ids, N x H x W (0 = background)
-    <data root>/<folder>/dataset.json                  seed, split sizes and recipe it was made with
+    <data root>/<folder>/dataset.json                  recipe, seed, split sizes, SHA-256 of every array
 
 The data root is, in order: the `data_root` argument, the WAVES_DATA_ROOT environment
 variable, or ./data (relative to the current directory; git ignores /data/).
-The programs in data_scripts/ create the folders (see DatasetInfo.create_command).
+The programs in data_scripts/ create the folders (see DatasetInfo.create_command); the
+loader refuses a folder they did not write (no dataset.json, or an older format). With
+their default seeds and sizes, Tetrominoes, MNIST and Multi-MNIST are the paper's arrays
+byte for byte: `paper_sha256` holds the SHA-256 of each array the paper's generators
+wrote (docs/methods.md, "Data"), and `python data_scripts/verify_datasets.py` checks them.
 
     from dataset_config import load_dataset
     images, masks = load_dataset("tetrominoes", "train", limit=1000)  # float N x 3 x 64 x 64, int64 N x 64 x 64
 """
 
+import hashlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,8 @@ import torch
 DATA_ROOT_ENV = "WAVES_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("data")
 SPLITS = ("train", "val", "test")
+METADATA = "dataset.json"
+FORMAT_VERSION = 2  # 2: the paper's generators, with SHA-256 of every array
 
 
 def resolve_data_root(data_root=None) -> Path:
@@ -63,7 +71,9 @@ class DatasetInfo:
     paper_split_sizes: tuple  # (train, val, test), in the order of `splits`
     create_command: str  # run from the repository root
     description: str
+    default_seed: int  # the seed of the paper's generator (ours, for Polygons)
     create_hint: str = ""  # extra advice shown when the dataset is missing; {flag} = the --data-root flag
+    paper_sha256: dict = field(default_factory=dict)  # array name -> SHA-256 of the paper's array
     splits: tuple = SPLITS
 
 
@@ -79,13 +89,18 @@ DATASETS = {
         class_names=("background", "I", "O", "T", "S/Z", "J/L"),
         paper_split_sizes=(10_000, 1_000, 1_000),
         create_command="python data_scripts/create_tetrominoes.py",
-        description="1-5 coloured tetrominoes of 7x7-pixel cells on black; the class is the shape "
-                    "family (mirror images share a class), so colour and local texture do not tell it.",
+        description="1-5 coloured tetrominoes of 7x7-pixel cells on black, never overlapping; the class is "
+                    "the shape family (mirror images share a class), so colour and local texture do not tell it.",
+        default_seed=42,
+        paper_sha256={
+            "train_images": "540a65896f6a4a28bd1e89f350645ba9d21e1d673907174c4b5aa464b2851d9b",
+            "train_masks": "239fd1a5219ecadb557688a90aa5c8e4578a4557b190956c8ed3a033b4c59886",
+            "val_images": "d1ce4acf5ecdbafcdad5b54f1fc89b111553224d67fe17977d272cf90e41d654",
+            "val_masks": "122580571f7c5e0cfb27b4ff6c8dc727ca42b0089dd07d92f8a7bd9e6bf68700",
+            "test_images": "3d548459ed6b74a92cfd5b801e6d547220f2d86b1c002c7b0894fc872790ebea",
+            "test_masks": "2719826ca161d157b50523718f993c257938312cc788dc4fdae1f83250fb0044",
+        },
     ),
-    # MNIST's 56x56 view: the standard 28x28 digits scaled to [0,1], resized bilinearly
-    # (align_corners=False) to 56x56; mask = digit + 1 where the resized pixel > 0.5, else 0.
-    # train/val: a fixed-seed permutation of the 60,000 training digits, the first 85% (51,000)
-    # train and the rest (9,000) val; test: the 10,000 standard test digits, in file order.
     "mnist": DatasetInfo(
         name="mnist",
         folder="mnist",
@@ -95,10 +110,18 @@ DATASETS = {
         class_names=("background",) + DIGITS,
         paper_split_sizes=(51_000, 9_000, 10_000),
         create_command="python data_scripts/download_mnist.py",
-        create_hint="Without internet: put the four MNIST .gz files (train-images-idx3-ubyte.gz, "
-                    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) "
-                    "in a folder DIR and run: python data_scripts/download_mnist.py --from-dir DIR{flag}",
+        create_hint="Without internet: put the four MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                    "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; gzip'd or not, from any source) in a folder "
+                    "DIR and run: python data_scripts/download_mnist.py --from-dir DIR{flag}",
         description="single MNIST digits upsampled to 56x56; every digit pixel is labelled with its digit.",
+        default_seed=42,
+        paper_sha256={  # the images are stored as uint8 round(255 x the paper's float input): no paper hash
+            "train_indices": "b19af9588bb2d0c2cc06749be8192a2f3e0fb413eaea03f150d8ddf4b2b307ff",
+            "val_indices": "c226dbfed373ff3a28cf50035c1081311b0b27e3c038dc26e4ef55a452656878",
+            "train_masks": "37e1889952e5343b3827f3b7b2e2972faf354a22c98b71120cbc9ea79f917948",
+            "val_masks": "0ef2fd47050141bdf2877f2b10137fcb7487a744fff6da85189b35d53ba774fc",
+            "test_masks": "a97a78f7994016762983cb3ccfca97b3813bbf30c3ffb2d43818e945d6d21784",
+        },
     ),
     "multi_mnist": DatasetInfo(
         name="multi_mnist",
@@ -112,6 +135,15 @@ DATASETS = {
         create_hint="It reads the raw MNIST files; if they are missing, first run: "
                     "python data_scripts/download_mnist.py{flag}",
         description="1-4 binarised 42x42 MNIST training digits on a 128x128 canvas, never overlapping.",
+        default_seed=50,
+        paper_sha256={
+            "train_images": "d3b7cf221f26e935cbc881efb3f8cf589532b3d618a0d46d57e7f2a7e8a59574",
+            "train_masks": "c72b05e85dadb2798d98ee9723c0d00a983ba285c2a46ae0c7672c6d195c016a",
+            "val_images": "4baace8bba70725c9518abfe4ab2420254879b86e3037248ce6b3aeb08224b93",
+            "val_masks": "a02abbdadd1f0a154514927f5fa1ee2c2582d7a3bc1937475c613562bdd31237",
+            "test_images": "bdaf9297e835c5f08c0257926ebadf94451f6ea65bb7bd29242290aff0cad920",
+            "test_masks": "5184e8bfa5b6519a857dff08de7647912f195d397d03b4ab5d42614d81655009",
+        },
     ),
     "polygons": DatasetInfo(
         name="polygons",
@@ -124,6 +156,7 @@ DATASETS = {
         create_command="python data_scripts/create_polygons.py",
         description="1-4 filled regular polygons (3-8 sides) at least 1 pixel apart; class = sides - 2, "
                     "so only the global shape tells the classes apart.",
+        default_seed=0,  # our own recipe: the paper published no generator for it
     ),
 }
 
@@ -151,6 +184,44 @@ def how_to_create(name, data_root=None) -> str:
     return info.create_command + flag + ("\n" + info.create_hint.format(flag=flag) if info.create_hint else "")
 
 
+def array_sha256(array):
+    """SHA-256 of an array's bytes in C order (arr.tobytes()): how the paper's arrays are pinned."""
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def read_metadata(name, data_root=None):
+    """The dataset.json of a dataset folder, refusing folders the data scripts did not write."""
+    info = get_info(name)
+    folder = resolve_data_root(data_root) / info.folder
+    path = folder / METADATA
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"dataset {name!r} not found: no folder {folder}. Create it with:\n"
+                                   f"{how_to_create(name, data_root)}")
+    if not path.is_file():
+        raise DatasetError(f"{folder} has no {METADATA}, so it was not written (or not completely) by this "
+                           f"project's data scripts. Re-create it with:\n{create_command(name, data_root)} --force")
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError:
+        raise CorruptDatasetError(f"{path} is unreadable. Re-create the dataset with:\n"
+                                  f"{create_command(name, data_root)} --force") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DatasetError(f"{folder} was made by an older version of the data scripts (format "
+                           f"{meta.get('format_version')}, now {FORMAT_VERSION}: the paper's exact recipes, with "
+                           f"checksums). Re-create it with:\n{create_command(name, data_root)} --force")
+    return meta
+
+
+def fingerprint(meta):
+    """What identifies a dataset's bytes, from its dataset.json: one SHA-256 over the
+    SHA-256 of every array, plus the seed and split sizes it was made with. Runs record
+    it in their config.json."""
+    digests = meta["sha256"]
+    combined = hashlib.sha256("".join(f"{k}:{digests[k]}\n" for k in sorted(digests)).encode()).hexdigest()
+    return {"dataset": meta["dataset"], "sha256": combined, "seed": meta["seed"],
+            "split_sizes": meta["split_sizes"], "paper_identical": meta["paper_identical"]}
+
+
 def load_dataset(name, split, data_root=None, limit=None):
     """Returns (images, masks): float32 N x C x H x W in [0, 1] and int64 N x H x W class ids.
     `limit` keeps only the first `limit` samples (e.g. for --train-size)."""
@@ -163,6 +234,7 @@ def load_dataset(name, split, data_root=None, limit=None):
         raise DatasetNotFoundError(
             f"dataset {name!r} not found: {image_path} and {mask_path} do not both exist. Create it with:\n"
             f"{how_to_create(name, data_root)}")
+    read_metadata(name, data_root)
 
     # memory-map, so a bad file fails on its header and `limit` reads only what is used
     try:

@@ -4,11 +4,14 @@
     python produce_scores.py --runs-root /scratch/runs --out results/scores.csv
     python produce_scores.py runs/tetrominoes/nwm-linear-T100-h2-seed0 --no-eval
 
-Each finished run's best checkpoint is evaluated again on the test split (--no-eval
-reads the test metrics the run stored instead). Rows are keyed by run name: scoring a
-run again replaces its row, and rows of runs not scored in this call are kept, so the
-table can be built up dataset by dataset. Unfinished and broken runs are listed and
-skipped.
+Each finished run's best checkpoint is evaluated again on the test split, in float32
+(--no-eval reads the test metrics the run stored instead). A run is only re-evaluated on
+the data it was trained on: when its recorded data fingerprint differs from the dataset
+now under the data root (or it has none), its stored metrics are used, and the `data`
+column says which data each row comes from, so that no table mixes them. Rows are keyed
+by run name: scoring a run again replaces its row, and rows of runs not scored in this
+call are kept, so the table can be built up dataset by dataset. Unfinished and broken
+runs are listed and skipped.
 """
 import argparse
 import sys
@@ -19,13 +22,12 @@ from tqdm import tqdm
 import torch
 
 import runs
-from dataset_config import DatasetError, load_dataset
+from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
 from engine import evaluate
 from metrics import METRIC_NAMES
 
 CONFIG_COLUMNS = ("dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
                   "num_params", "epochs", "train_size")
-RUN_COLUMNS = ("run", "epochs_run", "best_epoch")
 
 
 def build_parser():
@@ -65,16 +67,31 @@ def variant(row):
     return row["readout"]
 
 
+def data_label(config):
+    """Which data a run was trained on, for the table's `data` column."""
+    data = config.get("data")
+    if not data:
+        return "unrecorded"
+    if data.get("label"):
+        return data["label"]
+    if data["paper_identical"]:
+        return "paper"
+    origin = "our recipe" if data["paper_identical"] is None else "paper's recipe"
+    return f"{origin}, seed {data['seed']}, sha256 {data['sha256'][:12]}"
+
+
 class TestSplits:
-    """Test splits loaded once per dataset, on the evaluation device."""
+    """Test splits and data fingerprints, loaded once per dataset, on the evaluation device."""
 
     def __init__(self, data_root, device):
         self.data_root, self.device, self.cache = data_root, device, {}
 
     def __call__(self, dataset):
+        """(images, masks, fingerprint) of the dataset's test split."""
         if dataset not in self.cache:
             images, masks = load_dataset(dataset, "test", self.data_root)
-            self.cache[dataset] = images.to(self.device), masks.to(self.device)
+            data = fingerprint(read_metadata(dataset, self.data_root))
+            self.cache[dataset] = images.to(self.device), masks.to(self.device), data
         return self.cache[dataset]
 
 
@@ -82,12 +99,18 @@ def score_run(run_dir, test_splits, device, do_evaluate, batch_size):
     """One table row for a finished run (raises on a broken one)."""
     config = runs.load_json(run_dir / runs.CONFIG)
     stored = runs.load_json(run_dir / runs.TEST_METRICS)
+    metrics, evaluated = stored, "stored"
     if do_evaluate:
-        model, _ = runs.load_model(run_dir, device)
-        metrics = evaluate(model, *test_splits(config["dataset"]), config["num_classes"], batch_size)
-    else:
-        metrics = stored
-    row = {"run": config["run_name"], "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch")}
+        trained_on = (config.get("data") or {}).get("sha256")
+        images, masks, data = test_splits(config["dataset"])
+        if trained_on == data["sha256"]:
+            model, _ = runs.load_model(run_dir, device)
+            metrics = evaluate(model, images, masks, config["num_classes"], batch_size)
+            evaluated = "re-evaluated"
+        else:
+            evaluated = "stored (trained on other data than the data root holds)"
+    row = {"run": config["run_name"], "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch"),
+           "data": data_label(config), "evaluated": evaluated}
     row.update(config_columns(config))
     row.update({name: metrics[name] for name in METRIC_NAMES})
     row.update({f"iou_class{i}": v for i, v in enumerate(metrics["iou_per_class"])})
@@ -134,7 +157,7 @@ def main(argv=None):
         print(f"skipped {run_dir}: {why}")
     if rows:
         summary = (pd.DataFrame(rows).assign(variant=[variant(r) for r in rows])
-                   .groupby(["dataset", "model", "variant"])["iou_foreground"].agg(["count", "mean", "std"]))
+                   .groupby(["dataset", "data", "model", "variant"])["iou_foreground"].agg(["count", "mean", "std"]))
         print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
     return table, skipped
 

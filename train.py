@@ -18,6 +18,7 @@ import json
 import math
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,7 +29,8 @@ import torch
 from tqdm import tqdm
 
 import runs
-from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, get_info, load_dataset, resolve_data_root
+from dataset_config import (DATASETS, DatasetError, DatasetNotFoundError, fingerprint, get_info, load_dataset,
+                            read_metadata, resolve_data_root)
 from engine import NonFiniteLossError, bf16_supported, evaluate, train_one_epoch, tune_cpu_allocator
 from metrics import METRIC_NAMES, background_only_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
@@ -236,11 +238,11 @@ def ensure_quickstart_data(args):
     if not args.quickstart:
         return
     try:
-        load_dataset(args.dataset, "val", args.data_root, limit=1)
+        read_metadata(args.dataset, args.data_root)
     except DatasetNotFoundError:
-        from data_scripts.create_tetrominoes import main as create_tetrominoes
         print(f"creating the Tetrominoes dataset under {resolve_data_root(args.data_root)} (under a minute)")
-        create_tetrominoes([] if args.data_root is None else ["--data-root", str(args.data_root)])
+        command = [sys.executable, str(Path(__file__).resolve().parent / "data_scripts" / "create_tetrominoes.py")]
+        subprocess.run(command + ([] if args.data_root is None else ["--data-root", str(args.data_root)]), check=True)
 
 
 def load_splits(parser, args, device):
@@ -248,17 +250,18 @@ def load_splits(parser, args, device):
         data = {"train": load_dataset(args.dataset, "train", args.data_root, args.train_size),
                 "val": load_dataset(args.dataset, "val", args.data_root, args.val_size),
                 "test": load_dataset(args.dataset, "test", args.data_root)}
+        data_fingerprint = fingerprint(read_metadata(args.dataset, args.data_root))
     except DatasetError as e:
         parser.error(str(e))
     # one copy to the device; batches are then drawn by index
-    return {split: (x.to(device), y.to(device)) for split, (x, y) in data.items()}
+    return {split: (x.to(device), y.to(device)) for split, (x, y) in data.items()}, data_fingerprint
 
 
 def run_settings(args):
     return {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
 
 
-def prepare_run_dir(parser, args):
+def prepare_run_dir(parser, args, data_fingerprint):
     """The run directory, and whether the run in it is resumed. Exits if it is finished."""
     run_dir = runs.resolve_runs_root(args.runs_root) / args.run_name
     if args.restart and run_dir.exists():
@@ -270,6 +273,11 @@ def prepare_run_dir(parser, args):
             parser.error(f"{run_dir} holds a run with other settings "
                          f"({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in differ.items())}). "
                          f"Choose another --run-name or --runs-root, or --restart to replace it.")
+        stored_data = (stored.get("data") or {}).get("sha256")
+        if stored_data != data_fingerprint["sha256"]:
+            parser.error(f"{run_dir} was trained on other data (dataset fingerprint {str(stored_data)[:12]} "
+                         f"there, {data_fingerprint['sha256'][:12]} now in {resolve_data_root(args.data_root)}). "
+                         f"Point --data-root at its data, or choose another --run-name, or --restart.")
     if runs.is_finished(run_dir):
         test = runs.load_json(run_dir / runs.TEST_METRICS)
         print(f"{run_dir} is already finished (test iou_foreground {test['iou_foreground']:.4f}); "
@@ -279,10 +287,10 @@ def prepare_run_dir(parser, args):
     return run_dir, (run_dir / runs.LAST).exists()
 
 
-def write_config(args, run_dir, model, device, amp):
+def write_config(args, run_dir, model, device, amp, data_fingerprint):
     config = dict(vars(args), **model_config(args))
     config.update(
-        num_params=count_parameters(model), device=str(device), amp=amp,
+        data=data_fingerprint, num_params=count_parameters(model), device=str(device), amp=amp,
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__),
         command=" ".join([Path(sys.executable).name] + sys.argv),
@@ -332,8 +340,8 @@ def main(argv=None):
     device = pick_device(parser, args.device)
     amp = args.amp == "on" or (args.amp == "auto" and bf16_supported(device))
     ensure_quickstart_data(args)
-    data = load_splits(parser, args, device)
-    run_dir, resuming = prepare_run_dir(parser, args)
+    data, data_fingerprint = load_splits(parser, args, device)
+    run_dir, resuming = prepare_run_dir(parser, args, data_fingerprint)
 
     torch.manual_seed(args.seed)
     model = build_model(args.model, **model_config(args)).to(device)
@@ -348,7 +356,7 @@ def main(argv=None):
         state = last["state"]
         print(f"resuming {run_dir} after epoch {state['epoch']}")
     else:
-        write_config(args, run_dir, model, device, amp)
+        write_config(args, run_dir, model, device, amp, data_fingerprint)
     print(f"{args.model} on {args.dataset}: {count_parameters(model):,} parameters, "
           f"{len(data['train'][0]):,} training images, device {device}{', bf16 autocast' if amp else ''} "
           f"-> {run_dir}")

@@ -1,7 +1,8 @@
 """
 Shared pieces of the dataset programs in data_scripts/: the command-line flags, the
-per-split random streams, the generation loop (which keeps test and val images distinct
-from earlier splits), bilinear resizing, and all-or-nothing writing of a dataset folder.
+per-split random streams of our own Polygons recipe (the paper's generators draw every
+split from one stream, see each program), and all-or-nothing writing of a dataset folder
+with the SHA-256 of every array in its dataset.json.
 """
 
 import argparse
@@ -16,10 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dataset_config import DATA_ROOT_ENV, SPLITS, DatasetError, resolve_data_root
-
-FORMAT_VERSION = 1
-DEFAULT_SEED = 0
+from dataset_config import (DATA_ROOT_ENV, FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
+                            get_info, resolve_data_root)
 
 # -----------------------------------------------------------------------------
 # command line
@@ -38,8 +37,10 @@ def make_parser(info, doc, generated=True):
     parser.add_argument("--data-root", default=None,
                         help=f"data root folder (default: ${DATA_ROOT_ENV} if set, else ./data)")
     parser.add_argument("--out", default=None, help=f"output folder (default: <data root>/{info.folder})")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"random seed; the same seed gives byte-identical files (default: {DEFAULT_SEED})")
+    origin = "our recipe's" if not info.paper_sha256 else "the paper's"
+    parser.add_argument("--seed", type=int, default=info.default_seed,
+                        help=f"random seed; the same seed gives byte-identical files (default: {info.default_seed}, "
+                             f"{origin})")
     parser.add_argument("--force", action="store_true",
                         help="re-create the dataset even if the output folder already holds one (any recipe)")
     if generated:
@@ -98,32 +99,14 @@ def generate_splits(make_sample, sizes, seed, desc):
     return arrays, infos, redrawn
 
 
-def bilinear_matrix(n_in, n_out):
-    """n_out x n_in weights of a 1-d bilinear resize with align_corners=False (half-pixel
-    centres, no antialiasing), i.e. torch.nn.functional.interpolate(mode='bilinear')."""
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)  # torch clamps at 0
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    weights = np.zeros((n_out, n_in))
-    np.add.at(weights, (np.arange(n_out), i0), 1.0 - frac)
-    np.add.at(weights, (np.arange(n_out), i1), frac)
-    return weights
-
-
-def resize_bilinear(images, size):
-    """Resizes ... x h x w arrays to ... x size[0] x size[1] (float64); separable, so two matmuls."""
-    rows = bilinear_matrix(images.shape[-2], size[0])
-    cols = bilinear_matrix(images.shape[-1], size[1])
-    return rows @ np.asarray(images, np.float64) @ cols.T
-
 # -----------------------------------------------------------------------------
 # all-or-nothing writing
 
 
-def describe(name, seed, info, files, recipe, split_sizes=None):
-    """The part of dataset.json that says what was asked for; a rerun compares exactly this."""
-    request = {"format_version": FORMAT_VERSION, "dataset": name, "seed": seed}
+def describe(info, seed, split_sizes, files, recipe):
+    """The part of dataset.json that says what was asked for; a rerun compares exactly this.
+    split_sizes None: they follow from the source (MNIST), and are added when writing."""
+    request = {"format_version": FORMAT_VERSION, "dataset": info.name, "seed": seed}
     if split_sizes is not None:
         request["split_sizes"] = split_sizes
     request.update(image_size=list(info.image_size), channels=info.channels,
@@ -138,11 +121,11 @@ def already_done(out_dir, request, force, keep=()):
     out_dir = Path(out_dir)
     if force or not out_dir.exists():
         return False
-    meta_path = out_dir / "dataset.json"
+    meta_path = out_dir / METADATA
     if not meta_path.is_file():
         others = sorted(set(os.listdir(out_dir)) - set(keep))
         if others:
-            raise DatasetError(f"{out_dir} exists but is not a dataset (no dataset.json; it holds "
+            raise DatasetError(f"{out_dir} exists but is not a dataset (no {METADATA}; it holds "
                                f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); "
                                f"re-run with --force to replace it, or pick another --out")
         return False
@@ -165,11 +148,27 @@ def already_done(out_dir, request, force, keep=()):
     return True
 
 
-def write_dataset(out_dir, arrays, meta, keep=()):
-    """Writes {name}.npy for every array plus dataset.json into a temporary sibling folder,
-    then renames it into place, so out_dir is never half written: a crash while writing
-    leaves the old state. An existing out_dir is replaced (the caller checked --force);
-    the entries named in `keep` are carried over from it."""
+def compare_with_paper(name, digests):
+    """(True if every array the paper pinned is here with the paper's SHA-256, a line saying so)."""
+    paper = get_info(name).paper_sha256
+    if not paper:
+        return None, f"{name}: our own recipe, no paper arrays to compare with"
+    equal = [k for k in paper if digests.get(k) == paper[k]]
+    if len(equal) == len(paper):
+        return True, f"{name}: all {len(paper)} arrays equal the paper's, byte for byte (SHA-256)"
+    return False, (f"{name}: {len(paper) - len(equal)} of {len(paper)} arrays differ from the paper's "
+                   f"(expected with another seed or other sizes)")
+
+
+def write_dataset(out_dir, arrays, request, stats=None, keep=()):
+    """Writes {name}.npy for every array plus dataset.json (the request, the SHA-256 of every
+    array, whether they are the paper's, `stats`) into a temporary sibling folder, then
+    renames it into place, so out_dir is never half written: a crash while writing leaves
+    the old state. An existing out_dir is replaced (the caller checked --force); the
+    entries named in `keep` are carried over from it. Returns the metadata."""
+    digests = {name: array_sha256(array) for name, array in arrays.items()}
+    paper_identical, verdict = compare_with_paper(request["dataset"], digests)
+    meta = {**request, "sha256": digests, "paper_identical": paper_identical, "stats": stats or {}}
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
@@ -177,7 +176,7 @@ def write_dataset(out_dir, arrays, meta, keep=()):
     try:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (tmp / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -192,4 +191,5 @@ def write_dataset(out_dir, arrays, meta, keep=()):
         shutil.rmtree(old)
     else:
         os.rename(tmp, out_dir)
-    print(f"wrote {out_dir}")
+    print(f"wrote {out_dir}\n{verdict}")
+    return meta

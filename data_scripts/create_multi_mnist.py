@@ -1,12 +1,19 @@
 """
-Creates the Multi-MNIST segmentation dataset (SPEC section 3).
+Creates the Multi-MNIST segmentation dataset: the paper's generator, draw for draw.
 
-Each 128x128 gray image holds 1-4 (uniform) MNIST digits on black. A digit is a random
-MNIST training digit (all splits draw from the 60,000 training digits, as in the
-original), resized bilinearly to 42x42 (align_corners=False) and binarised (> 50 of 255
--> 255, else 0). It is pasted at a uniform position fully inside the canvas, redrawn up to
-200 times until none of its digit pixels covers an earlier digit's pixels, else the digit
-is skipped (digits may touch). The mask holds digit + 1 on its pixels.
+With the default seed and sizes the arrays are the paper's, byte for byte (their SHA-256
+are checked after writing; docs/methods.md, "Data"). Other seeds and sizes run the same
+recipe. Python's `random`, seeded once, draws every split, train then val then test;
+the digits always come from the 60,000 MNIST training digits, in file order:
+
+  per image   black 128x128 canvas; n = random.randint(1, 4) digits
+  per digit   i = random.randint(0, 59999); glyph = PIL's bilinear resize of digit i to
+              42x42, then > 50 -> 255, else 0; up to 200 tries of x = random.randint(0, 86)
+              (the column, drawn first), y = random.randint(0, 86): the first try where no
+              glyph pixel of the 42x42 window at (y, x) covers an earlier digit is taken,
+              else the digit is skipped (digits may touch)
+
+The image is 255 and the mask digit + 1 on the glyph's pixels.
 
 Needs the raw MNIST files in <data root>/mnist/raw/ (python data_scripts/download_mnist.py).
 
@@ -14,18 +21,22 @@ Needs the raw MNIST files in <data root>/mnist/raw/ (python data_scripts/downloa
     python data_scripts/create_multi_mnist.py --data-root /tmp/waves_data --train 100 --val 10 --test 10
 
 Writes {train,val,test}_images.npy (uint8 N x 128 x 128), {split}_masks.npy (uint8 N x 128 x 128),
-{split}_counts.npy (uint8 N, the number of digits placed) and dataset.json.
+{split}_counts.npy (uint8 N, the digits placed), {split}_digits.npy (int32 N x 4, the MNIST
+training index of each placed digit, -1 for none) and dataset.json.
 """
 
+import random
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
 from data_scripts import common
-from data_scripts.download_mnist import MNIST_MD5, load_digits, md5_of, raw_dir_of
+from data_scripts.mnist_files import MNIST_MD5, load_digits, raw_dir_of
 from dataset_config import DatasetError, create_command, get_info
 
 INFO = get_info("multi_mnist")
@@ -37,61 +48,66 @@ TRIES = 200
 
 
 def glyph(digit):
-    """A 28x28 uint8 digit as the 42x42 boolean map of its pixels after resize and binarising."""
-    return common.resize_bilinear(digit, (DIGIT_SIZE, DIGIT_SIZE)) > BINARY_THRESHOLD
+    """A 28x28 uint8 digit as the 42x42 boolean map of its pixels: PIL bilinear resize, > 50."""
+    return np.asarray(Image.fromarray(digit).resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR)) > BINARY_THRESHOLD
 
 
-def make_sampler(digits, labels):
-    """make_sample(rng) -> (image, mask, {"digits": [placed digit, ...], "skipped": n}) drawing from these digits."""
-    def make_sample(rng):
-        image = np.zeros((SIZE, SIZE), np.uint8)
-        mask = np.zeros((SIZE, SIZE), np.uint8)
-        placed, skipped = [], 0
-        for _ in range(rng.integers(1, MAX_DIGITS + 1)):
-            index = int(rng.integers(len(digits)))
-            pixels = glyph(digits[index])
-            for _ in range(TRIES):
-                y, x = rng.integers(SIZE - DIGIT_SIZE + 1, size=2)
-                if not mask[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE][pixels].any():
-                    image[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE][pixels] = 255
-                    mask[y:y + DIGIT_SIZE, x:x + DIGIT_SIZE][pixels] = labels[index] + 1
-                    placed.append({"index": index, "label": int(labels[index]), "y": int(y), "x": int(x)})
-                    break
-            else:
-                skipped += 1
-        return image, mask, {"digits": placed, "skipped": skipped}
-    return make_sample
+def generate(digits, labels, sizes, seed):
+    """{"train_images": ..., "train_masks": ..., "train_counts": ..., "train_digits": ..., ...}."""
+    rng = random.Random(seed)  # the same stream as random.seed(seed) and the module's functions
+    glyphs = {}  # digit index -> glyph: PIL is deterministic, so each digit is resized once
+    arrays = {}
+    for split, n in sizes.items():
+        images = np.zeros((n, SIZE, SIZE), np.uint8)
+        masks = np.zeros((n, SIZE, SIZE), np.uint8)
+        placed = np.full((n, MAX_DIGITS), -1, np.int32)
+        counts = np.zeros(n, np.uint8)
+        for k in tqdm(range(n), desc=f"multi_mnist {split}", unit="img"):
+            for _ in range(rng.randint(1, MAX_DIGITS)):
+                index = rng.randint(0, len(digits) - 1)
+                if index not in glyphs:
+                    glyphs[index] = glyph(digits[index])
+                pixels = glyphs[index]
+                for _ in range(TRIES):
+                    x = rng.randint(0, SIZE - DIGIT_SIZE)
+                    y = rng.randint(0, SIZE - DIGIT_SIZE)
+                    window = masks[k, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE]
+                    if not window[pixels].any():
+                        images[k, y:y + DIGIT_SIZE, x:x + DIGIT_SIZE][pixels] = 255
+                        window[pixels] = labels[index] + 1
+                        placed[k, counts[k]] = index
+                        counts[k] += 1
+                        break
+        arrays.update({f"{split}_images": images, f"{split}_masks": masks, f"{split}_counts": counts,
+                       f"{split}_digits": placed})
+    return arrays
 
 
-def main(argv=None):
+def main(argv=None, checksums=MNIST_MD5):
     parser = common.make_parser(INFO, __doc__)
     args = parser.parse_args(argv)
     out_dir = common.output_dir(args, INFO)
     raw_dir = raw_dir_of(args.data_root)
-    sources = [raw_dir / name for name in MNIST_MD5 if name.startswith("train")]
-    missing = [str(path) for path in sources if not path.is_file()]
-    if missing:
-        raise DatasetError(f"the raw MNIST training files are missing ({', '.join(missing)}); "
-                           f"get them with:\n{create_command('mnist', args.data_root)}")
+    if not raw_dir.is_dir():
+        raise DatasetError(f"the raw MNIST files are missing (no {raw_dir}); get them with:\n"
+                           f"{create_command('mnist', args.data_root)}")
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    recipe = {"digits_per_image": [1, MAX_DIGITS], "source": {path.name: md5_of(path) for path in sources},
-              "digit": f"random MNIST training digit, bilinear 28 -> {DIGIT_SIZE} (align_corners=False), "
+    recipe = {"generator": "the paper's: one random.seed(seed) stream for train, then val, then test",
+              "source": "the MNIST training digits, checked as download_mnist.py checks them",
+              "digits_per_image": [1, MAX_DIGITS],
+              "digit": f"random.randint(0, 59999); PIL bilinear resize to {DIGIT_SIZE}x{DIGIT_SIZE}, "
                        f"> {BINARY_THRESHOLD} -> 255 else 0",
-              "placement": f"uniform position inside the canvas; its digit pixels may not cover earlier digit "
-                           f"pixels; {TRIES} tries, else the digit is skipped"}
-    files = [f"{s}_{kind}.npy" for s in sizes for kind in ("images", "masks", "counts")]
-    request = common.describe(INFO.name, args.seed, INFO, files, recipe, split_sizes=sizes)
+              "placement": f"x = random.randint(0, 86), then y: the first of {TRIES} tries where no glyph pixel "
+                           f"covers an earlier digit; else the digit is skipped"}
+    files = [f"{s}_{kind}.npy" for s in sizes for kind in ("images", "masks", "counts", "digits")]
+    request = common.describe(INFO, args.seed, sizes, files, recipe)
     if common.already_done(out_dir, request, args.force):
         return out_dir
-
-    digits, labels = load_digits(raw_dir, "train")
-    arrays, infos, redrawn = common.generate_splits(make_sampler(digits, labels), sizes, args.seed, INFO.name)
-    for split in sizes:
-        arrays[f"{split}_counts"] = np.array([len(i["digits"]) for i in infos[split]], np.uint8)
+    digits, labels = load_digits(raw_dir, "train", checksums)
+    arrays = generate(digits, labels, sizes, args.seed)
     counts = {s: np.bincount(arrays[f"{s}_counts"], minlength=MAX_DIGITS + 1)[1:].tolist() for s in sizes}
-    skipped = {s: sum(i["skipped"] for i in infos[s]) for s in sizes}
-    stats = {"redrawn_as_duplicates": redrawn, "images_with_1_to_4_digits": counts, "digits_skipped": skipped}
-    common.write_dataset(out_dir, arrays, {**request, "stats": stats})
+    placed = {s: int(arrays[f"{s}_counts"].sum()) for s in sizes}
+    common.write_dataset(out_dir, arrays, request, {"images_with_1_to_4_digits": counts, "digits_placed": placed})
     return out_dir
 
 

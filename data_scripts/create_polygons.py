@@ -1,5 +1,5 @@
 """
-Creates the Polygons segmentation dataset (SPEC section 3; the recipe is our own).
+Creates the Polygons segmentation dataset (our own recipe: the paper published no generator for it).
 
 Each 64x64 gray image holds 1-4 (uniform) filled regular polygons on black. A polygon has
 3-8 sides (uniform), a circumradius uniform in [8, 14] pixels, a uniform rotation and one
@@ -104,7 +104,7 @@ def main(argv=None):
                            f"(8-neighbourhood); {TRIES} tries, else left out",
               "class": "sides - 2"}
     files = [f"{s}_{kind}.npy" for s in sizes for kind in ("images", "masks")]
-    request = common.describe(INFO.name, args.seed, INFO, files, recipe, split_sizes=sizes)
+    request = common.describe(INFO, args.seed, sizes, files, recipe)
     if common.already_done(out_dir, request, args.force):
         return out_dir
 
@@ -114,7 +114,7 @@ def main(argv=None):
     left_out = {s: sum(i["left_out"] for i in infos[s]) for s in sizes}
     stats = {"redrawn_as_duplicates": redrawn, "images_with_1_to_4_polygons": counts,
              "polygons_left_out": left_out}
-    common.write_dataset(out_dir, arrays, {**request, "stats": stats})
+    common.write_dataset(out_dir, arrays, request, stats)
     return out_dir
 
 

@@ -2,10 +2,12 @@
 # Creates the four datasets under the data root (--data-root, else $WAVES_DATA_ROOT, else
 # ./data; relative paths are taken from the repository root). Tetrominoes and Polygons are
 # generated offline from a seed; MNIST is downloaded once (internet) and Multi-MNIST is made
-# from its digits. Existing datasets are kept, so running this again is cheap.
+# from its digits; Tetrominoes, MNIST and Multi-MNIST are the paper's arrays byte for byte,
+# which the last command checks. Existing datasets are kept, so running this again is cheap.
 #
 #   --data-root DIR       where the datasets go
-#   --mnist-from-dir DIR  take the four MNIST .gz files from DIR instead of the internet
+#   --mnist-from-dir DIR  take the four MNIST files from DIR instead of the internet (from any
+#                         source, gzip'd or not: their decompressed content is checked)
 #   --python PATH         interpreter (default: the repo's .venv/bin/python if present, else python3)
 #   --dry-run             print the commands, run nothing
 #   -h, --help            this text
@@ -44,3 +46,4 @@ run data_scripts/create_tetrominoes.py "${root_args[@]}"
 run data_scripts/create_polygons.py "${root_args[@]}"
 run data_scripts/download_mnist.py "${root_args[@]}" "${mnist_args[@]}"
 run data_scripts/create_multi_mnist.py "${root_args[@]}"
+run data_scripts/verify_datasets.py "${root_args[@]}"

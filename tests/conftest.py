@@ -9,6 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import dataset_config  # noqa: E402
+from data_scripts import common  # noqa: E402
 
 
 def make_squares(n, rng, size=16):
@@ -27,18 +28,18 @@ def make_squares(n, rng, size=16):
 
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch):
-    """Registers dataset "tiny" (16x16 RGB, 3 classes, 48/16/16 images) under tmp_path/data."""
-    root = tmp_path / "data"
-    folder = root / "tiny"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 48), ("val", 16), ("test", 16)):
-        images, masks = make_squares(n, rng)
-        np.save(folder / f"{split}_images.npy", images)
-        np.save(folder / f"{split}_masks.npy", masks)
+    """Registers dataset "tiny" (16x16 RGB, 3 classes, 48/16/16 images) under tmp_path/data,
+    written as the data scripts write a dataset (with its dataset.json)."""
     info = dataset_config.DatasetInfo(
         name="tiny", folder="tiny", image_size=(16, 16), channels=3, num_classes=3,
         class_names=("background", "small", "large"), paper_split_sizes=(48, 16, 16),
-        create_command="(written by the test fixture)", description="test squares")
+        create_command="(written by the test fixture)", description="test squares", default_seed=0)
     monkeypatch.setitem(dataset_config.DATASETS, "tiny", info)
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    arrays, sizes = {}, dict(zip(info.splits, info.paper_split_sizes))
+    for split, n in sizes.items():
+        arrays[f"{split}_images"], arrays[f"{split}_masks"] = make_squares(n, rng)
+    request = common.describe(info, 0, sizes, [f"{name}.npy" for name in arrays], {"squares": "make_squares"})
+    common.write_dataset(root / "tiny", arrays, request)
     return root

@@ -21,7 +21,11 @@ sys.path.insert(0, str(ROOT))
 
 import dataset_config as dc  # noqa: E402
 from data_scripts import common, create_multi_mnist, create_polygons, create_tetrominoes, download_mnist  # noqa: E402
-from data_scripts import show_samples  # noqa: E402
+from data_scripts import mnist_files, show_samples, verify_datasets  # noqa: E402
+
+# The four standard MNIST files, for machines without internet. Only the tests look here:
+# users pass their own folder with --from-dir.
+SHARED_MNIST = ROOT.parent / "shared" / "mnist"
 
 TINY = ["--train", "20", "--val", "5", "--test", "5"]
 
@@ -34,22 +38,28 @@ def npy_bytes(folder):
     return {p.name: p.read_bytes() for p in sorted(Path(folder).glob("*.npy"))}
 
 
-def write_idx(path, array):
-    """A gzip'd IDX file: magic 0x08nn (unsigned bytes, nn dimensions), the dimensions, the bytes."""
+def write_idx(path, array, compress=True):
+    """An IDX file: magic 0x08nn (unsigned bytes, nn dimensions), the dimensions, the bytes;
+    gzip'd when `compress`, as the mirrors serve it, else as other sources ship it."""
     array = np.asarray(array, np.uint8)
     header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
+    with (gzip.open if compress else open)(path, "wb") as f:
         f.write(header + array.tobytes())
 
 
-def write_fake_mnist(folder, train_digits, train_labels, test_digits, test_labels):
-    """The four MNIST files with these contents; returns their checksum table."""
+def write_fake_mnist(folder, train_digits, train_labels, test_digits, test_labels, compress=True):
+    """The four MNIST files with these contents; returns their checksum table (MD5 of the content)."""
     folder.mkdir(parents=True, exist_ok=True)
-    parts = {"train-images-idx3-ubyte.gz": train_digits, "train-labels-idx1-ubyte.gz": train_labels,
-             "t10k-images-idx3-ubyte.gz": test_digits, "t10k-labels-idx1-ubyte.gz": test_labels}
+    parts = {"train-images-idx3-ubyte": train_digits, "train-labels-idx1-ubyte": train_labels,
+             "t10k-images-idx3-ubyte": test_digits, "t10k-labels-idx1-ubyte": test_labels}
     for name, array in parts.items():
-        write_idx(folder / name, array)
-    return {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in parts}
+        write_idx(folder / (f"{name}.gz" if compress else name), array, compress)
+    return {name: mnist_files.content_md5(mnist_files.find_file(folder, name)) for name in parts}
+
+
+def write_metadata(folder, name):
+    """A dataset.json of the current format, for folders whose arrays a test writes by hand."""
+    (folder / "dataset.json").write_text(json.dumps({"format_version": dc.FORMAT_VERSION, "dataset": name}))
 
 
 @pytest.fixture(scope="module")
@@ -115,10 +125,10 @@ def test_split_streams_are_independent(tmp_path, polygon_root):
     assert ours["val_masks.npy"] == reference["val_masks.npy"]
 
 
-@pytest.mark.parametrize("name", ["tetrominoes", "polygons"])
-def test_no_test_image_repeats_train_or_val(name, tetro_root, polygon_root):
-    root = tetro_root if name == "tetrominoes" else polygon_root
-    digests = {s: {common.image_digest(i) for i in np.load(root / name / f"{s}_images.npy")} for s in dc.SPLITS}
+def test_no_polygons_test_image_repeats_train_or_val(polygon_root):
+    # our own recipe redraws such images (the paper's generators draw on regardless)
+    digests = {s: {common.image_digest(i) for i in np.load(polygon_root / "polygons" / f"{s}_images.npy")}
+               for s in dc.SPLITS}
     assert not digests["test"] & (digests["train"] | digests["val"])
     assert not digests["val"] & digests["train"]
 
@@ -138,11 +148,19 @@ def test_colliding_samples_are_redrawn():
 
 
 def test_dataset_json(tetro_root):
-    meta = json.loads((tetro_root / "tetrominoes" / "dataset.json").read_text())
-    assert meta["format_version"] == common.FORMAT_VERSION and meta["dataset"] == "tetrominoes"
-    assert meta["seed"] == common.DEFAULT_SEED and meta["split_sizes"] == {"train": 20, "val": 5, "test": 5}
+    folder = tetro_root / "tetrominoes"
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["format_version"] == dc.FORMAT_VERSION and meta["dataset"] == "tetrominoes"
+    assert meta["seed"] == 42 and meta["split_sizes"] == {"train": 20, "val": 5, "test": 5}
     assert meta["image_size"] == [64, 64] and meta["class_names"][1] == "I"
-    assert "32" in meta["recipe"]["colour"] and set(meta["stats"]["redrawn_as_duplicates"]) == set(dc.SPLITS)
+    assert "wraparound" in meta["recipe"]["ring"]
+    # the SHA-256 of every array written; other sizes than the paper's: not the paper's arrays
+    assert sorted(meta["sha256"]) == sorted(f[:-4] for f in meta["files"])
+    for name, digest in meta["sha256"].items():
+        assert hashlib.sha256(np.load(folder / f"{name}.npy").tobytes()).hexdigest() == digest
+    assert meta["paper_identical"] is False
+    assert sum(meta["stats"]["images_with_1_to_5_pieces"]["train"]) == 20
+    assert dc.fingerprint(meta)["sha256"] != dc.fingerprint({**meta, "sha256": {**meta["sha256"], "val_masks": "0"}})["sha256"]
 
 
 def test_rerun_does_nothing_other_recipe_needs_force(tmp_path, capsys):
@@ -259,6 +277,7 @@ def test_missing_dataset_message_in_default_root(tmp_path, monkeypatch):
 def test_loader_rejects_bad_files(tmp_path, file, array, problem):
     folder = tmp_path / "tetrominoes"
     folder.mkdir()
+    write_metadata(folder, "tetrominoes")
     np.save(folder / "train_images.npy", np.zeros((3, 64, 64, 3), np.uint8))
     np.save(folder / "train_masks.npy", np.zeros((3, 64, 64), np.uint8))
     np.save(folder / file, array)
@@ -268,9 +287,22 @@ def test_loader_rejects_bad_files(tmp_path, file, array, problem):
     assert f"create_tetrominoes.py --data-root {tmp_path} --force" in str(e.value)
 
 
+def test_loader_refuses_folders_the_scripts_did_not_write(tmp_path, tetro_root):
+    folder = tmp_path / "tetrominoes"
+    folder.mkdir()
+    for f in ("train_images.npy", "train_masks.npy"):
+        (folder / f).write_bytes((tetro_root / "tetrominoes" / f).read_bytes())
+    with pytest.raises(dc.DatasetError, match=f"has no dataset.json.*\n.*create_tetrominoes.py --data-root {tmp_path} --force"):
+        dc.load_dataset("tetrominoes", "train", tmp_path)
+    (folder / "dataset.json").write_text(json.dumps({"format_version": 1, "dataset": "tetrominoes"}))
+    with pytest.raises(dc.DatasetError, match="(?s)older version of the data scripts.*--force"):
+        dc.load_dataset("tetrominoes", "train", tmp_path)
+
+
 def test_loader_rejects_unreadable_file(tmp_path):
     folder = tmp_path / "polygons"
     folder.mkdir()
+    write_metadata(folder, "polygons")
     (folder / "val_images.npy").write_bytes(b"not a numpy file")
     np.save(folder / "val_masks.npy", np.zeros((3, 64, 64), np.uint8))
     with pytest.raises(dc.CorruptDatasetError, match="--force"):
@@ -281,52 +313,49 @@ def test_loader_rejects_unreadable_file(tmp_path):
 
 
 def test_tetromino_recipe():
-    rng = np.random.default_rng(7)
-    seen_clipped = False
+    rs = np.random.RandomState(7)
+    wrapped = 0
     for _ in range(300):
-        image, mask, info = create_tetrominoes.make_sample(rng)
-        pieces = info["pieces"]
-        assert 1 <= len(pieces) <= 5 and info["left_out"] == 0
-        assert (mask > 0).sum() == 196 * len(pieces)  # 4 cells of 7x7 each, never overlapping
-        occupied = np.zeros((64, 64), bool)
-        for p in pieces:
-            pixels, ring = create_tetrominoes.SHAPES[p["label"] - 1, p["mirror"], p["turns"]]
-            assert pixels.sum() == 196 and ring.sum() == 4 * 24  # each 7x7 cell has a 24-pixel ring
-            h, w = pixels.shape
-            y, x = p["y"], p["x"]
-            assert 0 <= y <= 64 - h and 0 <= x <= 64 - w
-            assert not occupied[y:y + h, x:x + w].any()  # no earlier pixel in the bounding box
-            occupied[y:y + h, x:x + w] |= pixels
-            colour = np.array(p["colour"])
-            assert colour.max() >= 32
-            box = image[y:y + h, x:x + w].astype(int)
-            assert (box[pixels & ~ring] == colour).all()
-            assert (box[ring] == np.minimum(colour + colour // 2, 255)).all()
-            assert (box[ring] >= box[pixels & ~ring][0]).all()  # brightened, never wrapped around
-            assert (mask[y:y + h, x:x + w][pixels] == p["label"]).all()
-            seen_clipped |= bool((colour > 170).any())
-        assert (mask > 0).sum() == occupied.sum() and (image[~occupied] == 0).all()
-        for label in range(1, 6):  # every connected region of one label is made of whole pieces
-            regions, n = ndimage.label(mask == label)
-            assert all(np.sum(regions == r) % 196 == 0 for r in range(1, n + 1))
-    assert seen_clipped
+        image, mask = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.uint8)
+        n = create_tetrominoes.draw_image(rs, image, mask)
+        assert 1 <= n <= 5 and (mask > 0).sum() == 196 * n  # 4 cells of 7x7 each, never overlapping
+        assert not mask[-1].any() and not mask[:, -1].any()  # exclusive bounds: never at the bottom or right edge
+        if n <= 4:  # the families are drawn without repetition
+            assert len(np.unique(mask[mask > 0])) == n
+        if n == 1:  # every cell: its colour inside, colour + colour // 2 (mod 256) on its ring
+            rows, cols = np.nonzero(mask)
+            for r in range(rows.min(), rows.max(), 7):
+                for c in range(cols.min(), cols.max(), 7):
+                    if mask[r, c]:
+                        cell = image[r:r + 7, c:c + 7].astype(int)
+                        colour = cell[3, 3]
+                        assert (cell[1:-1, 1:-1] == colour).all()
+                        ring = cell[create_tetrominoes.CELL_RING]
+                        assert (ring == (colour + colour // 2) % 256).all()
+                        wrapped += int((colour > 170).any())
+    assert wrapped > 0  # some rings wrapped around
 
 
-def test_tetromino_shapes():
-    # 19 distinct oriented shapes; mirrors only for S/Z and J/L
-    distinct = {(p.shape, p.tobytes()) for p, _ in create_tetrominoes.SHAPES.values()}
-    assert len(distinct) == 19
-    assert all(create_tetrominoes.SHAPES[f, False, 0][0].shape[0] % 7 == 0 for f in range(5))
+def test_default_tetrominoes_equal_the_papers_arrays(tmp_path):
+    create_tetrominoes.main(["--data-root", str(tmp_path)])  # the paper's seed and sizes
+    folder, info = tmp_path / "tetrominoes", dc.get_info("tetrominoes")
+    for name, digest in info.paper_sha256.items():
+        assert hashlib.sha256(np.load(folder / f"{name}.npy").tobytes()).hexdigest() == digest, name
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["paper_identical"] is True
+    # SPEC's statistics of the paper's train split
+    assert meta["stats"]["images_with_1_to_5_pieces"]["train"] == [1952, 2032, 2000, 2037, 1979]
+    assert verify_datasets.main(["tetrominoes", "--data-root", str(tmp_path)]) == 0
 
 
 def test_stored_tetrominoes(tetro_root):
     for split in dc.SPLITS:
         images = np.load(tetro_root / "tetrominoes" / f"{split}_images.npy")
         masks = np.load(tetro_root / "tetrominoes" / f"{split}_masks.npy")
+        pieces = np.load(tetro_root / "tetrominoes" / f"{split}_pieces.npy")
         assert images.dtype == masks.dtype == np.uint8 and images.shape[1:] == (64, 64, 3)
-        fg = (masks > 0).sum((1, 2))
-        assert (fg % 196 == 0).all() and (fg >= 196).all() and (fg <= 5 * 196).all() and masks.max() <= 5
-        assert ((images.max(-1) > 0) == (masks > 0)).all()
+        assert ((masks > 0).sum((1, 2)) == 196 * pieces.astype(int)).all() and masks.max() <= 5
+        assert (images[masks == 0] == 0).all()
 
 
 def test_polygon_recipe():
@@ -367,36 +396,34 @@ def test_stored_polygons(polygon_root):
 # bilinear resize, IDX files, checksums, MNIST
 
 
-@pytest.mark.parametrize("size_in, size_out", [((28, 28), (56, 56)), ((28, 28), (42, 42)), ((5, 7), (9, 3))])
-def test_bilinear_matches_torch(size_in, size_out):
-    x = np.random.default_rng(0).random((4,) + size_in)
-    ours = common.resize_bilinear(x, size_out)
-    theirs = F.interpolate(torch.from_numpy(x)[:, None], size=size_out, mode="bilinear", align_corners=False)[:, 0]
-    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-12)
-
-
-def test_read_idx(tmp_path):
+@pytest.mark.parametrize("compress", [True, False], ids=["gzip", "uncompressed"])
+def test_read_idx(tmp_path, compress):
     images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-    write_idx(tmp_path / "images.gz", images)
-    write_idx(tmp_path / "labels.gz", np.array([1, 2, 9]))
-    assert np.array_equal(download_mnist.read_idx(tmp_path / "images.gz"), images)
-    assert download_mnist.read_idx(tmp_path / "labels.gz").tolist() == [1, 2, 9]
-    with gzip.open(tmp_path / "bad_magic.gz", "wb") as f:
+    write_idx(tmp_path / "images", images, compress)
+    write_idx(tmp_path / "labels", np.array([1, 2, 9]), compress)
+    assert np.array_equal(mnist_files.read_idx(tmp_path / "images"), images)
+    assert mnist_files.read_idx(tmp_path / "labels").tolist() == [1, 2, 9]
+    with (gzip.open if compress else open)(tmp_path / "bad_magic", "wb") as f:
         f.write(struct.pack(">II", 2052, 1) + b"\0")
-    with pytest.raises(dc.DatasetError, match="bad_magic.gz: magic number 2052"):
-        download_mnist.read_idx(tmp_path / "bad_magic.gz")
-    with gzip.open(tmp_path / "short.gz", "wb") as f:
+    with pytest.raises(dc.DatasetError, match="bad_magic: magic number 2052"):
+        mnist_files.read_idx(tmp_path / "bad_magic")
+    with (gzip.open if compress else open)(tmp_path / "short", "wb") as f:
         f.write(struct.pack(">IIII", 2051, 2, 28, 28) + bytes(100))
-    with pytest.raises(dc.DatasetError, match="short.gz: header says 2 x 28 x 28 = 1568 bytes, the file holds 100"):
-        download_mnist.read_idx(tmp_path / "short.gz")
+    with pytest.raises(dc.DatasetError, match="short: header says 2 x 28 x 28 = 1568 bytes, the file holds 100"):
+        mnist_files.read_idx(tmp_path / "short")
 
 
-def test_verify_md5(tmp_path):
-    path = tmp_path / "file.gz"
-    path.write_bytes(b"hello")
-    download_mnist.verify_md5(path, hashlib.md5(b"hello").hexdigest())
-    with pytest.raises(dc.DatasetError, match=f"{path}: MD5 is .*expected 0123"):
-        download_mnist.verify_md5(path, "0123")
+def test_content_checksum_is_the_same_gzipped_or_not(tmp_path):
+    (tmp_path / "plain").write_bytes(b"hello")
+    with gzip.open(tmp_path / "packed.gz", "wb", compresslevel=1) as f:
+        f.write(b"hello")
+    assert mnist_files.content_md5(tmp_path / "plain") == mnist_files.content_md5(tmp_path / "packed.gz") \
+        == hashlib.md5(b"hello").hexdigest()
+    with pytest.raises(dc.DatasetError, match="plain: decompressed MD5 is .*expected 0123.*not the standard MNIST file x"):
+        mnist_files.check_file(tmp_path / "plain", "x", "0123")
+    (tmp_path / "cut.gz").write_bytes((tmp_path / "packed.gz").read_bytes()[:12])
+    with pytest.raises(dc.DatasetError, match="cut.gz: cannot be decompressed"):
+        mnist_files.content_md5(tmp_path / "cut.gz")
 
 
 @pytest.fixture(scope="module")
@@ -412,56 +439,71 @@ def fake_mnist(tmp_path_factory):
 def test_mnist_from_dir(tmp_path, fake_mnist, capsys):
     source, sums = fake_mnist
     out = download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=sums)
-    assert out == tmp_path / "mnist" and sorted(p.name for p in (out / "raw").iterdir()) == sorted(sums)
+    assert out == tmp_path / "mnist" and sorted(p.name for p in (out / "raw").iterdir()) == sorted(f"{n}.gz" for n in sums)
     meta = json.loads((out / "dataset.json").read_text())
-    assert meta["split_sizes"] == {"train": 85, "val": 15, "test": 20} and meta["recipe"]["source"] == sums
+    assert meta["split_sizes"] == {"train": 85, "val": 15, "test": 20} and meta["seed"] == 42
 
-    digits = download_mnist.read_idx(source / "train-images-idx3-ubyte.gz")
-    labels = download_mnist.read_idx(source / "train-labels-idx1-ubyte.gz")
-    reference = F.interpolate(torch.from_numpy(digits / 255.0)[:, None], size=(56, 56), mode="bilinear",
-                              align_corners=False)[:, 0].numpy()
-    expected_masks = np.where(reference > 0.5, labels[:, None, None] + 1, 0)
-    # train + val are the 100 training digits, each exactly once, in a seeded order
-    order = np.random.default_rng(common.DEFAULT_SEED).permutation(100)
-    train, val = dc.load_dataset("mnist", "train", tmp_path), dc.load_dataset("mnist", "val", tmp_path)
-    images = torch.cat([train[0], val[0]])[:, 0].numpy()
-    masks = torch.cat([train[1], val[1]]).numpy()
-    assert images.shape == (100, 56, 56) and train[0].shape == (85, 1, 56, 56) and val[1].shape == (15, 56, 56)
-    assert np.abs(images * 255 - reference[order] * 255).max() <= 0.5 + 1e-6  # round(resized * 255)
-    near_threshold = np.abs(reference[order] - 0.5) < 1e-9
-    assert ((masks == expected_masks[order]) | near_threshold).all() and masks.max() <= 10
+    digits = mnist_files.read_idx(source / "train-images-idx3-ubyte.gz")
+    labels = mnist_files.read_idx(source / "train-labels-idx1-ubyte.gz")
+    # the paper's split: torch.manual_seed(42); random_split -> randperm under that seed, 85% / 15%
+    torch.manual_seed(42)
+    order = torch.randperm(100).numpy()
+    resized = F.interpolate(torch.from_numpy(digits.copy()).float().div(255)[:, None], size=(56, 56), mode="bilinear",
+                            align_corners=False)[:, 0].numpy()
+    expected_masks = np.where(resized > 0.5, labels[:, None, None] + 1, 0)
+    for split, index in (("train", order[:85]), ("val", order[85:])):
+        images, masks = dc.load_dataset("mnist", split, tmp_path)
+        assert np.load(out / f"{split}_indices.npy").tolist() == index.tolist()  # traceable to the digit
+        assert np.array_equal(masks.numpy(), expected_masks[index])
+        assert np.array_equal(np.rint(images[:, 0].numpy() * 255), np.rint(resized[index] * 255))
     test_images, test_masks = dc.load_dataset("mnist", "test", tmp_path)
     assert test_images.shape == (20, 1, 56, 56) and test_masks.max() <= 10
+    assert np.load(out / "test_indices.npy").tolist() == list(range(20))
 
     capsys.readouterr()
     download_mnist.main(["--data-root", str(tmp_path)], checksums=sums)  # no download needed: complete
     assert "nothing to do" in capsys.readouterr().out
     download_mnist.main(["--data-root", str(tmp_path), "--seed", "1", "--force"], checksums=sums)
-    assert sorted(p.name for p in (out / "raw").iterdir()) == sorted(sums)  # raw/ survives the rewrite
-    assert not torch.equal(dc.load_dataset("mnist", "train", tmp_path)[1], train[1])
+    assert sorted(p.name for p in (out / "raw").iterdir()) == sorted(f"{n}.gz" for n in sums)  # raw/ survives
+    assert not np.array_equal(np.load(out / "train_indices.npy"), order[:85])
+
+
+def test_mnist_from_a_folder_of_uncompressed_files(tmp_path, fake_mnist):
+    source, sums = fake_mnist
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in sums:
+        (plain / name).write_bytes(mnist_files.read_bytes(source / f"{name}.gz"))
+    download_mnist.main(["--data-root", str(tmp_path / "a"), "--from-dir", str(plain)], checksums=sums)
+    download_mnist.main(["--data-root", str(tmp_path / "b"), "--from-dir", str(source)], checksums=sums)
+    assert npy_bytes(tmp_path / "a" / "mnist") == npy_bytes(tmp_path / "b" / "mnist")
 
 
 def test_mnist_from_dir_errors(tmp_path, fake_mnist):
     source, sums = fake_mnist
-    wrong = {**sums, "t10k-labels-idx1-ubyte.gz": "0" * 32}
-    with pytest.raises(dc.DatasetError, match="t10k-labels-idx1-ubyte.gz: MD5 is .* expected 0000"):
+    wrong = {**sums, "t10k-labels-idx1-ubyte": "0" * 32}
+    with pytest.raises(dc.DatasetError, match="t10k-labels-idx1-ubyte.gz: decompressed MD5 is .* expected 0000"):
         download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=wrong)
     assert not (tmp_path / "mnist" / "raw" / "t10k-labels-idx1-ubyte.gz").exists()
-    with pytest.raises(dc.DatasetError, match="not found: --from-dir needs the four MNIST files"):
-        download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(tmp_path / "empty")], checksums=sums)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "train-images-idx3-ubyte.gz").write_bytes((source / "train-images-idx3-ubyte.gz").read_bytes())
+    with pytest.raises(dc.DatasetError, match="missing train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                                              "t10k-labels-idx1-ubyte .*needs all four MNIST files"):
+        download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(partial)], checksums=sums)
 
 
 def test_mnist_download_failure_message(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise OSError("no network")
 
-    monkeypatch.setattr(download_mnist.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(mnist_files.urllib.request, "urlopen", offline)
     with pytest.raises(dc.DatasetError) as e:
-        download_mnist.fetch_raw(tmp_path / "raw")
+        mnist_files.fetch_raw(tmp_path / "raw")
     message = str(e.value)
-    assert "could not download train-images-idx3-ubyte.gz" in message and "no network" in message
-    assert all(mirror in message for mirror in download_mnist.MIRRORS)
-    assert str(tmp_path / "raw" / "train-images-idx3-ubyte.gz") in message and "--from-dir" in message
+    assert "could not download train-images-idx3-ubyte" in message and "no network" in message
+    assert all(mirror in message for mirror in mnist_files.MIRRORS)
+    assert "--from-dir DIR" in message and "gzip'd or not" in message
 
 
 def test_multi_mnist(tmp_path):
@@ -470,39 +512,61 @@ def test_multi_mnist(tmp_path):
     digits[:, 9:19, 9:19] = 200
     sums = write_fake_mnist(tmp_path / "source", digits, np.arange(30) % 10, digits[:5], np.arange(5))
     download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(tmp_path / "source")], checksums=sums)
-    out = create(create_multi_mnist, tmp_path)
+    out = create_multi_mnist.main(["--data-root", str(tmp_path), *TINY], checksums=sums)
     glyph_pixels = create_multi_mnist.glyph(digits[0]).sum()
     assert 200 < glyph_pixels < 42 * 42
     for split, n in (("train", 20), ("val", 5), ("test", 5)):
         images = np.load(out / f"{split}_images.npy")
         masks = np.load(out / f"{split}_masks.npy")
-        counts = np.load(out / f"{split}_counts.npy")
+        counts = np.load(out / f"{split}_counts.npy").astype(int)
+        placed = np.load(out / f"{split}_digits.npy")
         assert images.shape == (n, 128, 128) and masks.shape == (n, 128, 128) and counts.shape == (n,)
-        assert ((counts >= 1) & (counts <= 4)).all()
+        assert ((counts >= 1) & (counts <= 4)).all() and ((placed >= 0).sum(1) == counts).all()
         assert set(np.unique(images)) <= {0, 255} and ((images == 255) == (masks > 0)).all()  # binarised
         assert ((masks > 0).sum((1, 2)) == counts * glyph_pixels).all()  # never overlapping
+        for mask, row in zip(masks, placed):  # each placed digit's label is in the mask
+            assert set(np.unique(mask[mask > 0])) == {d % 10 + 1 for d in row[row >= 0]}
     assert dc.load_dataset("multi_mnist", "train", tmp_path)[0].shape == (20, 1, 128, 128)
-
-    rng = np.random.default_rng(0)
-    make_sample = create_multi_mnist.make_sampler(digits, np.arange(30) % 10)
-    for _ in range(50):
-        image, mask, info = make_sample(rng)
-        assert len(info["digits"]) + info["skipped"] <= 4
-        for d in info["digits"]:
-            pixels = create_multi_mnist.glyph(digits[d["index"]])
-            assert (mask[d["y"]:d["y"] + 42, d["x"]:d["x"] + 42][pixels] == d["label"] + 1).all()
 
 
 def test_multi_mnist_needs_raw_mnist(tmp_path):
     with pytest.raises(dc.DatasetError, match=f"python data_scripts/download_mnist.py --data-root {tmp_path}"):
         create(create_multi_mnist, tmp_path)
 
+
+@pytest.fixture(scope="module")
+def paper_mnist_root(tmp_path_factory):
+    if not all(mnist_files.find_file(SHARED_MNIST, name) for name in mnist_files.MNIST_MD5):
+        pytest.skip(f"the four MNIST files are not in {SHARED_MNIST}: put them there (gzip'd or not, from any "
+                    f"source) to check MNIST and Multi-MNIST against the paper's arrays")
+    root = tmp_path_factory.mktemp("paper_mnist")
+    download_mnist.main(["--data-root", str(root), "--from-dir", str(SHARED_MNIST)])
+    create_multi_mnist.main(["--data-root", str(root)])
+    return root
+
+
+@pytest.mark.parametrize("name", ["mnist", "multi_mnist"])
+def test_default_mnist_datasets_equal_the_papers_arrays(name, paper_mnist_root):
+    folder, info = paper_mnist_root / name, dc.get_info(name)
+    for array, digest in info.paper_sha256.items():
+        assert hashlib.sha256(np.load(folder / f"{array}.npy").tobytes()).hexdigest() == digest, array
+    meta = json.loads((folder / "dataset.json").read_text())
+    assert meta["paper_identical"] is True
+    assert meta["split_sizes"] == dict(zip(dc.SPLITS, info.paper_split_sizes))
+    if name == "mnist":  # SPEC's first indices of the paper's split
+        assert np.load(folder / "train_indices.npy")[:5].tolist() == [37542, 43087, 2992, 25810, 39634]
+        assert np.load(folder / "val_indices.npy")[:3].tolist() == [24161, 50189, 26739]
+    else:
+        assert meta["stats"]["images_with_1_to_4_digits"]["train"] == [2494, 2559, 2499, 2448]
+    assert verify_datasets.main([name, "--data-root", str(paper_mnist_root)]) == 0
+
+
 # -----------------------------------------------------------------------------
 # command line and pictures
 
 
 @pytest.mark.parametrize("module", [create_tetrominoes, create_polygons, create_multi_mnist, download_mnist,
-                                    show_samples])
+                                    show_samples, verify_datasets])
 def test_help(module, capsys):
     with pytest.raises(SystemExit) as e:
         module.main(["--help"])

@@ -1,12 +1,15 @@
 """produce_scores.py: one row per finished run, idempotent, unfinished and broken runs listed."""
+import numpy as np
 import pandas as pd
 import pytest
 
 import produce_scores
 import runs
 import train
+from data_scripts import common
 
-FAST = ["--dataset", "tiny", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
+# --amp off: the stored test metrics are float32, as produce_scores.py re-evaluates
+FAST = ["--dataset", "tiny", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress", "--amp", "off",
         "--min-epochs", "0", "--epochs", "1"]
 
 
@@ -71,3 +74,21 @@ def test_broken_run_is_skipped_with_a_reason(runs_root, tiny_dataset, tmp_path):
     assert len(table) == 2
     reasons = dict((d.name, why) for d, why in skipped)
     assert "broken" in reasons[victim.name]
+
+
+def test_runs_on_other_data_keep_their_stored_metrics_and_are_labelled(runs_root, tiny_dataset, tmp_path):
+    table, _ = score(runs_root, tiny_dataset, tmp_path / "a.csv")
+    assert set(table["evaluated"]) == {"re-evaluated"}
+    assert all(label.startswith("our recipe, seed 0, sha256 ") for label in table["data"])
+    # the dataset is made again with other bytes: the runs were not trained on it
+    folder = tiny_dataset / "tiny"
+    meta = runs.load_json(folder / "dataset.json")
+    arrays = {f.stem: np.load(f) for f in folder.glob("*.npy")}
+    arrays["test_masks"] = np.zeros_like(arrays["test_masks"])
+    common.write_dataset(folder, arrays, {k: v for k, v in meta.items() if k not in ("sha256", "paper_identical",
+                                                                                     "stats")})
+    again, _ = score(runs_root, tiny_dataset, tmp_path / "b.csv")
+    assert all(e.startswith("stored (trained on other data") for e in again["evaluated"])
+    for run in again["run"]:
+        stored = runs.load_json(runs_root / run / runs.TEST_METRICS)
+        assert again.set_index("run").loc[run, "iou_foreground"] == stored["iou_foreground"]

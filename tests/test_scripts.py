@@ -227,6 +227,7 @@ def test_create_data_commands(env, tmp_path):
         "py data_scripts/create_polygons.py --data-root /data/waves",
         "py data_scripts/download_mnist.py --data-root /data/waves --from-dir /dl/mnist",
         "py data_scripts/create_multi_mnist.py --data-root /data/waves",
+        "py data_scripts/verify_datasets.py --data-root /data/waves",
     ]
     assert bash("create_data.sh", "--seeds", "1", env=env, cwd=tmp_path).returncode == 2
 
@@ -236,12 +237,12 @@ def test_run_all_covers_the_whole_grid(env, tmp_path):
                   "--", "--data-root", "/data/waves", "--runs-root", "/runs/waves", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split()[1] for line in lines[:4]] == [
+    assert [line.split()[1] for line in lines[:5]] == [
         "data_scripts/create_tetrominoes.py", "data_scripts/create_polygons.py",
-        "data_scripts/download_mnist.py", "data_scripts/create_multi_mnist.py"]
-    assert all(line.endswith("--data-root /data/waves") for line in lines[:4])
+        "data_scripts/download_mnist.py", "data_scripts/create_multi_mnist.py", "data_scripts/verify_datasets.py"]
+    assert all(line.endswith("--data-root /data/waves") for line in lines[:5])
     assert lines[-1] == "py produce_scores.py --runs-root /runs/waves --data-root /data/waves"
-    trained = [parse(line)[1] for line in lines[4:-1]]
+    trained = [parse(line)[1] for line in lines[5:-1]]
     assert len(trained) == sum(len(values) for _, _, _, values, _ in FAMILIES.values())
     assert [a.dataset for a in trained] == sorted([a.dataset for a in trained], key=["tetrominoes", "mnist",
                                                   "multi_mnist", "polygons"].index)

@@ -4,16 +4,20 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+import dataset_config
 import runs
 import train
 from conftest import REPO
+from data_scripts import common
 from engine import evaluate
 from metrics import METRIC_NAMES
 
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0"]
+# float32 throughout (--amp off), so stored and re-computed metrics can be compared exactly on any CPU
+FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0", "--amp", "off"]
 
 
 def run_train(data_root, runs_root, *extra):
@@ -39,6 +43,8 @@ def test_end_to_end_run_writes_every_file(tiny_dataset, tmp_path):
     assert config["dataset"] == "tiny" and config["model"] == "nwm" and config["T"] == 8
     assert config["in_channels"] == 3 and config["num_classes"] == 3
     assert config["versions"]["torch"] == torch.__version__ and config["device"] == "cpu"
+    meta = json.loads((tiny_dataset / "tiny" / "dataset.json").read_text())
+    assert config["data"] == dataset_config.fingerprint(meta) and len(config["data"]["sha256"]) == 64
 
     rows = read_metrics(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -236,3 +242,18 @@ def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
     assert (args.train_size, args.val_size, args.batch_size, args.readout_width) == (1000, 250, 16, 64)
     assert args.epochs == 3 and args.run_name == "quickstart"
     assert args.T == 100 and args.lr == 1e-3  # the paper's model and optimiser
+
+
+def test_a_run_is_not_continued_on_other_data(tiny_dataset, tmp_path, capsys):
+    run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--run-name", "d")
+    folder = tiny_dataset / "tiny"
+    meta = json.loads((folder / "dataset.json").read_text())
+    arrays = {f.stem: np.load(f) for f in folder.glob("*.npy")}
+    arrays["train_images"] = 255 - arrays["train_images"]
+    request = {k: meta[k] for k in ("format_version", "dataset", "seed", "split_sizes", "image_size", "channels",
+                                    "class_names", "files", "recipe")}
+    common.write_dataset(folder, arrays, request)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--run-name", "d")
+    assert exit_info.value.code == 2
+    assert "was trained on other data" in capsys.readouterr().err

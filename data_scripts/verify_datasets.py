@@ -1,0 +1,73 @@
+"""
+Checks the datasets on disk: every array against the SHA-256 in its dataset.json (nothing
+changed since it was written), and Tetrominoes, MNIST and Multi-MNIST against the SHA-256
+of the arrays the paper's own generators wrote (docs/methods.md, "Data").
+
+    python data_scripts/verify_datasets.py                  # every dataset under the data root
+    python data_scripts/verify_datasets.py tetrominoes --data-root /tmp/waves_data
+
+Exit status 0 when every dataset found is intact and every one made with the paper's seed
+and sizes equals the paper's arrays; 1 otherwise. Datasets not created yet are listed.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
+
+import numpy as np
+
+from dataset_config import (DATA_ROOT_ENV, DATASETS, DatasetError, DatasetNotFoundError, array_sha256,
+                            create_command, get_info, read_metadata, resolve_data_root)
+
+
+def verify(name, data_root=None):
+    """(ok, report line) for one dataset."""
+    info = get_info(name)
+    try:
+        meta = read_metadata(name, data_root)
+    except DatasetNotFoundError:
+        return True, f"{name:12s} not created yet ({create_command(name, data_root)})"
+    except DatasetError as e:
+        return False, f"{name:12s} {e}"
+    folder = resolve_data_root(data_root) / info.folder
+    actual = {}
+    for array_name in meta["sha256"]:
+        path = folder / f"{array_name}.npy"
+        actual[array_name] = array_sha256(np.load(path)) if path.is_file() else "missing"
+    changed = [k for k, digest in meta["sha256"].items() if actual[k] != digest]
+    parts = [f"{len(actual) - len(changed)}/{len(actual)} arrays intact"
+             + (f" (changed or missing: {', '.join(changed)})" if changed else "")]
+    ok = not changed
+    if info.paper_sha256:
+        equal = [k for k, digest in info.paper_sha256.items() if actual.get(k) == digest]
+        parts.append(f"{len(equal)}/{len(info.paper_sha256)} equal to the paper's arrays")
+        paper_request = (meta["seed"] == info.default_seed and list(meta["split_sizes"].values())
+                         == list(info.paper_split_sizes))
+        if len(equal) < len(info.paper_sha256):
+            parts[-1] += "" if paper_request else f" (seed {meta['seed']}, sizes {meta['split_sizes']}: not the paper's)"
+            ok = ok and not paper_request
+    else:
+        parts.append("our own recipe (no paper arrays)")
+    return ok, f"{name:12s} " + "; ".join(parts)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("datasets", nargs="*", metavar="DATASET",
+                        help=f"which datasets (default: all: {', '.join(DATASETS)})")
+    parser.add_argument("--data-root", default=None,
+                        help=f"data root folder (default: ${DATA_ROOT_ENV} if set, else ./data)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.datasets if name not in DATASETS]
+    if unknown:
+        parser.error(f"unknown dataset {', '.join(unknown)}; valid names: {', '.join(DATASETS)}")
+    results = [verify(name, args.data_root) for name in args.datasets or DATASETS]
+    for _, line in results:
+        print(line)
+    return 0 if all(ok for ok, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
