@@ -8,7 +8,7 @@ Every dataset lives in its own folder under a data root:
     <data root>/<folder>/dataset.json                  recipe, seed, split sizes, SHA-256 of every array
 
 The data root is, in order: the `data_root` argument, the WAVES_DATA_ROOT environment
-variable, or ./data (relative to the current directory; git ignores /data/).
+variable, or ./data (settings.py; relative to the current directory; git ignores /data/).
 The programs in data_scripts/ create the folders (see DatasetInfo.create_command); the
 loader refuses a folder they did not write (no dataset.json, or an older format). With
 their default seeds and sizes, Tetrominoes, MNIST and Multi-MNIST are the paper's arrays
@@ -21,27 +21,16 @@ wrote (docs/methods.md, "Data"), and `python data_scripts/verify_datasets.py` ch
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-DATA_ROOT_ENV = "WAVES_DATA_ROOT"
-DEFAULT_DATA_ROOT = Path("data")
+from settings import data_root as resolve_data_root
+
 SPLITS = ("train", "val", "test")
 METADATA = "dataset.json"
 FORMAT_VERSION = 2  # 2: the paper's generators, with SHA-256 of every array
-
-
-def resolve_data_root(data_root=None) -> Path:
-    """The data root: the argument if given, else $WAVES_DATA_ROOT, else ./data."""
-    if data_root is not None:
-        return Path(data_root)
-    if os.environ.get(DATA_ROOT_ENV):
-        return Path(os.environ[DATA_ROOT_ENV])
-    return DEFAULT_DATA_ROOT
 
 
 class DatasetError(Exception):
@@ -261,7 +250,8 @@ def load_dataset(name, split, data_root=None, limit=None):
 
     if limit is not None:
         if not 0 <= limit <= len(images):
-            raise DatasetError(f"limit={limit} asked for, but {name} {split} holds {len(images)} samples")
+            raise DatasetError(f"the first {limit} samples asked for, but the {name} {split} split holds "
+                               f"{len(images)}")
         images, masks = images[:limit], masks[:limit]
     # one cheap pass (uint8 is never negative, so the max is enough); a bad id would
     # otherwise surface later as an obscure index error inside the loss

@@ -1,11 +1,22 @@
 """One epoch of training and one pass of evaluation.
 
 The whole split lives in memory (on the GPU when training there) and batches are drawn
-by index: the datasets are small, and no worker processes means nothing to tune.
+by index: the datasets are small, and no worker processes means nothing to tune. As in
+the paper's loader, the last partial training batch of each epoch is dropped, so every
+training step has the same shape; evaluation covers every image.
+
+A training step is forward, cross-entropy, backward and Adam step (`TrainStep`). On CUDA
+it can be captured once in a CUDA graph and replayed for every batch (`GraphedTrainStep`,
+train.py --cuda-graph), which removes the launch overhead of thousands of small kernels.
+Nothing inside an epoch waits for the GPU: losses and metrics accumulate on the device
+and are read once, at the end of the epoch, where a non-finite loss is caught.
 """
 import contextlib
 import ctypes
 import math
+import signal
+import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +29,52 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class Interrupted(Exception):
+    """A stop was asked for (Ctrl-C, SIGTERM); `signum` says which."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM (what SLURM sends before pre-emption) only ask the
+    training loop to stop at its next safe point, between two batches; a second signal
+    stops at once. Use as a context manager; `check()` raises Interrupted once asked."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # asked twice: do not wait for the safe point
+            raise Interrupted(signum)
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def check(self):
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
 def tune_cpu_allocator():
     """Let freed CPU memory be reused instead of handed back to the OS after every tensor.
 
     A training step allocates and frees tensors of hundreds of MB. By default glibc maps
     each large one fresh from the OS and unmaps it when freed, so the kernel zeroes every
-    page again on first touch; on our 2-core test machine that was a quarter to a third
-    of a CPU training step (bench.py, README "Speed"). Serving large blocks from the heap
-    and never trimming it removes that cost, for a higher peak resident size (freed
-    blocks stay with the process). Returns whether it could be applied (glibc only).
+    page again on first touch; on a 2-core test machine that was a quarter to a third of
+    a CPU training step (bench.py, README "Speed"). Serving large blocks from the heap and
+    never trimming it removes that cost, for a higher peak resident size (freed blocks
+    stay with the process). Returns whether it could be applied (glibc only).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -54,50 +102,180 @@ def autocast(device, amp):
 
     The models keep their recurrences in float32 inside the region (models/common.py).
     """
-    device = torch.device(device)
     if not amp:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def batches(n, batch_size, generator=None, device="cpu"):
-    """Index tensors covering 0..n-1, shuffled when a generator is given."""
+def batches(n, batch_size, generator=None, device="cpu", drop_last=False):
+    """Index tensors covering 0..n-1, shuffled when a generator is given; `drop_last`
+    leaves out a last batch smaller than batch_size."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return [idx.to(device) for idx in order.split(batch_size)]
+    chunks = order.split(batch_size)
+    if drop_last and chunks and len(chunks[-1]) < batch_size:
+        chunks = chunks[:-1]
+    return [idx.to(device) for idx in chunks]
 
 
-def train_one_epoch(model, optimizer, images, masks, num_classes, batch_size, generator,
-                    amp=False, progress=True, desc="train"):
-    """One pass over the shuffled training split. Returns the training metrics, computed
-    on the fly from each batch's (training-mode) predictions."""
-    model.train()
+class TrainStep:
+    """Forward, cross-entropy over all pixels, backward, optimizer step; returns
+    (logits, loss) as tensors, without waiting for the device."""
+
+    def __init__(self, model, optimizer, amp):
+        self.model, self.optimizer, self.amp = model, optimizer, amp
+
+    def __call__(self, x, y):
+        with autocast(x.device, self.amp):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return logits, loss
+
+
+class GraphedTrainStep(TrainStep):
+    """The same step captured in one CUDA graph and replayed: every batch is copied into
+    fixed input buffers, and the graph re-runs forward, backward and the optimizer step
+    (which must be built with capturable=True) on them.
+
+    Capturing needs a few warm-up steps on a side stream (allocations, kernel choices);
+    they are undone afterwards, so the model and optimizer start from the state they
+    were in and the graphed run trains exactly as the eager one.
+    """
+
+    def __init__(self, model, optimizer, amp, x, y, warmup=3):
+        super().__init__(model, optimizer, amp)
+        model_state = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer_state = {id(t): t.clone() for s in optimizer.state.values() for t in s.values()
+                           if torch.is_tensor(t)}
+        self.x, self.y = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                super().__call__(self.x, self.y)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        optimizer.zero_grad(set_to_none=True)  # the graph then allocates the gradients itself
+        with torch.cuda.graph(self.graph):
+            with autocast(x.device, amp):
+                self.logits = model(self.x)
+            self.loss = F.cross_entropy(self.logits.float(), self.y)
+            self.loss.backward()
+            optimizer.step()
+        with torch.no_grad():  # undo the warm-up and capture steps, in place (the graph holds these tensors)
+            for k, v in model.state_dict().items():
+                v.copy_(model_state[k])
+            for s in optimizer.state.values():
+                for t in s.values():
+                    if not torch.is_tensor(t):
+                        continue
+                    if id(t) in optimizer_state:
+                        t.copy_(optimizer_state[id(t)])
+                    else:  # created by the warm-up: a fresh optimizer's state is all zeros
+                        t.zero_()
+
+    def __call__(self, x, y):
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+        return self.logits, self.loss
+
+
+class GraphedForward:
+    """Evaluation forward passes of one batch shape, captured in a CUDA graph (model in eval mode)."""
+
+    def __init__(self, model, amp, x):
+        self.x = x.clone()
+        with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), autocast(x.device, amp):
+                model(self.x)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), autocast(x.device, amp):
+                self.logits = model(self.x)
+
+    def __call__(self, x):
+        self.x.copy_(x)
+        self.graph.replay()
+        return self.logits
+
+
+def train_one_epoch(step, images, masks, num_classes, batch_size, generator, progress=True, desc="train",
+                    stop=None):
+    """One pass over the shuffled training split, the last partial batch dropped. Returns the
+    training metrics, computed on the fly from each batch's (training-mode) predictions.
+    `stop` (a StopSignals) is checked between batches."""
+    step.model.train()
     metrics = SegmentationMetrics(num_classes, images.device)
-    bar = tqdm(batches(len(images), batch_size, generator, images.device), desc=desc,
+    loss_sum = torch.zeros((), device=images.device)
+    bar = tqdm(batches(len(images), batch_size, generator, images.device, drop_last=True), desc=desc,
                leave=False, disable=not progress, dynamic_ncols=True)
     for i, idx in enumerate(bar):
-        x, y = images[idx], masks[idx]
-        with autocast(images.device, amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"the training loss became {loss_value} at batch {i} of the epoch")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if stop is not None:
+            stop.check()
+        y = masks[idx]
+        logits, loss = step(images[idx], y)
+        loss_sum += loss.detach()
         metrics.update(logits.detach(), y)
-        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        if progress and i % 10 == 0:  # reading the loss waits for the device: only for the bar
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    mean_loss = loss_sum.item() / max(len(bar), 1)  # the epoch's one wait for the device
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"the training loss became {mean_loss}")
     return metrics.compute()
 
 
 @torch.no_grad()
-def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progress=False, desc="eval"):
-    """Metrics (metrics.py) of `model` on a whole split, in eval mode."""
+def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progress=False, desc="eval",
+             graphed=None):
+    """Metrics (metrics.py) of `model` on a whole split, in eval mode. `graphed` (a
+    GraphedForward for this batch size) runs the full batches; a smaller last batch runs
+    eagerly, so every image counts exactly once."""
     model.eval()
     metrics = SegmentationMetrics(num_classes, images.device)
     for idx in tqdm(batches(len(images), batch_size, device=images.device), desc=desc,
                     leave=False, disable=not progress, dynamic_ncols=True):
-        with autocast(images.device, amp):
-            logits = model(images[idx])
+        if graphed is not None and len(idx) == batch_size:
+            logits = graphed(images[idx])
+        else:
+            with autocast(images.device, amp):
+                logits = model(images[idx])
         metrics.update(logits, masks[idx])
     return metrics.compute()
+
+
+def maybe_compile(model, mode, device):
+    """torch.compile for --compile `mode` (auto: on for CUDA): a recurrent model's step (small
+    and repeated T times, so one compiled graph is reused instead of unrolling all T steps),
+    a feed-forward model whole."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return model
+    if model.recurrent:
+        model.step = torch.compile(model.step, dynamic=False)
+        return model
+    return torch.compile(model, dynamic=False)
+
+
+def make_steps(model, optimizer, amp, train_split, batch_size, cuda_graph="auto"):
+    """(training step, graphed evaluation forward or None) for --cuda-graph `cuda_graph` (auto:
+    on for CUDA, falling back to eager steps if capture fails). The graphs are captured on
+    the first training batch's shape."""
+    eager = TrainStep(model, optimizer, amp)
+    images, masks = train_split
+    if cuda_graph == "off" or images.device.type != "cuda":
+        return eager, None
+    x, y = images[:batch_size], masks[:batch_size]
+    try:
+        step = GraphedTrainStep(model, optimizer, amp, x, y)
+        forward = GraphedForward(model.eval(), amp, x)
+        model.train()
+        return step, forward
+    except RuntimeError as e:
+        if cuda_graph == "on":
+            raise
+        print(f"warning: CUDA graph capture failed ({e}); training with eager steps", file=sys.stderr)
+        return eager, None

@@ -1,4 +1,4 @@
-"""Segmentation metrics (SPEC section 5).
+"""Segmentation metrics (docs/methods.md, "Metrics").
 
 Per image, then averaged over the images of a split:
     acc              pixel accuracy over all pixels
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 METRIC_NAMES = ("acc", "acc_foreground", "iou_foreground", "loss", "loss_foreground", "miou")
 PER_IMAGE = ("acc", "acc_foreground", "iou_foreground", "loss", "loss_foreground")
-FOREGROUND_ONLY = ("acc_foreground", "iou_foreground", "loss_foreground")
 
 
 def per_image_metrics(logits, masks):
@@ -46,7 +45,9 @@ def per_image_metrics(logits, masks):
 def confusion_matrix(predictions, masks, num_classes):
     """num_classes x num_classes counts, rows = true class, columns = predicted class."""
     index = masks.flatten().long() * num_classes + predictions.flatten().long()
-    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
+    # index_add_ into a fixed size, not bincount: bincount waits for the device to size its output
+    counts = torch.zeros(num_classes ** 2, dtype=torch.long, device=index.device)
+    return counts.index_add_(0, index, torch.ones_like(index)).view(num_classes, num_classes)
 
 
 def iou_from_confusion(confusion):
@@ -58,7 +59,8 @@ def iou_from_confusion(confusion):
 
 
 class SegmentationMetrics:
-    """Accumulates the metrics over batches; `compute()` returns plain Python numbers."""
+    """Accumulates the metrics over batches on the batches' device, without waiting for it;
+    `compute()` returns plain Python numbers."""
 
     def __init__(self, num_classes, device="cpu"):
         self.num_classes = num_classes
@@ -70,7 +72,7 @@ class SegmentationMetrics:
     def update(self, logits, masks):
         for name, values in per_image_metrics(logits, masks).items():
             defined = ~torch.isnan(values)
-            self.sums[name] += values[defined].double().sum()
+            self.sums[name] += torch.where(defined, values, 0).double().sum()
             self.counts[name] += defined.sum()
         self.confusion += confusion_matrix(logits.argmax(1), masks, self.num_classes)
 
@@ -98,3 +100,8 @@ def background_only_metrics(masks, num_classes):
     result = metrics.compute()
     del result["loss"], result["loss_foreground"]
     return result
+
+
+def format_metrics(m):
+    """"acc 0.9123 acc_foreground 0.5012 ...": the metrics of METRIC_NAMES that `m` holds."""
+    return " ".join(f"{k} {m[k]:.4f}" for k in METRIC_NAMES if k in m)

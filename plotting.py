@@ -1,11 +1,9 @@
 """The paper's figures, drawn with matplotlib (Agg): each function returns a Figure.
 
-`save_figure(fig, name)` writes results/figures/<name>.png (moved with WAVES_FIGURES),
-so every figure has a stable file name. Masks use the class colours of
-data_scripts/show_samples.py (background black, then tab10).
+`save_figure(fig, name)` writes <figures>/<name>.png (settings.figures_dir: $WAVES_FIGURES,
+else <runs root>/figures), so every figure has a stable file name. Masks use one fixed
+colour per class (background black, then tab10).
 """
-import os
-from pathlib import Path
 
 import matplotlib
 import matplotlib.ticker
@@ -17,25 +15,21 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 
-import analysis
 import runs
-from data_scripts.show_samples import class_colours
+import settings
 
-FIGURES_ENV = "WAVES_FIGURES"
-DEFAULT_FIGURES = Path(__file__).resolve().parent / "results" / "figures"
 WAVE_CMAP = "RdBu_r"  # hidden states are signed: red up, blue down, white at rest
 
 
-def figures_dir(out_dir=None):
-    """The figure folder: the argument, else $WAVES_FIGURES, else results/figures."""
-    if out_dir is not None:
-        return Path(out_dir)
-    return Path(os.environ[FIGURES_ENV]) if os.environ.get(FIGURES_ENV) else DEFAULT_FIGURES
+def class_colours(num_classes):
+    """Background black, then tab10's colours (and tab20's beyond 11 classes)."""
+    palette = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors
+    return [(0.0, 0.0, 0.0)] + [palette[i % len(palette)] for i in range(num_classes - 1)]
 
 
 def save_figure(fig, name, out_dir=None, pdf=False, dpi=100):
     """Writes <out_dir>/<name>.png (and .pdf if asked), closes the figure, returns the paths."""
-    out_dir = figures_dir(out_dir)
+    out_dir = settings.figures_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png"] + ([out_dir / f"{name}.pdf"] if pdf else [])
     for path in paths:
@@ -92,7 +86,7 @@ def frame_indices(T, n):
 def score_strip(scores, dataset, metric="iou_foreground"):
     """One dot per seed and a bar at the mean, for every model x variant on one dataset."""
     df = scores[scores["dataset"] == dataset].copy()
-    df["label"] = [f"{model}\n{v}" for model, v in zip(df["model"], analysis.variants(df))]
+    df["label"] = [f"{row['model']}\n{runs.variant(row)}" for row in df.to_dict("records")]
     labels = sorted(df["label"].unique())
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 1.5), 3.2))
     for i, label in enumerate(labels):
@@ -115,7 +109,7 @@ def learning_curves(runs_root, dataset, metric="val_iou_foreground"):
     for run_dir in runs.find_runs(runs_root):
         config = runs.load_json(run_dir / runs.CONFIG)
         if config.get("dataset") == dataset and (run_dir / runs.METRICS).is_file():
-            label = f"{config['model']} {analysis.variant(config)}"
+            label = f"{config['model']} {runs.variant(config)}"
             curves.append((label, config.get("seed", 0), pd.read_csv(run_dir / runs.METRICS)))
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     labels = sorted({label for label, _, _ in curves})
@@ -275,6 +269,24 @@ def erf_radius_plot(table, fraction=0.9):
 
 # -----------------------------------------------------------------------------
 # segmentation results
+
+
+def sample_grid(images, masks, class_names, n=8, columns=8):
+    """The first n samples, each image (N x C x H x W in [0, 1]) above its coloured mask."""
+    images, masks = np.asarray(images)[:n], np.asarray(masks)[:n]
+    n = len(images)
+    columns = min(columns, n)
+    rows = -(-n // columns)  # ceil
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.6 * columns, 3.2 * rows + 0.6), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        row, col = 2 * (i // columns), i % columns
+        show_image(axes[row, col], images[i])
+        show_mask(axes[row + 1, col], masks[i], len(class_names))
+    class_legend(fig, class_names)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.5 / (3.2 * rows + 0.6), wspace=0.06, hspace=0.06)
+    return fig
 
 
 def sample_predictions(images, masks, predictions, class_names, n=6):

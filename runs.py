@@ -1,34 +1,41 @@
-"""Run directories: what a training run writes, and how to read it back.
+"""Run directories: what a training run writes, how runs are named, found and loaded.
 
     <runs root>/<run name>/
-        config.json        every resolved setting, num_params, library versions, device
+        config.json        every resolved setting, num_params, the data's fingerprint, the git
+                           commit, library versions, device
         metrics.csv        one row per finished epoch: train and val metrics, lr, seconds
         checkpoint.pt      the model with the best validation loss so far
         last.pt            everything needed to resume after the last finished epoch
-        test_metrics.json  the best checkpoint's metrics on the test split; its presence
-                           marks the run as finished
+        test_metrics.json  the best checkpoint's metrics on the test split and why training
+                           ended; its presence marks the run as finished
 
 Files are written to a temporary name and renamed into place, so a run killed at any
 moment leaves each file either complete or as it was.
+
+    model, config = runs.load_model("runs/tetrominoes/nwm-linear-T100-h2-seed0")   # eval mode
 """
+import csv
+import io
 import json
 import os
+import shutil
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-RUNS_ROOT_ENV = "WAVES_RUNS_ROOT"
-DEFAULT_RUNS_ROOT = Path("runs")
-
 CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS = (
     "config.json", "metrics.csv", "checkpoint.pt", "last.pt", "test_metrics.json")
+# the settings that may change when a run is continued: how long it trains, not what
+BUDGET = ("epochs", "min_epochs", "patience", "max_minutes")
 
 
-def resolve_runs_root(runs_root=None):
-    """The runs root: the argument if given, else $WAVES_RUNS_ROOT, else ./runs."""
-    if runs_root is not None:
-        return Path(runs_root)
-    return Path(os.environ.get(RUNS_ROOT_ENV) or DEFAULT_RUNS_ROOT)
+class RunConflict(Exception):
+    """The run directory holds something this run cannot continue; the message says what to do."""
+
+# -----------------------------------------------------------------------------
+# writing and reading the files
 
 
 def _replace_atomically(path, write):
@@ -55,17 +62,32 @@ def load_json(path):
     return json.loads(Path(path).read_text())
 
 
+def save_metrics(history, path):
+    """metrics.csv from the whole history each time, so a resumed run never duplicates or loses rows."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    save_text(buffer.getvalue(), path)
+
+
+def epoch_row(epoch, train, val, lr, seconds, improved):
+    """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds, whether it improved."""
+    from metrics import METRIC_NAMES  # keeps `import runs` light
+
+    row = {"epoch": epoch}
+    for prefix, metrics in (("train", train), ("val", val)):
+        row.update({f"{prefix}_{name}": metrics[name] for name in METRIC_NAMES})
+    row.update(lr=lr, seconds=round(seconds, 3), best=int(improved))
+    return row
+
+
 def is_finished(run_dir):
     return (Path(run_dir) / TEST_METRICS).is_file()
 
 
-def find_runs(root):
-    """Every run directory (one holding a config.json) under `root`, sorted."""
-    return sorted(p.parent for p in Path(root).rglob(CONFIG))
-
-
 def load_model(run_dir, device="cpu", which=CHECKPOINT):
-    """(model, config) of a run, with the weights of its best checkpoint, in eval mode."""
+    """(model, config) of a run, with the weights of its best checkpoint (or `which`), in eval mode."""
     from models import build_model, model_config_keys  # keeps `import runs` light
 
     run_dir = Path(run_dir)
@@ -75,3 +97,123 @@ def load_model(run_dir, device="cpu", which=CHECKPOINT):
     model = build_model(config["model"], **{k: config[k] for k in keys if k in config})
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
+
+def git_state(repo=Path(__file__).resolve().parent):
+    """{"commit": the checkout's commit, "dirty": whether tracked files differ from it}; None
+    for both outside a git checkout (e.g. an unpacked release)."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
+    try:
+        commit = git("rev-parse", "HEAD")
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def open_run(run_dir, settings, data, restart=False):
+    """Makes run_dir ready for a run of `settings` (what defines the run) on `data` (the data's
+    fingerprint). Returns "new", "resume" or "finished" (nothing to do).
+
+    A run continues only with the same settings and data; its budget (BUDGET) may be
+    raised, which reopens a finished run: test_metrics.json goes, and the run is tested
+    again at its new end. A directory where no epoch finished is simply started over.
+    Raises RunConflict, before anything is changed, when the run cannot continue.
+    """
+    run_dir = Path(run_dir)
+    if restart and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if not (run_dir / CONFIG).is_file() or not (run_dir / LAST).is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return "new"
+    stored = load_json(run_dir / CONFIG)
+    differ = {k: (stored.get(k), v) for k, v in settings.items() if k not in BUDGET and stored.get(k) != v}
+    if differ:
+        raise RunConflict(f"{run_dir} holds a run with other settings "
+                          f"({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in differ.items())}). "
+                          f"Only its budget ({', '.join('--' + k.replace('_', '-') for k in BUDGET)}) may change; "
+                          f"choose another --run-name or --runs-root, or --restart to replace it.")
+    stored_data = (stored.get("data") or {}).get("sha256")
+    if stored_data != data["sha256"]:
+        raise RunConflict(f"{run_dir} was trained on other data (dataset fingerprint {str(stored_data)[:12]} there, "
+                          f"{data['sha256'][:12]} now). Point --data-root at its data, choose another --run-name, "
+                          f"or --restart.")
+    changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
+    if not changed:
+        return "finished" if is_finished(run_dir) else "resume"
+    epochs_run = len(load_metrics(run_dir))
+    if settings["epochs"] < epochs_run:
+        raise RunConflict(f"--epochs {settings['epochs']} is below the {epochs_run} epochs {run_dir} has trained; "
+                          f"raise it, or --restart")
+    stored.update({k: settings[k] for k in changed})
+    stored.setdefault("budget_changes", []).append(
+        {"after_epoch": epochs_run, "changed": {k: list(v) for k, v in changed.items()},
+         "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    save_json(stored, run_dir / CONFIG)
+    (run_dir / TEST_METRICS).unlink(missing_ok=True)  # tested again at the new end
+    return "resume"
+
+
+def load_metrics(run_dir):
+    """The rows of a run's metrics.csv (strings), [] when it has none."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+# -----------------------------------------------------------------------------
+# names
+
+
+def variant(config):
+    """What tells runs of one model apart in the paper's tables: the readout, CNN depth or
+    U-Net width ("linear", "depth 8", "width 4"); `config` is a run's config or a table row."""
+    if config["model"] == "cnn":
+        return f"depth {int(config['depth'])}"
+    if config["model"] == "unet":
+        return f"width {int(config['width'])}"
+    return config["readout"]
+
+
+def default_run_name(config):
+    """<dataset>/<model>-<variant>[-n<train size>]-seed<seed>, e.g. tetrominoes/nwm-linear-T100-h2-seed0."""
+    if config["model"] == "cnn":
+        name = f"depth{config['depth']}"
+    elif config["model"] == "unet":
+        name = f"width{config['width']}"
+    else:
+        name = f"{config['readout']}-T{config['T']}-h{config['hidden_channels']}"
+    name = f"{config['dataset']}/{config['model']}-{name}"
+    if config.get("train_size") is not None:
+        name += f"-n{config['train_size']}"
+    return f"{name}-seed{config['seed']}"
+
+# -----------------------------------------------------------------------------
+# finding runs
+
+
+def find_runs(root):
+    """Every run directory (one holding a config.json) under `root`, sorted."""
+    return sorted(p.parent for p in Path(root).rglob(CONFIG))
+
+
+def find_run(runs_root, dataset, model, readout=None, finished=True):
+    """The run directory of `model` on `dataset` under `runs_root`, or None.
+
+    Runs are picked by their config.json, not by their name; `readout` narrows recurrent
+    models to one readout. Among several, the linear readout (the paper's main one) and
+    then the lowest seed come first.
+    """
+    if not Path(runs_root).is_dir():
+        return None
+    matches = []
+    for run_dir in find_runs(runs_root):
+        config = load_json(run_dir / CONFIG)
+        if (config.get("dataset") == dataset and config.get("model") == model
+                and readout in (None, config.get("readout"))
+                and (is_finished(run_dir) or not finished)):
+            matches.append((config.get("readout") != "linear", config.get("seed", 0), str(run_dir), run_dir))
+    return min(matches)[-1] if matches else None

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from dataset_config import (DATA_ROOT_ENV, FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
+from dataset_config import (FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
                             get_info, resolve_data_root)
+from settings import DATA_ROOT_ENV
 
 # -----------------------------------------------------------------------------
 # command line

@@ -18,8 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_
 
 import numpy as np
 
-from dataset_config import (DATA_ROOT_ENV, DATASETS, DatasetError, DatasetNotFoundError, array_sha256,
+from dataset_config import (DATASETS, DatasetError, DatasetNotFoundError, array_sha256,
                             create_command, get_info, read_metadata, resolve_data_root)
+from settings import DATA_ROOT_ENV
 
 
 def verify(name, data_root=None):

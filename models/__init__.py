@@ -8,8 +8,6 @@
 Every model maps B x in_channels x H x W images to B x num_classes x H x W logits, for
 any image size.
 """
-from functools import partial
-
 from .cnn import CNN
 from .conv_rnn import ConvRNN
 from .nwm import NWM
@@ -33,17 +31,17 @@ CONFIG_KEYS = {
     "fused": "NWM: hand-written recurrence and backward pass (models/nwm_fused.py) instead of autograd",
 }
 
-# name -> (constructor, the keywords it uses)
+# name -> (class, the keywords it uses, fixed keywords)
 _RECURRENT = ("in_channels", "num_classes", "c_mid", "hidden_channels", "T", "readout",
               "readout_width", "readout_depth", "bptt_segment")
 _REGISTRY = {
-    "nwm": (NWM, _RECURRENT + ("dt", "fused")),
-    "lstm": (partial(ConvRNN, "lstm"), _RECURRENT),
-    "gru": (partial(ConvRNN, "gru"), _RECURRENT),
-    "rnn": (partial(ConvRNN, "rnn"), _RECURRENT),
+    "nwm": (NWM, _RECURRENT + ("dt", "fused"), {}),
+    "lstm": (ConvRNN, _RECURRENT, {"cell": "lstm"}),
+    "gru": (ConvRNN, _RECURRENT, {"cell": "gru"}),
+    "rnn": (ConvRNN, _RECURRENT, {"cell": "rnn"}),
     "cnn": (CNN, ("in_channels", "num_classes", "c_mid", "hidden_channels", "depth", "T",
-                  "readout_width", "readout_depth")),
-    "unet": (UNet, ("in_channels", "num_classes", "width")),
+                  "readout_width", "readout_depth"), {}),
+    "unet": (UNet, ("in_channels", "num_classes", "width"), {}),
 }
 MODEL_NAMES = tuple(_REGISTRY)
 
@@ -56,7 +54,9 @@ def model_config_keys(name):
 
 
 def is_recurrent(name):
-    return "readout" in model_config_keys(name)
+    """Whether model `name` runs a recurrence (and so has a temporal readout and a hidden sequence)."""
+    model_config_keys(name)  # validates the name
+    return _REGISTRY[name][0].recurrent
 
 
 def build_model(name, **config):
@@ -78,8 +78,8 @@ def build_model(name, **config):
         raise ValueError(f"model {name!r} has no temporal readout (got readout={readout!r}); "
                          f"readouts apply to the recurrent models: "
                          f"{', '.join(n for n in MODEL_NAMES if is_recurrent(n))}")
-    constructor = _REGISTRY[name][0]
-    return constructor(**{k: v for k, v in config.items() if k in keys and v is not None})
+    cls, _, fixed = _REGISTRY[name]
+    return cls(**fixed, **{k: v for k, v in config.items() if k in keys and v is not None})
 
 
 def count_parameters(model):

@@ -1,4 +1,4 @@
-"""Feed-forward CNN baseline of configurable depth (SPEC section 2.3).
+"""Feed-forward CNN baseline of configurable depth (docs/methods.md, "Models").
 
 L 3x3 convs with ReLU (c_in -> c_mid -> ... -> c_out), then a 1x1 conv to K' * c_out
 features with K' = T/2 - 1, then the same per-pixel MLP as the recurrent models' linear

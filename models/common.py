@@ -1,4 +1,5 @@
-"""Pieces shared by the models: convolutional encoders and the recurrence driver."""
+"""Pieces shared by the models: convolutional encoders, the recurrence driver, and the rule
+that decides when backpropagation through time recomputes instead of storing."""
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
@@ -19,6 +20,18 @@ def conv_stack(c_in, c_mid, c_out, num_layers, final_activation=None):
     if final_activation is not None:
         layers.append(final_activation)
     return nn.Sequential(*layers)
+
+
+AUTO_SEGMENT, AUTO_SEGMENT_BYTES = 10, 2**28
+
+
+def auto_bptt_segment(recurrent, batch_size, T, hidden_channels, image_size):
+    """The `bptt_segment` of --bptt-segment auto: recompute the recurrence in segments of
+    AUTO_SEGMENT steps when a batch's float32 hidden sequence would exceed
+    AUTO_SEGMENT_BYTES, else store every step (0)."""
+    H, W = image_size
+    sequence_bytes = batch_size * T * hidden_channels * H * W * 4
+    return AUTO_SEGMENT if recurrent and sequence_bytes > AUTO_SEGMENT_BYTES else 0
 
 
 def full_precision(t):

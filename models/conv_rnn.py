@@ -1,4 +1,4 @@
-"""Convolutional recurrent baselines: ConvLSTM, ConvGRU and ConvRNN (SPEC section 2.2).
+"""Convolutional recurrent baselines: ConvLSTM, ConvGRU and ConvRNN (docs/methods.md, "Models").
 
 The image is encoded once into the first input map u_0 (and the initial hidden state h_0,
 and for the LSTM the cell state c_0). Each step feeds u and h to a convolutional cell

@@ -1,4 +1,4 @@
-"""Neural Wave Machine: a damped, locally coupled oscillator RNN (SPEC section 2.1).
+"""Neural Wave Machine: a damped, locally coupled oscillator RNN (docs/methods.md, "Models").
 
 Three 3x3 convolutional encoders read the image once and set, per pixel and channel,
 the natural frequency omega >= 0, the damping alpha >= 0 and the initial position y.
@@ -10,6 +10,11 @@ The velocity z starts at 0. Each of the T steps is
 where W is a 3x3 convolution with circular padding, initialised to the discrete
 Laplacian on each channel: a wave equation whose waves carry information across the
 image, far beyond the 3x3 neighbourhood of one step. The readout sees y_1..y_T.
+
+The step below is that update folded into fewer operations, and the default forward pass
+runs it through a hand-written recurrence with its adjoint (nwm_fused.py);
+models/reference.py holds the equations exactly as written, which the tests check both
+against.
 """
 import torch
 import torch.nn as nn
@@ -31,6 +36,17 @@ def laplacian_coupling(channels):
     return conv
 
 
+def oscillator_step(y, z, coupling, dt_omega, damping, dt):
+    """One step of the NWM: (y, z) -> (y, z), with `coupling` the conv W.
+
+    z + dt (tanh(W*y) - omega y - alpha z) is computed as
+    damping z - dt_omega y + dt tanh(W*y), with damping = 1 - dt alpha and
+    dt_omega = dt omega fixed over the steps: the same update in fewer operations.
+    """
+    z = torch.addcmul(damping * z, dt_omega, y, value=-1).add_(torch.tanh(coupling(y)), alpha=dt)
+    return torch.add(y, z, alpha=dt), z
+
+
 class NWM(nn.Module):
     recurrent = True
 
@@ -47,15 +63,8 @@ class NWM(nn.Module):
         self.readout = TemporalReadout(readout, T, c, num_classes, readout_width, readout_depth)
 
     def step(self, state, dt_omega, damping):
-        """One oscillator step: (y, z) -> (y, z), and y is the frame the readout sees.
-
-        z + dt (tanh(W*y) - omega y - alpha z) is computed as
-        damping z - dt_omega y + dt tanh(W*y), with damping = 1 - dt alpha and
-        dt_omega = dt omega fixed over the steps: the same update in fewer operations.
-        """
-        y, z = state
-        z = torch.addcmul(damping * z, dt_omega, y, value=-1).add_(torch.tanh(self.coupling(y)), alpha=self.dt)
-        y = torch.add(y, z, alpha=self.dt)
+        """One oscillator step (oscillator_step): (y, z) -> (y, z), and y is the frame the readout sees."""
+        y, z = oscillator_step(*state, self.coupling, dt_omega, damping, self.dt)
         return (y, z), y
 
     def initial_state(self, x):

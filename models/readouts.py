@@ -2,7 +2,7 @@
 
 A recurrent model produces a hidden sequence y_1..y_T (B x T x C x H x W). A readout
 turns each pixel's C time series into K features per channel and feeds the C*K
-features to an MLP that is the same for every pixel (SPEC section 2.5):
+features to an MLP that is the same for every pixel (docs/methods.md, "Readouts"):
 
     linear     learned T -> K map over time (no bias), K = T // 2 + 1
     fft        |rfft| over time, K = T // 2 + 1 bins
@@ -51,7 +51,8 @@ class PixelMLP(nn.Module):
 
 
 def _time_basis(readout, T):
-    """Fixed T x K' matrices that express a readout as a sum over time, or None."""
+    """Fixed T x K' matrices that express a readout as a sum over time, or None. Kept in
+    float64 (exact for float64 models) and cast to the frames' dtype where used."""
     t = torch.arange(T, dtype=torch.float64)
     if readout == "fft":
         k = torch.arange(T // 2 + 1, dtype=torch.float64)
@@ -61,13 +62,13 @@ def _time_basis(readout, T):
         imag[:, 0] = 0  # the DC bin (and Nyquist bin, below) is real: make it exactly so
         if T % 2 == 0:
             imag[:, -1] = 0
-        return torch.cat([real, imag], dim=1).float()
+        return torch.cat([real, imag], dim=1)
     if readout == "last":
-        basis = torch.zeros(T, 1)
+        basis = torch.zeros(T, 1, dtype=torch.float64)
         basis[-1] = 1.0
         return basis
     if readout == "mean_time":
-        return torch.full((T, 1), 1.0 / T)
+        return torch.full((T, 1), 1.0 / T, dtype=torch.float64)
     return None
 
 

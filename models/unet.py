@@ -1,4 +1,4 @@
-"""U-Net, the non-local baseline (SPEC section 2.4).
+"""U-Net, the non-local baseline (docs/methods.md, "Models").
 
 The standard four-level U-Net with base width c (levels c, 2c, 4c, 8c, 16c): blocks of
 two (3x3 conv without bias, BatchNorm, ReLU); down = 2x2 max-pool then a block; up =

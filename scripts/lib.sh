@@ -6,16 +6,23 @@
 #   --python PATH      interpreter (default: the repo's .venv/bin/python if present, else python3)
 #   --keep-going       go on after a failed run, list the failures at the end and exit
 #                      non-zero if any (default: stop at the first failure)
-#   --slurm            submit one SLURM job array, one task per run, instead of running here.
-#                      Writes <runs root>/slurm/<family>_<time>.commands (one command a line)
-#                      and .sbatch (task i runs line i+1); logs go to <runs root>/slurm/logs/.
-#                      With --dry-run the files are written and shown but not submitted.
+#   --per-gpu N        run N trainings at once on each GPU (default 1): these models leave
+#                      most of a large GPU idle. Here: N runs at a time on every GPU of
+#                      $CUDA_VISIBLE_DEVICES (else every GPU nvidia-smi lists; with none,
+#                      N at a time on the CPU), each with its output in <runs root>/logs/.
+#                      With --slurm: N runs packed into each array task, sharing its GPU.
+#   --slurm            submit one SLURM job array, one task per run (or per N runs), instead
+#                      of running here. Writes <runs root>/slurm/<family>_<time>.commands (one
+#                      command a line) and .sbatch (task i runs its lines of the file); logs go
+#                      to <runs root>/slurm/logs/. With --dry-run the files are written and
+#                      shown but not submitted.
 #     --partition P    --time HH:MM:SS   --gpus N (default 1; 0: none)   --cpus N   --mem M
 #     --account A      --max-parallel N (at most N tasks of the array at once)
 #   -h, --help         this text
 #   -- ARGS...         extra train.py flags for every run, e.g. -- --epochs 50 --train-size 2000
 #
-# The runs go one after another (or as array tasks), always from the repository root, so
+# The runs go one after another (or --per-gpu at a time, or as array tasks), always from the
+# repository root, so
 # relative paths (--python, ARGS, $WAVES_DATA_ROOT, $WAVES_RUNS_ROOT) are taken from there.
 # The runs root is --runs-root in ARGS, else $WAVES_RUNS_ROOT, else ./runs. Running a
 # script again is safe: train.py skips finished runs and resumes killed ones.
@@ -35,7 +42,7 @@ SYNOPSIS="$0 [options] [-- train.py ARGS...]"
 # from the repository root puts every run of every script in the same place.
 cd "$REPO"
 
-DRY_RUN=0 KEEP_GOING=0 SLURM=0 SEEDS="" PYTHON=""
+DRY_RUN=0 KEEP_GOING=0 SLURM=0 SEEDS="" PYTHON="" PER_GPU=1
 PARTITION="" TIME_LIMIT="" GPUS=1 CPUS="" MEM="" ACCOUNT="" MAX_PARALLEL=""
 EXTRA_ARGS=() CONFIGS=()
 
@@ -78,6 +85,7 @@ parse_options() {
       --keep-going) KEEP_GOING=1 ;;
       --slurm) SLURM=1 ;;
       --seeds) set_count SEEDS "$@"; shift ;;
+      --per-gpu) set_count PER_GPU "$@"; shift ;;
       --python) set_value PYTHON "$@"; shift ;;
       --partition) set_value PARTITION "$@"; slurm_only=$1; shift ;;
       --time) set_value TIME_LIMIT "$@"; slurm_only=$1; shift ;;
@@ -95,6 +103,7 @@ parse_options() {
   [[ -z $slurm_only ]] || ((SLURM)) || usage_error "$slurm_only needs --slurm"
   [[ -z $SEEDS ]] || ((SEEDS > 0)) || usage_error "--seeds must be at least 1"
   [[ -z $MAX_PARALLEL ]] || ((MAX_PARALLEL > 0)) || usage_error "--max-parallel must be at least 1"
+  ((PER_GPU > 0)) || usage_error "--per-gpu must be at least 1"
   resolve_python
 }
 
@@ -117,6 +126,16 @@ extra_value() {
   printf %s "$value"
 }
 
+# runs_root: where the runs go: --runs-root among the extra ARGS, else $WAVES_RUNS_ROOT, else runs.
+runs_root() {
+  local root
+  root=$(extra_value --runs-root)
+  printf %s "${root:-${WAVES_RUNS_ROOT:-runs}}"
+}
+
+# family: the name of the script's family, e.g. tetrominoes_nwm.
+family() { printf %s "$(basename "$(dirname "$SCRIPT")")_$(basename "$SCRIPT" .sh)"; }
+
 # add_config ARGS...: one configuration of the family (train.py flags, without --seed).
 add_config() { CONFIGS+=("$(quote "$@")"); }
 
@@ -134,9 +153,68 @@ run_grid() {
     submit_array "${commands[@]}"
   elif ((DRY_RUN)); then
     printf '%s\n' "${commands[@]}"
+  elif ((PER_GPU > 1)) || (($(visible_gpus | wc -l) > 1)); then
+    run_parallel "${commands[@]}"
   else
     run_locally "${commands[@]}"
   fi
+}
+
+# visible_gpus: the GPUs the runs may use, one id a line: $CUDA_VISIBLE_DEVICES if set, else
+# the GPUs nvidia-smi lists, else none.
+visible_gpus() {
+  if [[ -n ${CUDA_VISIBLE_DEVICES-} ]]; then
+    tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES"
+  elif command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true
+  fi
+}
+
+# run_parallel COMMANDS...: PER_GPU runs at a time on each visible GPU (on the CPU when there
+# is none), each run's output in <runs root>/logs/<family>_<i>.log. Without --keep-going
+# no new run starts after a failure; the ones running finish.
+run_parallel() {
+  local gpus=() pids=() slot_run=() failed=() cmds=("$@") n=$# next=0 k i gpu log status log_dir
+  mapfile -t gpus < <(visible_gpus)
+  ((${#gpus[@]})) || gpus=("")
+  local slots=$((PER_GPU * ${#gpus[@]}))
+  log_dir=$(runs_root)/logs
+  mkdir -p "$log_dir"
+  echo "$n runs, $PER_GPU at a time on each of: ${gpus[*]:-the CPU}; logs in $log_dir/"
+  while ((next < n || ${#pids[@]})); do
+    for ((k = 0; k < slots && next < n; k++)); do
+      [[ -z ${pids[k]-} ]] || continue
+      gpu=${gpus[k % ${#gpus[@]}]} log=$log_dir/$(family)_$((next + 1)).log
+      echo "[$((next + 1))/$n] started${gpu:+ on GPU $gpu}: ${cmds[next]}"
+      if [[ -n $gpu ]]; then
+        (export CUDA_VISIBLE_DEVICES=$gpu; eval "${cmds[next]}") >"$log" 2>&1 &
+      else
+        (eval "${cmds[next]}") >"$log" 2>&1 &
+      fi
+      pids[k]=$! slot_run[k]=$next next=$((next + 1))
+    done
+    sleep 0.2
+    for k in "${!pids[@]}"; do
+      kill -0 "${pids[k]}" 2>/dev/null && continue  # still running
+      status=0
+      wait "${pids[k]}" || status=$?
+      i=${slot_run[k]}
+      unset 'pids[k]'
+      if ((status)); then
+        echo "$0: error: run $((i + 1))/$n failed (exit status $status): ${cmds[i]} (log: $log_dir/$(family)_$((i + 1)).log)" >&2
+        failed+=("${cmds[i]}")
+        ((KEEP_GOING)) || next=$n  # start nothing more
+      else
+        echo "[$((i + 1))/$n] done"
+      fi
+    done
+  done
+  if ((${#failed[@]})); then
+    echo "$0: error: ${#failed[@]} of $n runs failed:" >&2
+    printf '  %s\n' "${failed[@]}" >&2
+    exit 1
+  fi
+  echo "all $n runs done"
 }
 
 run_locally() {
@@ -162,13 +240,12 @@ run_locally() {
 # sbatch_option NAME VALUE: an #SBATCH line, only when VALUE is set.
 sbatch_option() { [[ -z $2 ]] || echo "#SBATCH --$1=$2"; }
 
-# submit_array COMMANDS...: write the commands and a job array script running one each,
-# then submit it.
+# submit_array COMMANDS...: write the commands and a job array script whose tasks run
+# PER_GPU of them each, then submit it.
 submit_array() {
-  local n=$# family runs_root slurm_dir stem
-  family=$(basename "$(dirname "$SCRIPT")")_$(basename "$SCRIPT" .sh)  # e.g. tetrominoes_nwm
-  runs_root=$(extra_value --runs-root)
-  runs_root=${runs_root:-${WAVES_RUNS_ROOT:-runs}}
+  local n=$# tasks=$((($# + PER_GPU - 1) / PER_GPU)) family runs_root slurm_dir stem
+  family=$(family)
+  runs_root=$(runs_root)
   mkdir -p "$runs_root/slurm/logs"  # SLURM does not create the log folder itself
   slurm_dir=$(cd "$runs_root/slurm" && pwd)
   # The process id keeps two submissions in one second apart: tasks read their file late.
@@ -178,7 +255,7 @@ submit_array() {
   {
     echo "#!/usr/bin/env bash"
     sbatch_option job-name "$family"
-    sbatch_option array "0-$((n - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}"
+    sbatch_option array "0-$((tasks - 1))${MAX_PARALLEL:+%$MAX_PARALLEL}"
     sbatch_option output "$slurm_dir/logs/%A_%a.out"
     sbatch_option partition "$PARTITION"
     sbatch_option time "$TIME_LIMIT"
@@ -187,17 +264,25 @@ submit_array() {
     sbatch_option mem "$MEM"
     sbatch_option account "$ACCOUNT"
     cat <<EOF
-# Task i runs line i+1 of the commands file, from the repository root.
+# Task i runs lines $PER_GPU i + 1 .. $PER_GPU (i + 1) of the commands file, at once, from the
+# repository root; it fails if one of them fails.
 set -euo pipefail
 cd $(printf %q "$REPO")
-cmd=\$(sed -n "\$((SLURM_ARRAY_TASK_ID + 1))p" $(printf %q "$stem.commands"))
-echo "\$cmd"
-eval "\$cmd"
+first=\$((SLURM_ARRAY_TASK_ID * $PER_GPU + 1))
+pids=()
+while IFS= read -r cmd; do
+  echo "\$cmd"
+  (eval "\$cmd") &
+  pids+=(\$!)
+done < <(sed -n "\${first},\$((first + $PER_GPU - 1))p" $(printf %q "$stem.commands"))
+status=0
+for pid in "\${pids[@]}"; do wait "\$pid" || status=\$?; done
+exit "\$status"
 EOF
   } >"$stem.sbatch"
 
   if ((DRY_RUN)); then
-    echo "wrote $stem.commands ($n runs) and $stem.sbatch; not submitted (--dry-run):"
+    echo "wrote $stem.commands ($n runs, $tasks array tasks) and $stem.sbatch; not submitted (--dry-run):"
     echo
     cat "$stem.sbatch"
   elif command -v sbatch >/dev/null; then

@@ -1,15 +1,13 @@
 """Shared fixtures: a tiny 16x16 dataset registered like the real ones."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import dataset_config
+from data_scripts import common
 
-import dataset_config  # noqa: E402
-from data_scripts import common  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def make_squares(n, rng, size=16):

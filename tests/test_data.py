@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import dataset_config as dc  # noqa: E402
-from data_scripts import common, create_multi_mnist, create_polygons, create_tetrominoes, download_mnist  # noqa: E402
-from data_scripts import mnist_files, show_samples, verify_datasets  # noqa: E402
+import dataset_config as dc
+import plotting
+import settings
+from conftest import REPO as ROOT
+from data_scripts import common, create_multi_mnist, create_polygons, create_tetrominoes, download_mnist
+from data_scripts import mnist_files, show_samples, verify_datasets
 
 # The four standard MNIST files, for machines without internet. Only the tests look here:
 # users pass their own folder with --from-dir.
@@ -80,11 +80,11 @@ def polygon_root(tmp_path_factory):
 
 
 def test_resolve_data_root(monkeypatch):
-    monkeypatch.delenv(dc.DATA_ROOT_ENV, raising=False)
-    assert dc.resolve_data_root() == Path("data")
-    monkeypatch.setenv(dc.DATA_ROOT_ENV, "/somewhere")
-    assert dc.resolve_data_root() == Path("/somewhere")
-    assert dc.resolve_data_root("/given") == Path("/given")
+    monkeypatch.delenv(settings.DATA_ROOT_ENV, raising=False)
+    assert settings.data_root() == Path("data")
+    monkeypatch.setenv(settings.DATA_ROOT_ENV, "/somewhere")
+    assert settings.data_root() == Path("/somewhere")
+    assert settings.data_root("/given") == Path("/given")
 
 
 def test_dataset_table_matches_spec():
@@ -237,7 +237,7 @@ def test_load_dataset_outputs(tetro_root, polygon_root):
 
 
 def test_load_dataset_uses_env_root(tetro_root, monkeypatch):
-    monkeypatch.setenv(dc.DATA_ROOT_ENV, str(tetro_root))
+    monkeypatch.setenv(settings.DATA_ROOT_ENV, str(tetro_root))
     assert dc.load_dataset("tetrominoes", "test")[0].shape == (5, 3, 64, 64)
 
 
@@ -248,7 +248,7 @@ def test_loader_name_split_and_missing_errors(tmp_path, tetro_root):
         dc.get_info("tetris")
     with pytest.raises(dc.DatasetError, match="unknown split 'dev'.*train, val, test"):
         dc.load_dataset("tetrominoes", "dev", tetro_root)
-    with pytest.raises(dc.DatasetError, match="limit=21"):
+    with pytest.raises(dc.DatasetError, match="the first 21 samples asked for, but the tetrominoes train split holds 20"):
         dc.load_dataset("tetrominoes", "train", tetro_root, limit=21)
     with pytest.raises(dc.DatasetNotFoundError) as e:
         dc.load_dataset("polygons", "train", tmp_path)
@@ -260,7 +260,7 @@ def test_loader_name_split_and_missing_errors(tmp_path, tetro_root):
 
 
 def test_missing_dataset_message_in_default_root(tmp_path, monkeypatch):
-    monkeypatch.delenv(dc.DATA_ROOT_ENV, raising=False)
+    monkeypatch.delenv(settings.DATA_ROOT_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(dc.DatasetNotFoundError, match=r"Create it with:\npython data_scripts/create_tetrominoes.py$"):
         dc.load_dataset("tetrominoes", "train")
@@ -343,7 +343,7 @@ def test_default_tetrominoes_equal_the_papers_arrays(tmp_path):
         assert hashlib.sha256(np.load(folder / f"{name}.npy").tobytes()).hexdigest() == digest, name
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["paper_identical"] is True
-    # SPEC's statistics of the paper's train split
+    # the statistics of the paper's train split (docs/methods.md, "Data")
     assert meta["stats"]["images_with_1_to_5_pieces"]["train"] == [1952, 2032, 2000, 2037, 1979]
     assert verify_datasets.main(["tetrominoes", "--data-root", str(tmp_path)]) == 0
 
@@ -553,7 +553,7 @@ def test_default_mnist_datasets_equal_the_papers_arrays(name, paper_mnist_root):
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["paper_identical"] is True
     assert meta["split_sizes"] == dict(zip(dc.SPLITS, info.paper_split_sizes))
-    if name == "mnist":  # SPEC's first indices of the paper's split
+    if name == "mnist":  # the first indices of the paper's split (docs/methods.md, "Data")
         assert np.load(folder / "train_indices.npy")[:5].tolist() == [37542, 43087, 2992, 25810, 39634]
         assert np.load(folder / "val_indices.npy")[:3].tolist() == [24161, 50189, 26739]
     else:
@@ -575,7 +575,7 @@ def test_help(module, capsys):
 
 
 def test_cli(tmp_path):
-    env = {**os.environ, dc.DATA_ROOT_ENV: str(tmp_path)}
+    env = {**os.environ, settings.DATA_ROOT_ENV: str(tmp_path)}
     run = subprocess.run([sys.executable, "data_scripts/create_polygons.py", "--train", "3", "--val", "2",
                           "--test", "2", "--seed", "4"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -588,7 +588,8 @@ def test_cli(tmp_path):
 def test_sample_grid(tmp_path, tetro_root):
     images, masks = dc.load_dataset("tetrominoes", "train", tetro_root, limit=6)
     path = tmp_path / "grid.png"
-    show_samples.save_sample_grid(images, masks, dc.get_info("tetrominoes").class_names, path, n=6)
+    fig = plotting.sample_grid(images, masks, dc.get_info("tetrominoes").class_names, n=6)
+    plotting.save_figure(fig, path.stem, path.parent)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000
     show_samples.main(["--dataset", "tetrominoes", "--n", "4", "--data-root", str(tetro_root),
                        "--out", str(tmp_path / "cli.png")])

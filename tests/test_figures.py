@@ -1,4 +1,4 @@
-"""Figures and analyses: analysis.py's functions, animate.py, and every notebook run headless.
+"""Figures and analyses: the analysis package, animate.py, and every notebook run headless.
 
 The notebooks run in their own kernel process, so they get real (tiny) datasets and
 runs, made once for this module: 32/8/8-image Tetrominoes and Polygons, and 8-step NWM
@@ -13,15 +13,16 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-import analysis
 import produce_scores
+import runs
 import train
-from animate import make_animation
+from analysis import receptive_fields, squares, tables
+from analysis.animation import make_animation
 from conftest import REPO
 from data_scripts import create_polygons, create_tetrominoes
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--hidden-channels", "2", "--epochs", "1",
+FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--hidden-channels", "2", "--epochs", "1", "--batch-size", "8",
         "--min-epochs", "0", "--no-progress"]
 
 # -----------------------------------------------------------------------------
@@ -40,7 +41,7 @@ def test_score_tables_statistics_over_seeds():
         "iou_foreground": [0.9, 0.8, 1.0, 0.1, 0.3],
         "acc": [0.5, 0.6, 0.7, 0.2, 0.2],
     })
-    table = analysis.score_tables(scores).set_index("variant")
+    table = tables.score_tables(scores).set_index("variant")
     nwm, cnn = table.loc["linear"], table.loc["depth 2"]
     assert nwm["n_seeds"] == 3 and nwm["num_params"] == 176124
     assert nwm["iou_foreground_mean"] == pytest.approx(0.9)
@@ -48,7 +49,7 @@ def test_score_tables_statistics_over_seeds():
     assert (nwm["iou_foreground_min"], nwm["iou_foreground_median"], nwm["iou_foreground_max"]) == (0.8, 0.9, 1.0)
     assert cnn["n_seeds"] == 2 and cnn["acc_median"] == pytest.approx(0.2)
     assert cnn["iou_foreground_mean"] == pytest.approx(0.2)
-    markdown, latex = analysis.to_markdown(table.reset_index()), analysis.to_latex(table.reset_index())
+    markdown, latex = tables.to_markdown(table.reset_index()), tables.to_latex(table.reset_index())
     assert "0.900 ± 0.100" in markdown and "0.800 / 0.900 / 1.000" in markdown
     assert r"0.900 $\pm$ 0.100" in latex and r"\toprule" in latex
 
@@ -57,23 +58,23 @@ def test_score_tables_statistics_over_seeds():
 
 
 def test_predicted_frequency_matches_the_spec_periods():
-    # SPEC section 6: the fundamental's period is 72 steps at s = 4 and 467 at s = 32
-    assert 1 / analysis.predicted_frequency(4) == pytest.approx(72, abs=0.5)
-    assert 1 / analysis.predicted_frequency(32) == pytest.approx(467, abs=0.5)
+    # docs/methods.md, "Square-area theory": the fundamental's period is 72 steps at s = 4 and 467 at s = 32
+    assert 1 / squares.predicted_frequency(4) == pytest.approx(72, abs=0.5)
+    assert 1 / squares.predicted_frequency(32) == pytest.approx(467, abs=0.5)
 
 
 def test_measured_frequency_of_a_pure_sine_is_sub_bin_exact():
     f = 0.0123
-    assert analysis.measured_frequency(np.sin(2 * np.pi * f * np.arange(500))) == pytest.approx(f, rel=1e-3)
+    assert squares.measured_frequency(np.sin(2 * np.pi * f * np.arange(500))) == pytest.approx(f, rel=1e-3)
 
 
 def test_square_frequency_matches_the_grid_theory():
-    theory = analysis.square_theory(sides=(4, 7, 10), T=1500)
+    theory = squares.square_theory(sides=(4, 7, 10), T=1500)
     assert (theory["relative_error"] < 0.02).all()
 
 
 def test_area_classifier_beats_chance():
-    result = analysis.area_classifier(sides=range(4, 10), n_bins=2, T=300, n_samples=60, steps=())
+    result = squares.area_classifier(sides=range(4, 10), n_bins=2, T=300, n_samples=60, steps=())
     assert result["accuracy"] > result["chance"]
     assert result["confusion"].sum() == len(result["labels"])
 
@@ -84,17 +85,17 @@ def test_area_classifier_beats_chance():
 def test_radius_of_mass_on_synthetic_maps():
     erf = np.zeros((21, 21))
     erf[10, 10] = 1.0
-    assert analysis.radius_of_mass(erf, (10, 10)) == 0
+    assert receptive_fields.radius_of_mass(erf, (10, 10)) == 0
     erf[10, 15] = 9.0  # 90% of the mass 5 pixels away
-    assert analysis.radius_of_mass(erf, (10, 10), 0.9) == 5
-    assert analysis.radius_of_mass(erf, (10, 10), 0.1) == 0
-    assert math.isnan(analysis.radius_of_mass(np.zeros((5, 5)), (2, 2)))
+    assert receptive_fields.radius_of_mass(erf, (10, 10), 0.9) == 5
+    assert receptive_fields.radius_of_mass(erf, (10, 10), 0.1) == 0
+    assert math.isnan(receptive_fields.radius_of_mass(np.zeros((5, 5)), (2, 2)))
 
 
 def test_cnn_erf_stays_inside_its_window():
     depth, pixel = 3, (10, 10)
     config = dict(in_channels=3, num_classes=6, c_mid=8, hidden_channels=2)
-    erf, dead = analysis.mean_erf("cnn", config, analysis.probe_images(n=2, size=21), pixel, seeds=(0, 1), depth=depth)
+    erf, dead = receptive_fields.mean_erf("cnn", config, receptive_fields.probe_images(n=2, size=21), pixel, seeds=(0, 1), depth=depth)
     assert dead < 2 and erf.sum() > 0
     window = np.zeros_like(erf, bool)
     window[pixel[0] - depth:pixel[0] + depth + 1, pixel[1] - depth:pixel[1] + depth + 1] = True
@@ -102,7 +103,7 @@ def test_cnn_erf_stays_inside_its_window():
 
 
 def test_nwm_erf_radius_grows_with_steps():
-    table, _ = analysis.erf_radii(analysis.probe_images(n=1, size=32), (16, 16), nwm_steps=(2, 20, 80),
+    table, _ = receptive_fields.erf_radii(receptive_fields.probe_images(n=1, size=32), (16, 16), nwm_steps=(2, 20, 80),
                                   cnn_depths=(), seeds=(0,))
     radii = table["radius"].to_numpy()
     assert radii[0] < radii[1] < radii[2]
@@ -127,18 +128,20 @@ def figure_inputs(tmp_path_factory):
 
 
 def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
-    run = analysis.find_run(figure_inputs["runs"], "tetrominoes", "nwm", readout="linear")
+    run = runs.find_run(figure_inputs["runs"], "tetrominoes", "nwm", readout="linear")
     gif, png = make_animation(run, "test", 1, 1, tmp_path, figure_inputs["data"])
     assert Image.open(gif).n_frames == 8 and png.is_file()
     gif, _ = make_animation(run, "test", 1, 1, tmp_path, figure_inputs["data"], stride=3)
     assert Image.open(gif).n_frames == 3
 
 
-def test_notebooks_are_committed_without_outputs():
+def test_notebooks_are_committed_with_their_figures():
+    # the .ipynb files are the source, committed with the outputs they made from the shipped runs
     assert len(NOTEBOOKS) == 6
     for path in NOTEBOOKS:
-        for cell in nbformat.read(path, as_version=4).cells:
-            assert cell.get("outputs", []) == [] and cell.get("execution_count") is None, path.name
+        outputs = [o for cell in nbformat.read(path, as_version=4).cells for o in cell.get("outputs", [])]
+        assert any("image/png" in o.get("data", {}) for o in outputs), path.name
+        assert not any(o.get("output_type") == "error" for o in outputs), path.name
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -150,9 +153,11 @@ def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
     monkeypatch.setenv("WAVES_FIGURES", str(out / "figures"))
     monkeypatch.setenv("WAVES_TABLES", str(out / "tables"))
     monkeypatch.setenv("WAVES_QUICK", "1")
+    committed = path.read_bytes()
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert path.read_bytes() == committed  # executed in memory: the committed file is untouched
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     missing = [line for line in text.splitlines() if "missing" in line]
     # the fixture trains no Multi-MNIST run and no Polygons LSTM: every other part had its inputs

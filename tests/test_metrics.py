@@ -1,4 +1,4 @@
-"""Metrics against hand-computed examples (SPEC section 5)."""
+"""Metrics against hand-computed examples (docs/methods.md, "Metrics")."""
 import math
 
 import pytest

@@ -6,6 +6,7 @@ import torch
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent
 from models.nwm import LAPLACIAN
 from models.readouts import TemporalReadout
+from models.reference import build_reference, copy_weights
 
 RECURRENT = [m for m in MODEL_NAMES if is_recurrent(m)]
 
@@ -204,3 +205,30 @@ def test_registry_ignores_keywords_a_model_does_not_use():
 def test_models_run_on_cuda(name):
     model = build_model(name, in_channels=1, num_classes=3, T=6).cuda()
     assert model(torch.rand(2, 1, 16, 16, device="cuda")).shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_and_readout_computes_the_papers_equations(name):
+    # models/reference.py writes each model as the equations read; in float64, any
+    # difference beyond rounding is a wrong equation in the fast path
+    readouts = READOUTS if is_recurrent(name) else (None,)
+    for readout in readouts:
+        for fused in ((True, False) if name == "nwm" else (None,)):
+            config = dict(in_channels=3, num_classes=4, T=12, readout=readout, depth=3, width=2, bptt_segment=5)
+            if fused is not None:
+                config["fused"] = fused
+            torch.manual_seed(0)
+            model = build_model(name, **config).double()
+            reference = build_reference(name, **config).double()
+            copy_weights(model, reference)
+            x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+            target = torch.randint(0, 4, (2, 16, 16))
+            results = []
+            for m in (model, reference):
+                logits = m(x)
+                torch.nn.functional.cross_entropy(logits, target).backward()
+                results.append((logits.detach(), [p.grad for p in m.parameters()]))
+            (ours, our_grads), (theirs, their_grads) = results
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+            for p, q in zip(our_grads, their_grads):
+                torch.testing.assert_close(p, q if q.shape == p.shape else q.t(), rtol=1e-9, atol=1e-12)

@@ -5,6 +5,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,9 +37,9 @@ def env(tmp_path):
     return env
 
 
-def bash(script, *args, env, cwd):
+def bash(script, *args, env, cwd, timeout=60):
     return subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def parse(line):
@@ -67,7 +68,7 @@ def calls(tmp_path):
 
 def test_every_script_is_covered_and_executable():
     scripts = {str(p.relative_to(SCRIPTS)) for p in SCRIPTS.rglob("*.sh")}
-    assert scripts == set(FAMILIES) | {"lib.sh", "create_data.sh", "run_all.sh"}
+    assert scripts == set(FAMILIES) | {"lib.sh", "create_data.sh", "run_all.sh", "advance_runs.sh"}
     for script in scripts - {"lib.sh"}:  # lib.sh is sourced, not run
         assert os.access(SCRIPTS / script, os.X_OK), script
         assert "set -euo pipefail" in (SCRIPTS / script).read_text(), script
@@ -184,7 +185,7 @@ def test_slurm_writes_a_job_array_and_submits_it(env, tmp_path):
                       "--partition=gpu", "--time=02:00:00", "--gres=gpu:2", "--cpus-per-task=8", "--mem=32G",
                       "--account=lab"]:
         assert f"#SBATCH {directive}\n" in text
-    assert 'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p"' in text
+    assert "first=$((SLURM_ARRAY_TASK_ID * 1 + 1))" in text
     assert (tmp_path / "runs" / "slurm" / "logs").is_dir()
 
     # Array task 4 runs line 5 of the commands file, from the repository root.
@@ -259,3 +260,102 @@ def test_environment_yml_matches_requirements():
     requirements = (REPO / "requirements.txt").read_text().splitlines()
     required = {re.split(r"[=<>]", line)[0] for line in requirements if line and not line.startswith("#")}
     assert required <= names
+
+
+def fake_python_recording_overlap(tmp_path, seconds=0.6):
+    """An interpreter that logs "<start> <end> <CUDA_VISIBLE_DEVICES> <args>" after sleeping a while."""
+    return write_executable(tmp_path / "python", f"""#!/bin/sh
+start=$(date +%s.%N)
+sleep {seconds}
+echo "$start $(date +%s.%N) ${{CUDA_VISIBLE_DEVICES:-none}} $*" >> "{tmp_path}/calls.log"
+""")
+
+
+def most_at_once(lines, gpu=None):
+    spans = [(float(a), float(b)) for a, b, g, *_ in (line.split() for line in lines) if gpu in (None, g)]
+    return max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+
+
+def test_per_gpu_runs_n_at_a_time_on_every_visible_gpu(env, tmp_path):
+    python = fake_python_recording_overlap(tmp_path)
+    env["CUDA_VISIBLE_DEVICES"] = "3,5"
+    result = bash("tetrominoes/cnn.sh", "--seeds", "2", "--per-gpu", "2", "--python", str(python), env=env,
+                  cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "all 10 runs done" in result.stdout and "2 at a time on each of: 3 5" in result.stdout
+    lines = calls(tmp_path)
+    assert len(lines) == 10 and {line.split()[2] for line in lines} == {"3", "5"}
+    assert most_at_once(lines, "3") == 2 and most_at_once(lines, "5") == 2 and most_at_once(lines) == 4
+    logs = sorted((tmp_path / "runs" / "logs").glob("tetrominoes_cnn_*.log"))
+    assert len(logs) == 10  # each run's output in its own log
+
+
+def test_per_gpu_without_a_gpu_shares_the_cpu_and_stops_after_a_failure(env, tmp_path):
+    python = fake_python(tmp_path, fail_on="--seed 0")
+    env["PATH"] = os.defpath  # no nvidia-smi
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    result = bash("mnist/lstm.sh", "--seeds", "3", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "at a time on each of: the CPU" in result.stdout
+    assert len(calls(tmp_path)) == 2  # the first two (both seed 0) ran at once and failed: nothing more started
+    assert "2 of 6 runs failed" in result.stderr
+
+
+def test_slurm_packs_n_runs_into_each_array_task(env, tmp_path):
+    python = fake_python(tmp_path)
+    result = bash("tetrominoes/cnn.sh", "--slurm", "--dry-run", "--seeds", "1", "--per-gpu", "2",
+                  "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    commands, sbatch = slurm_files(tmp_path / "runs")
+    lines = commands.read_text().splitlines()
+    assert len(lines) == 5 and "#SBATCH --array=0-2\n" in sbatch.read_text()  # 5 runs, 2 per task: 3 tasks
+    for task, expected in ((1, lines[2:4]), (2, lines[4:])):
+        (tmp_path / "calls.log").unlink(missing_ok=True)
+        run = subprocess.run(["bash", str(sbatch)], env=dict(env, SLURM_ARRAY_TASK_ID=str(task)), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        assert sorted(calls(tmp_path)) == sorted(f"{REPO} {line.split(' ', 1)[1]}" for line in expected)
+
+
+
+@pytest.fixture
+def small_tetrominoes(tmp_path):
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "data_scripts/create_tetrominoes.py", "--data-root", str(data), "--train", "32",
+                    "--val", "8", "--test", "8"], cwd=REPO, check=True, capture_output=True)
+    return data
+
+
+def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_path, small_tetrominoes):
+    runs_root, archive = tmp_path / "slices", tmp_path / "out" / "runs"
+    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
+    commands = tmp_path / "commands.txt"
+    commands.write_text(f"# two runs\n{sys.executable} train.py --dataset tetrominoes --seed 0 {tiny}\n"
+                        f"{sys.executable} train.py --dataset tetrominoes --seed 1 {tiny}\n")
+    args = [str(commands), "--minutes", "1e-9", "--per-gpu", "2", "--runs-root", str(runs_root), "--data-root",
+            str(small_tetrominoes), "--archive", str(archive), "--python", sys.executable]
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    for slice_number in (1, 2):
+        result = bash("advance_runs.sh", *args, env=env, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "tetrominoes  9/9 arrays intact" in result.stdout  # checked before training
+        state = "in progress" if slice_number == 1 else "finished"
+        assert result.stdout.count(f"{slice_number}/2 epochs, {state}") == 2
+    # the archive holds both run directories, which unpack to what the runs root holds
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    parts = sorted((tmp_path / "out").glob("runs.tar.gz.part-*"))
+    subprocess.run(f"cat {' '.join(map(str, parts))} | tar xzf - -C {unpacked}", shell=True, check=True)
+    for seed in (0, 1):
+        name = f"tetrominoes/nwm-linear-T6-h2-seed{seed}"
+        assert (unpacked / name / "test_metrics.json").read_bytes() == (runs_root / name / "test_metrics.json").read_bytes()
+
+
+def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_tetrominoes):
+    (small_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
+    commands = tmp_path / "commands.txt"
+    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --epochs 1\n")
+    result = bash("advance_runs.sh", str(commands), "--minutes", "1", "--runs-root", str(tmp_path / "r"),
+                  "--data-root", str(small_tetrominoes), "--python", sys.executable, env=env, cwd=tmp_path)
+    assert result.returncode == 1 and "nothing was trained" in result.stderr
+    assert not (tmp_path / "r" / "tetrominoes").exists()

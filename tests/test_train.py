@@ -17,7 +17,8 @@ from engine import evaluate
 from metrics import METRIC_NAMES
 
 # float32 throughout (--amp off), so stored and re-computed metrics can be compared exactly on any CPU
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0", "--amp", "off"]
+FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0", "--amp", "off",
+        "--batch-size", "16"]
 
 
 def run_train(data_root, runs_root, *extra):
@@ -88,8 +89,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path, monkeypat
         return real_epoch(*a, **k)
 
     monkeypatch.setattr(train, "train_one_epoch", killed_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exit_info:
         run_train(tiny_dataset, tmp_path / "killed", *args)
+    assert exit_info.value.code == 130
     run_dir = tmp_path / "killed" / "r"
     assert len(read_metrics(run_dir)) == 2 and not runs.is_finished(run_dir)
 
@@ -103,7 +105,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path, monkeypat
 def test_resume_flag_takes_the_stored_settings(tiny_dataset, tmp_path, monkeypatch):
     real_epoch = train.train_one_epoch
     monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):
         run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--lr", "0.002", "--run-name", "x/y")
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     run_dir = tmp_path / "runs" / "x" / "y"
@@ -113,10 +115,10 @@ def test_resume_flag_takes_the_stored_settings(tiny_dataset, tmp_path, monkeypat
 
 
 def test_finished_run_is_not_trained_again(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "done")
-    with pytest.raises(SystemExit) as exit_info:
-        run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "done")
-    assert exit_info.value.code == 0
+    first = run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "done")
+    before = (tmp_path / "done" / runs.LAST).stat().st_mtime_ns
+    again = run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "done")
+    assert again == first and (tmp_path / "done" / runs.LAST).stat().st_mtime_ns == before
     assert "already finished" in capsys.readouterr().out
 
 
@@ -138,12 +140,12 @@ def test_min_epochs_delays_early_stopping(tiny_dataset, tmp_path):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch, capsys):
     real_epoch, calls = train.train_one_epoch, []
 
-    def poisoned_in_second_epoch(model, *a, **k):
+    def poisoned_in_second_epoch(step, *a, **k):
         calls.append(1)
         if len(calls) == 2:
             with torch.no_grad():
-                next(model.parameters()).fill_(float("nan"))
-        return real_epoch(model, *a, **k)
+                next(step.model.parameters()).fill_(float("nan"))
+        return real_epoch(step, *a, **k)
 
     monkeypatch.setattr(train, "train_one_epoch", poisoned_in_second_epoch)
     with pytest.raises(SystemExit) as exit_info:
@@ -202,7 +204,7 @@ def cli(*args, env=None):
     (["--readout", "median"], "invalid choice: 'median'"),
     (["--dataset", "cifar"], "invalid choice: 'cifar'"),
     (["--model", "cnn", "--T", "2"], "--T must be at least 4"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
 def test_bad_settings_are_refused_before_any_work(args, message, tmp_path):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MNIST, feed-forward CNN baseline: depths 2, 4, 8, 16, 32 (3x3 convolutions) x 10 seeds
-# (SPEC section 7).
+# (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 parse_options "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MNIST, ConvLSTM baseline (T=20): linear and fft readouts x 10 seeds (SPEC section 7).
+# MNIST, ConvLSTM baseline (T=20): linear and fft readouts x 10 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 parse_options "$@"

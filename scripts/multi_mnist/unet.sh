@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Multi-MNIST, U-Net baseline: base widths 2, 3, 4, 5 x 12 seeds (SPEC section 7).
+# Multi-MNIST, U-Net baseline: base widths 2, 3, 4, 5 x 12 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 parse_options "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Polygons, NWM with 16 hidden channels (train.py's default on this dataset) and the
-# linear readout x 10 seeds (SPEC section 6, multi-polygon classification).
+# linear readout x 10 seeds (docs/methods.md, "Experiments": multi-polygon classification).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 parse_options "$@"

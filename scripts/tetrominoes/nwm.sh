@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tetrominoes, NWM (hidden channels 2, T=100): the five temporal readouts x 10 seeds (SPEC section 7).
+# Tetrominoes, NWM (hidden channels 2, T=100): the five temporal readouts x 10 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 parse_options "$@"

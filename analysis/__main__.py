@@ -1,0 +1,65 @@
+"""The analyses from the command line: python -m analysis SUBCOMMAND (--help for each).
+
+    python -m analysis tables                   # score table -> mean ± std, min / median / max
+    python -m analysis tables --scores results/scores.csv --out results/tables   # the shipped tables
+    python -m analysis squares                  # square-area theory: errors and area classifier
+    python -m analysis erf                      # receptive-field radii of untrained NWMs and CNNs
+"""
+import argparse
+
+import pandas as pd
+
+import settings
+from analysis.receptive_fields import erf_radii, probe_images
+from analysis.squares import area_classifier, square_theory
+from analysis.tables import score_tables, write_tables
+from cli import HelpFormatter
+
+
+def tables(args):
+    table = score_tables(pd.read_csv(settings.scores_path(args.scores)))
+    for path in write_tables(table, settings.tables_dir(args.out)):
+        print(f"wrote {path}")
+
+
+def squares(args):
+    theory = square_theory()
+    print(theory.to_string(float_format=lambda v: f"{v:.6g}"))
+    print(f"largest relative error {theory['relative_error'].max():.4%}")
+    result = area_classifier()
+    print(f"area classifier (side bins {result['bin_edges']}, chance {result['chance']:.3f}): "
+          + ", ".join(f"T={t}: {a:.3f}" for t, a in result["accuracy_by_steps"].items()))
+
+
+def erf(args):
+    table, _ = erf_radii(probe_images(), (32, 32))
+    print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    p = commands.add_parser("tables", formatter_class=HelpFormatter,
+                            help="score table (produce_scores.py) -> statistics over seeds as CSV, LaTeX, Markdown")
+    p.add_argument("--scores", default=None,
+                   help="score CSV to read (default: $WAVES_SCORES, else <runs root>/scores.csv)")
+    p.add_argument("--out", default=None, help="folder for the tables (default: $WAVES_TABLES, else <runs root>/tables)")
+    p.set_defaults(run=tables)
+    p = commands.add_parser("squares", help="square-area theory: measured vs predicted frequency of waves "
+                                            "confined to squares of side 4..32, and how well one pixel's "
+                                            "spectrum tells the area (about a minute)")
+    p.set_defaults(run=squares)
+    p = commands.add_parser("erf", help="effective receptive-field radius of untrained NWMs (T = 5..400) and "
+                                        "CNNs (depth 2..32) on random 64x64 images (a few minutes)")
+    p.set_defaults(run=erf)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    pd.set_option("display.width", 200)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

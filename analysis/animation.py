@@ -1,0 +1,82 @@
+"""Animations of a trained recurrent model's hidden state: the waves (or LSTM states) over time.
+
+Each GIF frame shows the input image, one hidden channel at step t (red up, blue down),
+the predicted mask and the true mask; a PNG strip of evenly spaced frames goes beside it.
+"""
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw
+
+import plotting
+import runs
+import settings
+from analysis.trained import hidden_sequence
+from dataset_config import get_info, load_dataset
+
+LABEL_HEIGHT = 12  # pixels of caption above each panel
+
+
+def _to_rgb(array, cmap, vmin, vmax):
+    """H x W values -> H x W x 3 uint8 through a matplotlib colour map."""
+    colours = matplotlib.colormaps[cmap] if isinstance(cmap, str) else cmap
+    normalised = (np.asarray(array, float) - vmin) / max(vmax - vmin, 1e-12)
+    return (colours(np.clip(normalised, 0, 1))[..., :3] * 255).astype(np.uint8)
+
+
+def _panel(rgb, caption, scale):
+    """An upscaled (nearest) panel with a caption strip above it."""
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    panel = Image.new("RGB", (image.width, image.height + LABEL_HEIGHT), "white")
+    panel.paste(image, (0, LABEL_HEIGHT))
+    ImageDraw.Draw(panel).text((2, 0), caption, fill="black")
+    return panel
+
+
+def _row(panels, gap=4):
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    row = Image.new("RGB", (width, max(p.height for p in panels)), "white")
+    x = 0
+    for p in panels:
+        row.paste(p, (x, 0))
+        x += p.width + gap
+    return row
+
+
+def make_animation(run_dir, split="test", index=0, channel=0, out_dir=None, data_root=None, stride=1,
+                   scale=3, frame_ms=80, strip_frames=8):
+    """Writes <out_dir>/<run>-<split><index>-ch<channel>.gif (one frame per `stride` steps) and
+    a PNG strip of frames beside it; returns their paths. `out_dir` defaults to the
+    animations folder under settings.figures_dir()."""
+    model, config = runs.load_model(run_dir)
+    if not model.recurrent:
+        raise ValueError(f"{run_dir} holds a {config['model']}, which has no hidden state over time")
+    info = get_info(config["dataset"])
+    images, masks = load_dataset(config["dataset"], split, data_root, limit=index + 1)
+    image, mask = images[index], masks[index]
+    logits, sequence = hidden_sequence(model, image)
+    waves = sequence[:, channel].numpy()  # T x H x W
+    limit = float(np.abs(waves).max()) or 1.0
+
+    out_dir = Path(out_dir) if out_dir is not None else settings.figures_dir() / "animations"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{config['run_name'].replace('/', '_')}-{split}{index}-ch{channel}"
+
+    rgb_image = (image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    if rgb_image.shape[2] == 1:
+        rgb_image = np.repeat(rgb_image, 3, axis=2)
+    cmap = plotting.mask_cmap(info.num_classes)
+    fixed = [_panel(rgb_image, "input", scale),
+             _panel(_to_rgb(logits.argmax(0), cmap, 0, info.num_classes - 1), "predicted", scale),
+             _panel(_to_rgb(mask, cmap, 0, info.num_classes - 1), "true", scale)]
+    frames = [_row([fixed[0], _panel(_to_rgb(waves[t], plotting.WAVE_CMAP, -limit, limit),
+                                     f"{config['model']} t={t + 1}", scale), *fixed[1:]])
+              for t in range(0, len(waves), stride)]
+    gif = out_dir / f"{stem}.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+
+    fig = plotting.hidden_frame_strip(waves, strip_frames, f"{config['run_name']}: hidden channel {channel}, "
+                                                            f"{split} image {index}", limit)
+    png = plotting.save_figure(fig, stem, out_dir)[0]
+    return gif, png

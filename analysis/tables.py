@@ -1,0 +1,106 @@
+"""Score tables: one row per run (produce_scores.py) -> statistics over seeds per configuration,
+as CSV, LaTeX and Markdown.
+
+    table = score_tables(pd.read_csv("results/scores.csv"))
+    write_tables(table, "runs/tables")
+"""
+from pathlib import Path
+
+import pandas as pd
+
+import runs
+from metrics import METRIC_NAMES
+
+GROUP_KEYS = ("dataset", "data", "model", "variant", "T", "hidden_channels", "train_size")
+STATISTICS = ("mean", "std", "min", "median", "max")
+
+
+def variants(scores):
+    """Each row's variant (runs.variant: readout, "depth 8", "width 4")."""
+    return [runs.variant(row) for row in scores.to_dict("records")]
+
+
+def score_tables(scores):
+    """Per dataset x model x variant (readout, CNN depth or U-Net width): every metric's
+    mean, std, min, median and max over seeds, with n_seeds and num_params.
+
+    `scores` has one row per run (produce_scores.py). Runs that differ in T, hidden
+    channels or training-set size are kept apart, so no group mixes configurations.
+    Runs on other data (the `data` column) are kept apart too.
+    Columns: the keys, n_seeds, num_params, then `<metric>_<statistic>`.
+    """
+    df = scores.copy()
+    df["variant"] = variants(df)
+    keys = [k for k in GROUP_KEYS if k in df.columns]
+    metrics = [m for m in METRIC_NAMES if m in df.columns]
+    grouped = df.groupby(keys, dropna=False, sort=True)
+    table = grouped.agg(n_seeds=("model", "size"), num_params=("num_params", "first"))
+    for metric in metrics:
+        stats = grouped[metric].agg(list(STATISTICS))
+        table[[f"{metric}_{s}" for s in STATISTICS]] = stats.to_numpy()
+    table = table.reset_index()
+    # "depth 16" after "depth 8": order variants by their number where they end in one
+    number = pd.to_numeric(table["variant"].str.extract(r"(\d+)$")[0], errors="coerce")
+    order = table.assign(_number=number).sort_values(["dataset", "model", "_number", "variant"], kind="stable")
+    return table.loc[order.index].reset_index(drop=True)
+
+
+# short column titles for the formatted tables
+METRIC_TITLES = {"iou_foreground": "fg IoU", "acc_foreground": "fg acc", "miou": "mIoU", "acc": "acc",
+                 "loss": "loss", "loss_foreground": "fg loss"}
+
+
+def _formatted_rows(table):
+    """Header and rows of strings: keys, n, params, each metric as mean ± std, and the
+    min / median / max of the foreground IoU (the paper's headline metric)."""
+    header = ["dataset", "data", "model", "variant", "n", "params"]
+    metrics = [m for m in METRIC_TITLES if f"{m}_mean" in table.columns]
+    header += [METRIC_TITLES[m] for m in metrics] + ["fg IoU min / median / max"]
+    rows = []
+    for r in table.to_dict("records"):
+        variant_text = str(r["variant"])
+        if "T" in r and not pd.isna(r["T"]):
+            variant_text += f", T {int(r['T'])}"
+        row = [r["dataset"], str(r.get("data", "")), r["model"], variant_text, str(r["n_seeds"]),
+               f"{int(r['num_params']):,}"]
+        # one seed has no spread: its value alone
+        row += [f"{r[f'{m}_mean']:.3f}" + ("" if pd.isna(r[f"{m}_std"]) else f" ± {r[f'{m}_std']:.3f}")
+                for m in metrics]
+        row.append(" / ".join(f"{r[f'iou_foreground_{s}']:.3f}" for s in ("min", "median", "max")))
+        rows.append(row)
+    return header, rows
+
+
+def to_markdown(table):
+    header, rows = _formatted_rows(table)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text):
+    for char, escaped in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                          ("#", r"\#"), ("±", r"$\pm$")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def to_latex(table):
+    """A booktabs tabular (written by hand: pandas' to_latex needs jinja2)."""
+    header, rows = _formatted_rows(table)
+    lines = [r"\begin{tabular}{" + "lll" + "r" * (len(header) - 3) + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(c) for c in row) + r" \\" for row in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(table, out_dir, name="scores"):
+    """Writes <name>.csv (every statistic), <name>.tex and <name>.md (formatted) to out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "tex", "md")]
+    table.to_csv(paths[0], index=False)
+    paths[1].write_text(to_latex(table))
+    paths[2].write_text(to_markdown(table))
+    return paths

@@ -1,0 +1,89 @@
+"""Where things live and what runs them, resolved in one place for every tool.
+
+A command-line flag wins, else the environment variable, else the default; relative
+paths are taken from the current directory (the README's commands run from the
+repository root, where git ignores ./data and ./runs):
+
+    WAVES_DATA_ROOT    the datasets                                   ./data
+    WAVES_RUNS_ROOT    training runs                                  ./runs
+    WAVES_SCORES       the score table produce_scores.py writes       <runs root>/scores.csv
+    WAVES_FIGURES      figures and animations the tools write         <runs root>/figures
+    WAVES_TABLES       formatted score tables                         <runs root>/tables
+
+So nothing a tool writes lands in the committed results/ folder unless it is named
+explicitly (the README's command that regenerates the shipped evidence does that).
+The device is `auto` (CUDA when available) unless named; CPU threads default to the
+cores this process may use.
+"""
+import os
+from pathlib import Path
+
+import torch
+
+DATA_ROOT_ENV, RUNS_ROOT_ENV = "WAVES_DATA_ROOT", "WAVES_RUNS_ROOT"
+SCORES_ENV, FIGURES_ENV, TABLES_ENV = "WAVES_SCORES", "WAVES_FIGURES", "WAVES_TABLES"
+
+
+def _path(value, env, default):
+    if value is not None:
+        return Path(value)
+    return Path(os.environ[env]) if os.environ.get(env) else Path(default)
+
+
+def data_root(value=None) -> Path:
+    return _path(value, DATA_ROOT_ENV, "data")
+
+
+def runs_root(value=None) -> Path:
+    return _path(value, RUNS_ROOT_ENV, "runs")
+
+
+def scores_path(value=None) -> Path:
+    return _path(value, SCORES_ENV, runs_root() / "scores.csv")
+
+
+def figures_dir(value=None) -> Path:
+    return _path(value, FIGURES_ENV, runs_root() / "figures")
+
+
+def tables_dir(value=None) -> Path:
+    return _path(value, TABLES_ENV, runs_root() / "tables")
+
+
+def notebook_settings():
+    """The notebooks' inputs and outputs. By default they read the shipped evidence in
+    results/ (runs and score table) and write under the runs root; WAVES_SCORES,
+    WAVES_FIGURE_RUNS and WAVES_DATA_ROOT point them at other inputs, WAVES_FIGURES and
+    WAVES_TABLES at other outputs, and WAVES_QUICK=1 makes them small (for the tests)."""
+    return dict(scores=_path(None, SCORES_ENV, "results/scores.csv"),
+                runs=_path(None, "WAVES_FIGURE_RUNS", "results/runs"),
+                data=data_root(), figures=figures_dir(), tables=tables_dir(),
+                quick=os.environ.get("WAVES_QUICK", "0") not in ("", "0"))
+
+
+def pick_device(name="auto"):
+    """A torch.device from cpu, cuda, cuda:N or auto; ValueError with what to use instead."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name} asked for, but this PyTorch sees no CUDA device; use cpu")
+    return device
+
+
+def available_cores():
+    """The CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def set_threads(threads=None):
+    """Use `threads` CPU threads for PyTorch's kernels (default: available_cores())."""
+    threads = threads or available_cores()
+    torch.set_num_threads(threads)
+    return threads

@@ -1,0 +1,196 @@
+"""How a run behaves on a real machine: signals, time slices, continuing a finished run,
+drop-last batching, what it records, and what it prints to a log."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import engine
+import runs
+import train
+from conftest import REPO
+from data_scripts import create_tetrominoes
+from dataset_config import load_dataset
+from models import build_model
+
+FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
+        "--batch-size", "16"]
+
+
+def run_train(data_root, runs_root, *extra):
+    return train.main(["--dataset", "tiny", "--data-root", str(data_root), "--runs-root", str(runs_root),
+                       "--no-progress", *FAST, *extra])
+
+
+def metrics_rows(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.load_metrics(run_dir)]
+
+
+# -----------------------------------------------------------------------------
+# signals, on a real process
+
+
+@pytest.fixture(scope="module")
+def tetrominoes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tetro")
+    create_tetrominoes.main(["--data-root", str(root), "--train", "64", "--val", "16", "--test", "16"])
+    return root
+
+
+def train_command(data_root, runs_root, *extra):
+    return [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(data_root),
+            "--runs-root", str(runs_root), "--run-name", "r", "--epochs", "500", *FAST, *extra]
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_the_run_at_a_safe_point_and_it_resumes(tetrominoes_root, tmp_path, signum, status):
+    command = train_command(tetrominoes_root, tmp_path)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "r"
+    deadline = time.time() + 120
+    while len(runs.load_metrics(run_dir)) < 2 and time.time() < deadline:  # well inside the epoch loop
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == status
+    assert "Traceback" not in err
+    done = len(runs.load_metrics(run_dir))
+    assert f"interrupted ({signal.Signals(signum).name}) after epoch {done}" in err
+    assert "run the same command to resume" in err
+    assert not runs.is_finished(run_dir) and done >= 2
+
+    # the same command resumes (one more epoch here: --stop-after-minutes does not change the run)
+    again = subprocess.run(command + ["--stop-after-minutes", "1e-9"], cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {run_dir} after epoch {done}" in again.stdout
+    assert len(runs.load_metrics(run_dir)) == done + 1
+
+
+def test_a_log_gets_one_line_per_epoch_and_why_the_run_ended(tetrominoes_root, tmp_path):
+    # output to a pipe, as to a cluster's log file: no progress bars, no escape codes
+    result = subprocess.run(train_command(tetrominoes_root, tmp_path, "--epochs", "3"), cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr and "\x1b" not in result.stdout + result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch")] == \
+        ["1/3", "2/3", "3/3"]
+    assert "training ended after epoch 3: reached --epochs" in result.stdout
+    budget = subprocess.run(train_command(tetrominoes_root, tmp_path, "--run-name", "b", "--max-minutes", "1e-9"),
+                            cwd=REPO, capture_output=True, text=True)
+    assert "training ended after epoch 1: time budget (--max-minutes) spent" in budget.stdout
+
+# -----------------------------------------------------------------------------
+# time slices and continuing
+
+
+def test_a_run_advanced_in_slices_ends_exactly_where_an_uninterrupted_run_ends(tiny_dataset, tmp_path):
+    whole = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "4", "--run-name", "r")
+    slices = 0
+    while not runs.is_finished(tmp_path / "sliced" / "r"):
+        result = run_train(tiny_dataset, tmp_path / "sliced", "--epochs", "4", "--run-name", "r",
+                           "--stop-after-minutes", "1e-9")  # one epoch per invocation
+        slices += 1
+        assert (result is None) == (slices < 4)
+    assert slices == 4
+    assert metrics_rows(tmp_path / "sliced" / "r") == metrics_rows(tmp_path / "whole" / "r")
+    assert result == whole
+
+
+def test_a_finished_run_continues_when_only_its_budget_grows(tiny_dataset, tmp_path, capsys):
+    run_train(tiny_dataset, tmp_path / "a", "--epochs", "2", "--run-name", "r")
+    longer = run_train(tiny_dataset, tmp_path / "a", "--epochs", "4", "--run-name", "r")
+    straight = run_train(tiny_dataset, tmp_path / "b", "--epochs", "4", "--run-name", "r")
+    assert longer["epochs_run"] == 4 and longer == straight  # tested again at its new end
+    assert metrics_rows(tmp_path / "a" / "r") == metrics_rows(tmp_path / "b" / "r")
+    config = runs.load_json(tmp_path / "a" / "r" / runs.CONFIG)
+    assert config["epochs"] == 4
+    assert config["budget_changes"][0]["after_epoch"] == 2 and config["budget_changes"][0]["changed"] == \
+        {"epochs": [2, 4]}
+    capsys.readouterr()
+    for change in (["--lr", "0.01"], ["--T", "6"], ["--epochs", "3"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_train(tiny_dataset, tmp_path / "a", "--epochs", "4", "--run-name", "r", *change)
+        assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lr: 0.001 there, 0.01 now" in err and "T: 8 there, 6 now" in err
+    assert "--epochs 3 is below the 4 epochs" in err
+
+# -----------------------------------------------------------------------------
+# batches
+
+
+def test_training_drops_the_last_partial_batch():
+    assert [len(b) for b in engine.batches(10, 4, torch.Generator().manual_seed(0), drop_last=True)] == [4, 4]
+    assert [len(b) for b in engine.batches(10, 4)] == [4, 4, 2]
+    assert [len(b) for b in engine.batches(8, 4, drop_last=True)] == [4, 4]
+
+
+def test_an_epoch_trains_on_whole_batches_only(tiny_dataset):
+    images, masks = load_dataset("tiny", "train", tiny_dataset, limit=45)
+    model = build_model("nwm", in_channels=3, num_classes=3, T=4, c_mid=4, readout_width=8)
+    step = engine.TrainStep(model, torch.optim.Adam(model.parameters()), amp=False)
+    seen = []
+    counting = lambda x, y: (seen.append(len(x)), step(x, y))[1]  # noqa: E731
+    counting.model = model
+    engine.train_one_epoch(counting, images, masks, 3, 16, torch.Generator().manual_seed(0), progress=False)
+    assert seen == [16, 16]  # 45 images: the last 13 are left out of this epoch
+
+
+def test_evaluation_counts_every_image_once_whatever_the_batch_size(tiny_dataset):
+    images, masks = load_dataset("tiny", "test", tiny_dataset)
+    torch.manual_seed(0)
+    model = build_model("nwm", in_channels=3, num_classes=3, T=4, c_mid=4, readout_width=8).double()
+    results = [engine.evaluate(model, images.double(), masks, 3, batch_size) for batch_size in (16, 5, 3)]
+    for other in results[1:]:
+        for name in ("acc", "acc_foreground", "iou_foreground", "loss", "miou"):
+            assert other[name] == pytest.approx(results[0][name], rel=1e-12)
+
+# -----------------------------------------------------------------------------
+# validation and records
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train-size", "0"], "argument --train-size: must be at least 1, got 0"),
+    (["--val-size", "0"], "argument --val-size: must be at least 1, got 0"),
+    (["--train-size", "49"], "--train-size 49: the tiny train split holds 48 images (1..48)"),
+    (["--val-size", "17"], "--val-size 17: the tiny val split holds 16 images (1..16)"),
+    (["--batch-size", "40", "--train-size", "32"], "--batch-size 40 is larger than the 32 training images"),
+    (["--epochs", "-5"], "argument --epochs: must be at least 1, got -5"),
+    (["--lr", "0"], "argument --lr: must be positive, got 0"),
+    (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
+])
+def test_settings_are_refused_by_flag_before_a_run_directory_exists(tiny_dataset, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tiny_dataset, tmp_path / "runs", *args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_records_the_commit_data_and_threads(tiny_dataset, tmp_path):
+    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r", "--threads", "1")
+    config = json.loads((tmp_path / "r" / runs.CONFIG).read_text())
+    assert set(config["git"]) == {"commit", "dirty"}
+    if (REPO / ".git").exists():
+        assert len(config["git"]["commit"]) == 40 and isinstance(config["git"]["dirty"], bool)
+    assert len(config["data"]["sha256"]) == 64 and config["data"]["split_sizes"]["train"] == 48
+    assert "threads" not in config or config["threads"] == 1
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
+
+
+def test_help_shows_each_default_once():
+    text = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
+    flat = " ".join(text.split())
+    assert "(default: None)" not in flat and "(default: True)" not in flat and "(default: False)" not in flat
+    assert flat.count("(default: $WAVES_DATA_ROOT, else ./data)") == 1
+    assert "--threads" in flat and "--stop-after-minutes" in flat and "--cuda-graph" in flat
+    analysis_help = subprocess.run([sys.executable, "-m", "analysis", "--help"], cwd=REPO, capture_output=True,
+                                   text=True).stdout
+    for command in ("tables", "squares", "erf"):
+        assert command in analysis_help
+    assert "square-area theory" in analysis_help
