@@ -26,6 +26,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
 from engine import GraphedTrainStep, TrainStep, bf16_supported, tune_cpu_allocator
@@ -143,15 +144,15 @@ def run_worker(config_name, impl, batch_size, steps, device, threads):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=list(BENCH_CONFIGS),
-                   help="configurations (configs.BENCH_CONFIGS)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None,
+                   help="configurations of configs.BENCH_CONFIGS (default: all)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads of every measurement (default: the cores this process may use)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: 64, --quick: 8)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps after one warm-up (default: 3, --quick: 1)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=None, help="images per step (default: 64, --quick: 8)")
+    p.add_argument("--steps", type=int_at_least(1), default=None, help="timed steps after one warm-up (default: 3, --quick: 1)")
     p.add_argument("--quick", action="store_true", help="batch 8, one timed step: about a minute on a CPU")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
@@ -159,8 +160,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     batch_size = args.batch_size or (8 if args.quick else 64)
     steps = args.steps or (1 if args.quick else 3)
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads must be at least 1, got {args.threads}")
     threads = set_threads(args.threads)
 
     if args.worker:  # one measurement, in its own process

@@ -289,6 +289,16 @@ def sample_grid(images, masks, class_names, n=8, columns=8):
     return fig
 
 
+def prediction_panel(image, mask, class_names, title=None):
+    """One image (C x H x W in [0, 1]) beside its predicted mask, with a legend of the classes."""
+    fig, axes = plt.subplots(1, 2, figsize=(4.6, 2.9))
+    show_image(axes[0], image, title)
+    show_mask(axes[1], mask, len(class_names), "predicted")
+    class_legend(fig, class_names, ncol=4)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
 def sample_predictions(images, masks, predictions, class_names, n=6):
     """Columns of samples: image, true mask, predicted mask."""
     n = min(n, len(images))
