@@ -340,7 +340,7 @@ def main(argv=None):
     try:
         return run(argv, invoked)
     except KeyboardInterrupt:  # before the run started (its own Ctrl-C is handled in run)
-        print("\ninterrupted before training started; nothing was written", file=sys.stderr)
+        print("\ninterrupted before training started", file=sys.stderr)
         sys.exit(EXIT_STATUS[signal.SIGINT])
 
 
@@ -355,12 +355,11 @@ def run(argv, invoked):
         parser.error(f"--device: {e}")
     amp = args.amp == "on" or (args.amp == "auto" and bf16_supported(device))
     ensure_quickstart_data(args)
-    check_settings(parser, args)
+    data_fingerprint = fingerprint(check_settings(parser, args))
     try:
         data = {"train": load_dataset(args.dataset, "train", args.data_root, args.train_size),
                 "val": load_dataset(args.dataset, "val", args.data_root, args.val_size),
                 "test": load_dataset(args.dataset, "test", args.data_root)}
-        data_fingerprint = fingerprint(read_metadata(args.dataset, args.data_root))
     except DatasetError as e:
         parser.error(str(e))
     data = {split: (x.to(device), y.to(device)) for split, (x, y) in data.items()}  # batches are drawn by index

@@ -209,9 +209,16 @@ run_parallel() {
       fi
     done
   done
-  if ((${#failed[@]})); then
-    echo "$0: error: ${#failed[@]} of $n runs failed:" >&2
-    printf '  %s\n' "${failed[@]}" >&2
+  finish "$n" "${failed[@]}"
+}
+
+# finish N FAILED...: list the failed commands and exit 1, or say that all N runs are done.
+finish() {
+  local n=$1
+  shift
+  if (($#)); then
+    echo "$0: error: $# of $n runs failed:" >&2
+    printf '  %s\n' "$@" >&2
     exit 1
   fi
   echo "all $n runs done"
@@ -229,12 +236,7 @@ run_locally() {
       failed+=("$cmd")
     fi
   done
-  if ((${#failed[@]})); then
-    echo "$0: error: ${#failed[@]} of $n runs failed:" >&2
-    printf '  %s\n' "${failed[@]}" >&2
-    exit 1
-  fi
-  echo "all $n runs done"
+  finish "$n" "${failed[@]}"
 }
 
 # sbatch_option NAME VALUE: an #SBATCH line, only when VALUE is set.

@@ -13,6 +13,7 @@ import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
+import animate
 import produce_scores
 import runs
 import train
@@ -182,3 +183,18 @@ def test_notebook_skips_what_is_missing(tmp_path, monkeypatch):
                        resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
         text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
         assert "missing" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--index", "-1"], "argument --index: must be at least 0, got -1"),
+    (["--index", "8"], "--index 8: the tetrominoes test split holds 8 images (0..7)"),
+    (["--channel", "7"], "--channel 7: the model has 2 hidden channels (0..1)"),
+    (["--stride", "0"], "argument --stride: must be at least 1, got 0"),
+])
+def test_animate_refuses_bad_arguments_by_flag(figure_inputs, tmp_path, capsys, args, message):
+    run = runs.find_run(figure_inputs["runs"], "tetrominoes", "nwm", readout="linear")
+    with pytest.raises(SystemExit) as exit_info:
+        animate.main([str(run), "--data-root", str(figure_inputs["data"]), "--out", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
