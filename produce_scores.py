@@ -39,7 +39,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("run_dirs", nargs="*", help="run directories to score (default: every run under --runs-root)")
     p.add_argument("--runs-root", default=None, help="folder to scan for runs (default: $WAVES_RUNS_ROOT, else ./runs)")
-    p.add_argument("--data-root", default=None, help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
     p.add_argument("--out", default=None,
                    help="CSV file to write, rows merged into it (default: $WAVES_SCORES, else <runs root>/scores.csv)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 import runs
 import settings
 from cli import HelpFormatter, int_at_least, positive_float
-from configs import paper_settings
+from configs import model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, fingerprint, get_info, load_dataset, \
     read_metadata
 from engine import (Interrupted, NonFiniteLossError, StopSignals, bf16_supported, evaluate, make_steps,
@@ -60,7 +60,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="tetrominoes", choices=sorted(DATASETS), help="dataset to train on")
-    g.add_argument("--data-root", default=None, help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    g.add_argument("--data-root", default=None,
+                   help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
     g.add_argument("--train-size", type=int_at_least(1), default=None,
                    help="train on the first N training images only (default: all)")
     g.add_argument("--val-size", type=int_at_least(1), default=None,
@@ -75,7 +76,8 @@ def build_parser():
     g.add_argument("--readout", default="linear", choices=READOUTS,
                    help="temporal readout of the recurrent models (the CNN always uses its linear head)")
     g.add_argument("--T", type=int_at_least(1), default=None,
-                   help="recurrent steps; the CNN makes T/2-1 features per channel (default: 20 for lstm/gru/rnn, else 100)")
+                   help="recurrent steps; the CNN makes T/2-1 features per channel "
+                        "(default: 20 for lstm/gru/rnn, else 100)")
     g.add_argument("--dt", type=positive_float, default=None, help="NWM step size (default: 0.1)")
     g.add_argument("--c-mid", type=int_at_least(1), default=None, help="encoder width (default: 16)")
     g.add_argument("--hidden-channels", type=int_at_least(1), default=None,
@@ -85,7 +87,8 @@ def build_parser():
                         "and polygons, else 256)")
     g.add_argument("--readout-depth", type=int_at_least(0), default=None,
                    help="hidden layers of the MLP head (default: 5 for the NWM on multi_mnist and polygons, else 3)")
-    g.add_argument("--depth", type=int_at_least(1), default=None, help="CNN depth: number of 3x3 convs (default: 8; paper: 2-32)")
+    g.add_argument("--depth", type=int_at_least(1), default=None,
+                   help="CNN depth: number of 3x3 convs (default: 8; paper: 2-32)")
     g.add_argument("--width", type=int_at_least(1), default=None, help="U-Net base width (default: 4; paper: 2-5)")
 
     g = p.add_argument_group("training (docs/methods.md, \"Training\")")
@@ -132,12 +135,14 @@ def build_parser():
                         "(glibc; much faster CPU steps, see engine.tune_cpu_allocator)")
 
     g = p.add_argument_group("run directory")
-    g.add_argument("--runs-root", default=None, help="where run directories go (default: $WAVES_RUNS_ROOT, else ./runs)")
+    g.add_argument("--runs-root", default=None,
+                   help="where run directories go (default: $WAVES_RUNS_ROOT, else ./runs)")
     g.add_argument("--run-name", default=None,
                    help="run directory under the runs root (default: from the settings, e.g. "
                         "tetrominoes/nwm-linear-T100-h2-seed0)")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="resume the run in RUN_DIR with its stored settings (running the same command again resumes too)")
+                   help="resume the run in RUN_DIR with its stored settings "
+                        "(running the same command again resumes too)")
     g.add_argument("--restart", action="store_true", help="delete an existing run of the same name and start over")
     g.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (they are shown on a terminal only; in a log, one line per epoch)")
@@ -193,11 +198,12 @@ def check_settings(parser, args):
     sizes = meta["split_sizes"]
     for flag, value, split in (("--train-size", args.train_size, "train"), ("--val-size", args.val_size, "val")):
         if value is not None and value > sizes[split]:
-            parser.error(f"{flag} {value}: the {args.dataset} {split} split holds {sizes[split]} images (1..{sizes[split]})")
+            parser.error(f"{flag} {value}: the {args.dataset} {split} split holds {sizes[split]} images "
+                         f"(1..{sizes[split]})")
     train_size = args.train_size or sizes["train"]
     if args.batch_size > train_size:
-        parser.error(f"--batch-size {args.batch_size} is larger than the {train_size} training images; the last partial "
-                     f"batch of an epoch is dropped (the paper's recipe), so nothing would be trained: use a "
+        parser.error(f"--batch-size {args.batch_size} is larger than the {train_size} training images; the last "
+                     f"partial batch of an epoch is dropped (the paper's recipe), so nothing would be trained: use a "
                      f"--batch-size of at most {train_size}")
     return meta
 
@@ -215,15 +221,14 @@ def ensure_quickstart_data(args):
         subprocess.run([sys.executable, str(script), *root], check=True)
 
 
-def model_config(args):
-    info = get_info(args.dataset)
-    config = dict(in_channels=info.channels, num_classes=info.num_classes)
-    config.update({key: getattr(args, key) for key in model_config_keys(args.model) if key not in config})
-    return config
+def run_model_config(args):
+    """build_model keywords of this run: every model setting comes from a flag (filled by fill_model_defaults)."""
+    return model_config(args.dataset, args.model, **{k: getattr(args, k) for k in model_config_keys(args.model)
+                                                     if hasattr(args, k)})
 
 
 def write_config(args, run_dir, model, device, amp, data):
-    config = dict(vars(args), **model_config(args))
+    config = dict(vars(args), **run_model_config(args))
     config.update(
         data=data, num_params=count_parameters(model), device=str(device), amp=amp, git=runs.git_state(),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -258,7 +263,7 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
     """The epoch loop, then the test of the kept checkpoint; returns the test metrics (None when paused)."""
     info = get_info(args.dataset)
     torch.manual_seed(args.seed)
-    model = build_model(args.model, **model_config(args)).to(device)
+    model = build_model(args.model, **run_model_config(args)).to(device)
     if status == "new":
         write_config(args, run_dir, model, device, amp, data_fingerprint)
     capturable = args.cuda_graph != "off" and device.type == "cuda"  # Adam's state on the GPU, for graph capture

@@ -43,7 +43,8 @@ def build_parser():
                             help="score table (produce_scores.py) -> statistics over seeds as CSV, LaTeX, Markdown")
     p.add_argument("--scores", default=None,
                    help="score CSV to read (default: $WAVES_SCORES, else <runs root>/scores.csv)")
-    p.add_argument("--out", default=None, help="folder for the tables (default: $WAVES_TABLES, else <runs root>/tables)")
+    p.add_argument("--out", default=None,
+                   help="folder for the tables (default: $WAVES_TABLES, else <runs root>/tables)")
     p.set_defaults(run=tables)
     p = commands.add_parser("squares", help="square-area theory: measured vs predicted frequency of waves "
                                             "confined to squares of side 4..32, and how well one pixel's "

@@ -105,7 +105,8 @@ def erf_radii(images, pixel, nwm_steps=(5, 10, 20, 50, 100, 200, 400), cnn_depth
             changes = dict(T=value, fused=False) if name == "nwm" else dict(depth=value)
             source = nwm_source if name == "nwm" else None
             maps[name, value], dead = mean_erf(name, config, images, pixel, seeds, source, **changes)
-            rows.append(dict(model=name, steps_or_depth=value, radius=radius_of_mass(maps[name, value], pixel, fraction),
+            radius = radius_of_mass(maps[name, value], pixel, fraction)
+            rows.append(dict(model=name, steps_or_depth=value, radius=radius,
                              bound=math.sqrt(2) * value if name == "cnn" else math.nan, dead_seeds=dead))
     return pd.DataFrame(rows), maps
 

@@ -25,7 +25,8 @@ def main(argv=None):
     parser.add_argument("--split", default="train", choices=["train", "val", "test"], help="which split")
     parser.add_argument("--n", type=int_at_least(1), default=8, help="number of samples (the first n of the split)")
     parser.add_argument("--out", default=None,
-                        help="PNG to write (default: samples_<dataset>.png in $WAVES_FIGURES, else <runs root>/figures)")
+                        help="PNG to write (default: samples_<dataset>.png in $WAVES_FIGURES, "
+                             "else <runs root>/figures)")
     parser.add_argument("--data-root", default=None, help="data root (default: $WAVES_DATA_ROOT, else ./data)")
     args = parser.parse_args(argv)
     images, masks = load_dataset(args.dataset, args.split, args.data_root, limit=args.n)

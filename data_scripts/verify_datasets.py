@@ -47,7 +47,8 @@ def verify(name, data_root=None):
         paper_request = (meta["seed"] == info.default_seed and list(meta["split_sizes"].values())
                          == list(info.paper_split_sizes))
         if len(equal) < len(info.paper_sha256):
-            parts[-1] += "" if paper_request else f" (seed {meta['seed']}, sizes {meta['split_sizes']}: not the paper's)"
+            if not paper_request:
+                parts[-1] += f" (seed {meta['seed']}, sizes {meta['split_sizes']}: not the paper's)"
             ok = ok and not paper_request
     else:
         parts.append("our own recipe (no paper arrays)")
