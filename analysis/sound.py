@@ -4,10 +4,11 @@ The mapping: one model step lasts 1 / HZ_PER_CYCLE_PER_STEP seconds, so a wave o
 per step sounds at f * HZ_PER_CYCLE_PER_STEP Hz (20,000: the NWM's dominant 0.01 cycles
 per step becomes 200 Hz). A T-step series is far too short to play as it is (100 steps
 last 5 ms), so its power spectrum (waves.power_spectrum: the Hann-windowed series of the
-object's pixels and channels, zero-padded) is played instead, held for a few seconds: one
-sinusoid per frequency of the spectrum's grid, amplitude the square root of its power,
-random phases (fixed seed; equal phases would add up to clicks). Components above the
-audio's Nyquist frequency are dropped. The sound is faded in and out over FADE seconds,
+object's pixels and channels, zero-padded) is played instead, held for a few seconds:
+noise shaped to the spectrum's amplitude (square root of the power) at the mapped
+frequencies, so a sharp peak sounds as a tone and a broad one as a hiss; a sum of
+sinusoids on the spectrum's frequency grid would add a buzz at the grid spacing.
+Frequencies above the audio's Nyquist frequency are dropped. The sound is faded in and out over FADE seconds,
 peak-normalised to PEAK of full scale, and written as 16 kHz mono 16-bit PCM.
 """
 import wave
@@ -22,19 +23,17 @@ RATE, SECONDS, PEAK, FADE = 16_000, 2.0, 0.9, 0.02
 
 def spectrum_to_audio(freqs, power, seconds=SECONDS, rate=RATE, hz_per_cycle_per_step=HZ_PER_CYCLE_PER_STEP,
                       seed=0):
-    """A float waveform in [-PEAK, PEAK] of `seconds` at `rate` Hz playing the spectrum
-    (freqs in cycles/step, power) under the mapping above."""
-    hz = np.asarray(freqs) * hz_per_cycle_per_step
-    keep = (hz > 0) & (hz < rate / 2)
-    hz, amplitude = hz[keep], np.sqrt(np.asarray(power)[keep])
-    phases = np.random.default_rng(seed).uniform(0, 2 * np.pi, len(hz))
-    t = np.arange(int(round(seconds * rate))) / rate
-    audio = np.zeros_like(t)
-    for chunk in range(0, len(hz), 64):  # 64 components at a time keeps the memory small
-        part = slice(chunk, chunk + 64)
-        audio += (amplitude[part, None] * np.cos(2 * np.pi * hz[part, None] * t + phases[part, None])).sum(0)
-    fade = np.minimum(1, np.minimum(t, t[-1] - t) / FADE)
-    audio *= fade
+    """A float waveform in [-PEAK, PEAK] of `seconds` at `rate` Hz whose amplitude spectrum is
+    sqrt(power) under the mapping above: white noise (fixed seed) filtered in the frequency
+    domain, the spectrum interpolated linearly between its grid points (freqs in cycles/step)."""
+    n = int(round(seconds * rate))
+    model_freqs = np.fft.rfftfreq(n, 1 / rate) / hz_per_cycle_per_step
+    gain = np.interp(model_freqs, freqs, np.sqrt(power), left=0, right=0)
+    gain[0] = 0  # no offset
+    noise = np.random.default_rng(seed).standard_normal(n)
+    audio = np.fft.irfft(np.fft.rfft(noise) * gain, n)
+    t = np.arange(n) / rate
+    audio *= np.minimum(1, np.minimum(t, t[-1] - t) / FADE)
     peak = np.abs(audio).max()
     return audio * (PEAK / peak) if peak > 0 else audio
 

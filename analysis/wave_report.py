@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import scipy.signal
 import torch
 
 import plotting
@@ -151,7 +152,7 @@ def comparison_figure(rows, labels):
             ax.scatter(i + jitter[(objects["recall"] >= WELL_SEGMENTED).to_numpy()], good[measure], s=6,
                        color=f"C{i}")
             ax.hlines(objects[measure].median(), i - 0.3, i + 0.3, color="black")
-        ax.set_xticks(range(len(labels)), list(labels.values()), fontsize=7, rotation=20)
+        ax.set_xticks(range(len(labels)), list(labels.values()), fontsize=7)
         ax.set_title(name, fontsize=9)
         if measure in ("speed", "dominant_frequency"):
             ax.set_yscale("log")
@@ -159,16 +160,25 @@ def comparison_figure(rows, labels):
     return fig
 
 
-def spectrogram_figure(paths, rate=sound.RATE, max_hz=1000):
-    """Spectrograms of WAV files (paths: label -> path), one panel each, up to max_hz."""
-    fig, axes = plt.subplots(1, len(paths), figsize=(1.9 * len(paths), 2.6), sharey=True, squeeze=False)
-    for ax, (label, path) in zip(axes[0], paths.items()):
-        audio = np.frombuffer(Path(path).read_bytes()[44:], "<i2") / 32768  # after the 44-byte PCM header
-        ax.specgram(audio, NFFT=1024, Fs=rate, noverlap=512, cmap="magma", vmin=-120)
-        ax.set_ylim(0, max_hz)
-        ax.set_title(label, fontsize=8)
-        ax.set_xlabel("s", fontsize=8)
-    axes[0, 0].set_ylabel("Hz")
+def spectrogram_figure(paths, rate=sound.RATE, max_hz=1500, dynamic_range=60):
+    """The WAV files (paths: label -> path) one after another in one spectrogram, its colours
+    spanning the top `dynamic_range` dB, and beside it each one's mean spectrum (Welch)."""
+    audios = [np.frombuffer(Path(p).read_bytes()[44:], "<i2") / 32768 for p in paths.values()]  # after the header
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 2.8), gridspec_kw=dict(width_ratios=(2, 1)))
+    *_, image = left.specgram(np.concatenate(audios), NFFT=1024, Fs=rate, noverlap=512, cmap="magma")
+    top = image.get_clim()[1]
+    image.set_clim(top - dynamic_range, top)
+    seconds = np.cumsum([0] + [len(a) / rate for a in audios])
+    left.set_xticks((seconds[:-1] + seconds[1:]) / 2, list(paths), fontsize=8)
+    left.set_ylim(0, max_hz)
+    left.set_ylabel("Hz")
+    for i, (label, audio) in enumerate(zip(paths, audios)):
+        hz, power = scipy.signal.welch(audio, rate, nperseg=2048)
+        right.semilogy(hz, power, color=f"C{i}", lw=1, label=label)
+    right.set_xlim(0, max_hz)
+    right.set_xlabel(f"Hz (= {sound.HZ_PER_CYCLE_PER_STEP:,.0f} x cycles/step)", fontsize=8)
+    right.set_title("mean spectrum", fontsize=9)
+    right.legend(fontsize=6)
     fig.tight_layout()
     return fig
 
@@ -185,14 +195,14 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
         run_rows, spectra, example = measure_run(run_dir, split, n, data_root)
         config = runs.load_json(Path(run_dir) / runs.CONFIG)
         dataset, model = config["dataset"], config["model"]
-        labels[config["run_name"]] = config["run_name"].replace("/", "\n").replace("-linear", "")
+        labels[config["run_name"]] = f"{model.upper()} seed {config['seed']}\n{dataset}"
         rows += run_rows
         if (dataset, model) in sound_paths:
             continue
         examples.setdefault(dataset, {})[f"{model.upper()} ({Path(run_dir).name})"] = example
         sound_paths[dataset, model] = class_sounds(spectra, sounds, f"{dataset}_{model}")
         figure_paths += plotting.save_figure(spectrogram_figure(sound_paths[dataset, model]),
-                                             f"waves_spectrogram_{dataset}_{model}", figures)
+                                             f"waves_spectrogram_{dataset}_{model}", figures, dpi=72)
     for dataset, by_model in examples.items():
         figure_paths += plotting.save_figure(maps_figure(by_model, get_info(dataset).num_classes),
                                              f"waves_maps_{dataset}", figures)

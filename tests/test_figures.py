@@ -138,7 +138,7 @@ def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
 
 def test_notebooks_are_committed_with_their_figures():
     # the .ipynb files are the source, committed with the outputs they made from the shipped runs
-    assert len(NOTEBOOKS) == 6
+    assert len(NOTEBOOKS) == 7
     for path in NOTEBOOKS:
         outputs = [o for cell in nbformat.read(path, as_version=4).cells for o in cell.get("outputs", [])]
         assert any("image/png" in o.get("data", {}) for o in outputs), path.name
@@ -168,9 +168,13 @@ def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
                 "fig_lstm_vs_nwm": ["figures/lstm_vs_nwm.png"],
                 "square_area_theory": ["figures/square_area_theory.png"],
                 "multi_polygon": ["figures/polygons_confusion.png"],
-                "receptive_field": ["figures/erf_radius.png", "figures/erf_maps.png"]}[path.stem]
+                "receptive_field": ["figures/erf_radius.png", "figures/erf_maps.png"],
+                "wave_analysis": ["figures/waves_maps_tetrominoes.png", "figures/waves_comparison.png",
+                                  "figures/waves_spectrogram_polygons_nwm.png", "tables/waves.csv"]}[path.stem]
     for name in expected:
         assert (out / name).is_file(), name
+    if path.stem == "wave_analysis":  # a sound per class present in the few test images
+        assert list((out / "sounds").glob("tetrominoes_lstm-*.wav")) and list((out / "sounds").glob("polygons_nwm-*.wav"))
 
 
 def test_notebook_skips_what_is_missing(tmp_path, monkeypatch):
