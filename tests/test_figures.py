@@ -10,6 +10,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from nbclient import NotebookClient
 from PIL import Image
 
@@ -17,6 +18,7 @@ import animate
 import produce_scores
 import runs
 import train
+from analysis import __main__ as analysis_cli
 from analysis import receptive_fields, squares, tables
 from analysis.animation import make_animation
 from conftest import REPO
@@ -136,6 +138,23 @@ def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
     assert Image.open(gif).n_frames == 3
 
 
+def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path):
+    chosen = [runs.find_run(figure_inputs["runs"], "tetrominoes", model, readout="linear") for model in ("nwm", "lstm")]
+    threads = torch.get_num_threads()
+    try:
+        analysis_cli.main(["waves", *map(str, chosen), "--n", "3", "--data-root", str(figure_inputs["data"]),
+                           "--figures", str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.read_csv(tmp_path / "tables" / "waves.csv")
+    assert set(table["run"]) == {f"tetrominoes/{run.name}" for run in chosen}
+    assert (table.loc[table["objects"] == "all", "n"] > 0).all()
+    assert (tmp_path / "figures" / "waves_maps_tetrominoes.png").is_file()
+    sounds = sorted((tmp_path / "sounds").glob("*.wav"))
+    assert {p.name.split("-")[0] for p in sounds} == {"tetrominoes_nwm", "tetrominoes_lstm"}
+    assert all(p.stat().st_size < 200_000 for p in sounds)
+
+
 def test_notebooks_are_committed_with_their_figures():
     # the .ipynb files are the source, committed with the outputs they made from the shipped runs
     assert len(NOTEBOOKS) == 7
@@ -174,7 +193,8 @@ def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
     for name in expected:
         assert (out / name).is_file(), name
     if path.stem == "wave_analysis":  # a sound per class present in the few test images
-        assert list((out / "sounds").glob("tetrominoes_lstm-*.wav")) and list((out / "sounds").glob("polygons_nwm-*.wav"))
+        for prefix in ("tetrominoes_nwm", "tetrominoes_lstm", "polygons_nwm"):
+            assert list((out / "sounds").glob(f"{prefix}-*.wav")), prefix
 
 
 def test_notebook_skips_what_is_missing(tmp_path, monkeypatch):
