@@ -8,8 +8,9 @@ object's pixels and channels, zero-padded) is played instead, held for a few sec
 noise shaped to the spectrum's amplitude (square root of the power) at the mapped
 frequencies, so a sharp peak sounds as a tone and a broad one as a hiss; a sum of
 sinusoids on the spectrum's frequency grid would add a buzz at the grid spacing.
-Frequencies above the audio's Nyquist frequency are dropped. The sound is faded in and out over FADE seconds,
-peak-normalised to PEAK of full scale, and written as 16 kHz mono 16-bit PCM.
+Frequencies above the audio's Nyquist frequency are dropped. The sound is faded in and
+out over FADE seconds, peak-normalised to PEAK of full scale, and written as 16 kHz mono
+16-bit PCM.
 """
 import wave
 
