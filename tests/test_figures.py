@@ -143,7 +143,8 @@ def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path
     threads = torch.get_num_threads()
     try:
         analysis_cli.main(["waves", *map(str, chosen), "--n", "3", "--data-root", str(figure_inputs["data"]),
-                           "--figures", str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"), "--threads", "1"])
+                           "--figures", str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"),
+                           "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
     table = pd.read_csv(tmp_path / "tables" / "waves.csv")
