@@ -4,15 +4,18 @@
     python -m analysis tables --scores results/scores.csv --out results/tables   # the shipped tables
     python -m analysis squares                  # square-area theory: errors and area classifier
     python -m analysis erf                      # receptive-field radii of untrained NWMs and CNNs
+    python -m analysis waves RUN [RUN ...]      # waves of trained runs: numbers, figures, sounds
 """
 import argparse
 
 import pandas as pd
+import torch
 
 import settings
 from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import score_tables, write_tables
+from analysis.wave_report import report
 from cli import HelpFormatter
 
 
@@ -36,6 +39,18 @@ def erf(args):
     print(table.to_string(float_format=lambda v: f"{v:.2f}"))
 
 
+def waves(args):
+    torch.set_num_threads(args.threads or settings.available_cores())
+    figures = settings.figures_dir(args.figures)
+    sounds = args.sounds if args.sounds is not None else figures.parent / "sounds"
+    outputs = report(args.runs, figures, settings.tables_dir(args.tables), sounds, args.n, args.split,
+                     args.data_root)
+    print(outputs["summary"].to_string(float_format=lambda v: f"{v:.4g}"))
+    print(outputs["classes"].to_string(float_format=lambda v: f"{v:.4g}"))
+    for path in [*outputs["figures"], *(p for paths in outputs["sounds"].values() for p in paths.values())]:
+        print(f"wrote {path}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -53,6 +68,19 @@ def build_parser():
     p = commands.add_parser("erf", help="effective receptive-field radius of untrained NWMs (T = 5..400) and "
                                         "CNNs (depth 2..32) on random 64x64 images (a few minutes)")
     p.set_defaults(run=erf)
+    p = commands.add_parser("waves", formatter_class=HelpFormatter,
+                            help="phase, frequency, speed and directionality of trained recurrent runs' "
+                                 "waves per object, figures, and one sound per class")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (NWM or ConvLSTM); the maps and "
+                                                           "sounds come from the first of each dataset and model")
+    p.add_argument("--n", type=int, default=32, help="images measured, the first of the split")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--data-root", default=None, help="datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
+    p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
+    p.add_argument("--sounds", default=None, help="WAV folder (default: sounds/ beside the figures folder)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the available cores)")
+    p.set_defaults(run=waves)
     return parser
 
 

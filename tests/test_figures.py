@@ -10,6 +10,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from nbclient import NotebookClient
 from PIL import Image
 
@@ -17,6 +18,7 @@ import animate
 import produce_scores
 import runs
 import train
+from analysis import __main__ as analysis_cli
 from analysis import receptive_fields, squares, tables
 from analysis.animation import make_animation
 from conftest import REPO
@@ -136,9 +138,27 @@ def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
     assert Image.open(gif).n_frames == 3
 
 
+def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path):
+    chosen = [runs.find_run(figure_inputs["runs"], "tetrominoes", model, readout="linear") for model in ("nwm", "lstm")]
+    threads = torch.get_num_threads()
+    try:
+        analysis_cli.main(["waves", *map(str, chosen), "--n", "3", "--data-root", str(figure_inputs["data"]),
+                           "--figures", str(tmp_path / "figures"), "--tables", str(tmp_path / "tables"),
+                           "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.read_csv(tmp_path / "tables" / "waves.csv")
+    assert set(table["run"]) == {f"tetrominoes/{run.name}" for run in chosen}
+    assert (table.loc[table["objects"] == "all", "n"] > 0).all()
+    assert (tmp_path / "figures" / "waves_maps_tetrominoes.png").is_file()
+    sounds = sorted((tmp_path / "sounds").glob("*.wav"))
+    assert {p.name.split("-")[0] for p in sounds} == {"tetrominoes_nwm", "tetrominoes_lstm"}
+    assert all(p.stat().st_size < 200_000 for p in sounds)
+
+
 def test_notebooks_are_committed_with_their_figures():
     # the .ipynb files are the source, committed with the outputs they made from the shipped runs
-    assert len(NOTEBOOKS) == 6
+    assert len(NOTEBOOKS) == 7
     for path in NOTEBOOKS:
         outputs = [o for cell in nbformat.read(path, as_version=4).cells for o in cell.get("outputs", [])]
         assert any("image/png" in o.get("data", {}) for o in outputs), path.name
@@ -168,9 +188,14 @@ def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
                 "fig_lstm_vs_nwm": ["figures/lstm_vs_nwm.png"],
                 "square_area_theory": ["figures/square_area_theory.png"],
                 "multi_polygon": ["figures/polygons_confusion.png"],
-                "receptive_field": ["figures/erf_radius.png", "figures/erf_maps.png"]}[path.stem]
+                "receptive_field": ["figures/erf_radius.png", "figures/erf_maps.png"],
+                "wave_analysis": ["figures/waves_maps_tetrominoes.png", "figures/waves_comparison.png",
+                                  "figures/waves_spectrogram_polygons_nwm.png", "tables/waves.csv"]}[path.stem]
     for name in expected:
         assert (out / name).is_file(), name
+    if path.stem == "wave_analysis":  # a sound per class present in the few test images
+        for prefix in ("tetrominoes_nwm", "tetrominoes_lstm", "polygons_nwm"):
+            assert list((out / "sounds").glob(f"{prefix}-*.wav")), prefix
 
 
 def test_notebook_skips_what_is_missing(tmp_path, monkeypatch):
