@@ -21,10 +21,14 @@ Backward step t, given gy = dL/dy_t and gz = dL/dz_t through later steps:
     dL/dy_{t-1} = gy - dt_omega Gz + W^T * Ga        (W^T: the adjoint circular conv)
     dL/dz_{t-1} = damping Gz
     dL/ddamping += Gz z_{t-1},  dL/ddt_omega -= Gz y_{t-1},  dL/dW += Ga (x) y_{t-1}
-tests/test_speed.py checks outputs and gradients against the autograd path.
+On the CPU the steps of each segment run in a compiled kernel (models/nwm_cpu.py) with
+the same arithmetic, where one can be built; the eager steps below are its fallback and
+the path on other devices. tests/test_speed.py checks both against the autograd path.
 """
 import torch
 import torch.nn.functional as F
+
+from . import nwm_cpu
 
 
 def _pad(x):
@@ -40,10 +44,41 @@ def _step(y, z, dt_omega, damping, weight, dt, y_out, z_out, activation_out=None
     torch.add(y, z_out, alpha=dt, out=y_out)
 
 
+def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping):
+    """The adjoint of one segment of n = len(g_frames) eager steps from (y, z), as
+    nwm_cpu.backward: returns y_0..y_n of the segment and the segment's gradient of the
+    coupling's weight, and moves gy, gz to the segment's start and accumulates g_dt_omega,
+    g_damping, in place."""
+    n = g_frames.shape[0]
+    # recompute the segment: the states before and after each step, and its tanh
+    ys, zs, th = gy.new_empty(n + 1, *y.shape), gy.new_empty(n + 1, *y.shape), gy.new_empty(n, *y.shape)
+    ys[0], zs[0] = y, z
+    for i in range(n):
+        _step(ys[i], zs[i], dt_omega, damping, weight, dt, ys[i + 1], zs[i + 1], th[i])
+    g_activation = torch.empty_like(th)
+    for i in reversed(range(n)):
+        gy += g_frames[i].view_as(gy)
+        gz.add_(gy, alpha=dt)  # now the total dL/dz_t
+        g_damping.addcmul_(gz, zs[i])
+        g_dt_omega.addcmul_(gz, ys[i], value=-1)
+        ga = g_activation[i]  # dt Gz (1 - tanh^2)
+        torch.mul(gz, th[i], out=ga).mul_(th[i]).neg_().add_(gz).mul_(dt)
+        gy.addcmul_(dt_omega, gz, value=-1).add_(F.conv2d(_pad(ga), adjoint_weight))
+        gz.mul_(damping)
+    # the coupling's weight gradient for the whole segment in one call
+    padded = _pad(ys[:n].flatten(0, 1)).contiguous(memory_format=torch.channels_last)
+    g_weight = torch.nn.grad.conv2d_weight(
+        padded, weight.shape, g_activation.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+    return ys, g_weight
+
+
 class _WaveRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment):
         T = basis.shape[0]
+        lib = nwm_cpu.kernel(y0)
+        if lib is not None:
+            y0, dt_omega, damping, weight = (t.contiguous() for t in (y0, dt_omega, damping, weight))
         y, z = y0, torch.zeros_like(y0)
         z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
         projected = None  # (B*C*H*W) x K'
@@ -51,17 +86,21 @@ class _WaveRecurrence(torch.autograd.Function):
         for t0 in range(0, T, segment):
             n = min(segment, T - t0)
             starts += [y.clone(), z.clone()]
-            frames = y.new_empty(n, *y.shape)
-            for i in range(n):
-                z_out = z_buffers[i % 2]
-                _step(y, z, dt_omega, damping, weight, dt, frames[i], z_out)
-                y, z = frames[i], z_out
+            if lib is not None:  # advances z in place
+                frames = nwm_cpu.forward(lib, y, z, dt_omega, damping, weight, dt, n)
+                y = frames[-1]
+            else:
+                frames = y.new_empty(n, *y.shape)
+                for i in range(n):
+                    z_out = z_buffers[i % 2]
+                    _step(y, z, dt_omega, damping, weight, dt, frames[i], z_out)
+                    y, z = frames[i], z_out
             if projected is None:
                 projected = frames.view(n, -1).t() @ basis[t0:t0 + n]
             else:
                 projected.addmm_(frames.view(n, -1).t(), basis[t0:t0 + n])
         ctx.save_for_backward(dt_omega, damping, weight, basis, *starts)
-        ctx.dt, ctx.segment = dt, segment
+        ctx.dt, ctx.segment, ctx.lib = dt, segment, lib
         return projected.view(*y0.shape, basis.shape[1])
 
     @staticmethod
@@ -74,32 +113,21 @@ class _WaveRecurrence(torch.autograd.Function):
         g_weight = torch.zeros_like(weight)
         g_basis = torch.zeros_like(basis) if ctx.needs_input_grad[4] else None
         adjoint_weight = weight.flip(2, 3).transpose(0, 1)
+        lib = ctx.lib
 
         for k, t0 in reversed(list(enumerate(range(0, T, segment)))):
             n = min(segment, T - t0)
-            # recompute the segment: the states before and after each step, and its tanh
-            shape = starts[0].shape
-            ys, zs, th = gy.new_empty(n + 1, *shape), gy.new_empty(n + 1, *shape), gy.new_empty(n, *shape)
-            ys[0], zs[0] = starts[2 * k], starts[2 * k + 1]
-            for i in range(n):
-                _step(ys[i], zs[i], dt_omega, damping, weight, dt, ys[i + 1], zs[i + 1], th[i])
-            if g_basis is not None:
-                g_basis[t0:t0 + n] = ys[1:].view(n, -1) @ grad_projected
             g_frames = basis[t0:t0 + n] @ grad_projected.t()  # n x (B*C*H*W)
-            g_activation = torch.empty_like(th)
-            for i in reversed(range(n)):
-                gy += g_frames[i].view_as(gy)
-                gz.add_(gy, alpha=dt)  # now the total dL/dz_t
-                g_damping.addcmul_(gz, zs[i])
-                g_dt_omega.addcmul_(gz, ys[i], value=-1)
-                ga = g_activation[i]  # dt Gz (1 - tanh^2)
-                torch.mul(gz, th[i], out=ga).mul_(th[i]).neg_().add_(gz).mul_(dt)
-                gy.addcmul_(dt_omega, gz, value=-1).add_(F.conv2d(_pad(ga), adjoint_weight))
-                gz.mul_(damping)
-            # the coupling's weight gradient for the whole segment in one call
-            padded = _pad(ys[:n].flatten(0, 1)).contiguous(memory_format=torch.channels_last)
-            g_weight += torch.nn.grad.conv2d_weight(
-                padded, weight.shape, g_activation.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+            if lib is not None:
+                ys, g_segment = nwm_cpu.backward(
+                    lib, starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight, adjoint_weight.contiguous(),
+                    dt, g_frames.view(n, *gy.shape), gy, gz, g_dt_omega, g_damping)
+            else:
+                ys, g_segment = _segment_backward(starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight,
+                                                  adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping)
+            g_weight += g_segment
+            if g_basis is not None:
+                g_basis[t0:t0 + n] = ys[1:].reshape(n, -1) @ grad_projected
         return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None
 
 

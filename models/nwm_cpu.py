@@ -1,0 +1,134 @@
+"""The NWM recurrence on the CPU through a small compiled kernel (models/nwm_kernel.c).
+
+The eager recurrence (models/nwm_fused.py) launches a convolution, a circular pad and
+several elementwise passes over the whole batch at every step, each a trip through
+memory. The kernel runs one image through all steps of a segment while its state stays
+in cache, one pass per step. It is compiled with the system's C compiler (`cc`, or $CC)
+on first use, once per dtype and channel count, and cached in WAVES_KERNEL_CACHE
+(default ~/.cache/waves-kernels); the compile time is logged and kept in
+`compile_seconds`. Without a working compiler, or with WAVES_CPU_KERNEL=0, `kernel`
+returns None and the eager recurrence runs (one log line says why).
+
+The images of a batch are split among torch's CPU threads; ctypes releases the GIL
+during each call, so the chunks run in parallel.
+"""
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("nwm_kernel.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=gnu11"]
+DTYPES = {torch.float32: "float", torch.float64: "double"}
+compile_seconds = {}  # (dtype, channels) -> seconds spent compiling in this process (0 if cached)
+
+
+def cache_dir():
+    return Path(os.environ.get("WAVES_KERNEL_CACHE") or Path.home() / ".cache" / "waves-kernels")
+
+
+def _compile(real, channels):
+    """Path of the compiled library, compiling it if not cached; raises on failure."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError("no C compiler found (cc, gcc or $CC)")
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    errors = []
+    # with vector tanh from glibc's libmvec where it links, else scalar tanh
+    for extra in (["-DMVEC", "-lmvec"], []):
+        cmd = [compiler, *FLAGS, f"-DREAL={real}", f"-DNC={channels}", "-x", "c", "-", "-o"]
+        key = hashlib.sha256(repr((cmd, extra, version)).encode() + source).hexdigest()[:16]
+        path = cache_dir() / f"nwm_{real}_{channels}_{key}.so"
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".so", delete=False) as tmp:
+            pass
+        result = subprocess.run(cmd + [tmp.name, *extra, "-lm"], input=source, capture_output=True)
+        if result.returncode == 0:
+            os.replace(tmp.name, path)  # atomic: concurrent processes may compile the same kernel
+            return path
+        os.unlink(tmp.name)
+        errors.append(result.stderr.decode(errors="replace").strip().splitlines()[-1:])
+    raise RuntimeError(f"{compiler} failed: {errors}")
+
+
+@lru_cache(maxsize=None)
+def _load(dtype, channels):
+    if os.environ.get("WAVES_CPU_KERNEL", "1") == "0":
+        log.warning("NWM CPU kernel off (WAVES_CPU_KERNEL=0): using the eager recurrence")
+        return None
+    start = time.perf_counter()
+    try:
+        path = _compile(DTYPES[dtype], channels)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("NWM CPU kernel unavailable (%s): using the eager recurrence", e)
+        return None
+    compile_seconds[dtype, channels] = seconds = time.perf_counter() - start
+    log.info("NWM CPU kernel (%s, %d channels) ready in %.2f s: %s", DTYPES[dtype], channels, seconds, path)
+    L, P, D = ctypes.c_long, ctypes.c_void_p, ctypes.c_double
+    lib.nwm_forward.argtypes = [L] * 6 + [P] * 5 + [D, P]
+    lib.nwm_backward.argtypes = [L] * 6 + [P] * 6 + [D] + [P] * 7
+    return lib
+
+
+def kernel(y):
+    """The compiled kernel for state tensors like y (B x C x H x W), or None where it does
+    not apply (not a float32/float64 CPU tensor, images narrower than 3 pixels) or could
+    not be built."""
+    if y.device.type != "cpu" or y.dtype not in DTYPES or y.dim() != 4 or y.shape[3] < 3:
+        return None
+    return _load(y.dtype, y.shape[1])
+
+
+_pool = None
+
+
+def _parallel(fn, batch, *args):
+    """fn(b0, b1, batch, *args) over chunks of the batch, one per CPU thread."""
+    global _pool
+    threads = min(torch.get_num_threads(), batch)
+    if _pool is None or _pool._max_workers < threads:
+        _pool = ThreadPoolExecutor(max_workers=threads)
+    bounds = [batch * i // threads for i in range(threads + 1)]
+    calls = [_pool.submit(fn, bounds[i], bounds[i + 1], batch, *args) for i in range(threads)]
+    if any(c.result() != 0 for c in calls):
+        raise MemoryError("NWM CPU kernel: out of memory for its workspace")
+
+
+def _pointers(*tensors):
+    """Data pointers of contiguous tensors of one dtype (what the kernel indexes)."""
+    assert all(t.is_contiguous() and t.dtype == tensors[0].dtype for t in tensors)
+    return [t.data_ptr() for t in tensors]
+
+
+def forward(lib, y, z, dt_omega, damping, weight, dt, n):
+    """n steps from (y, z); z is advanced in place. Returns the frames y_1..y_n (n x B x C x H x W)."""
+    frames = y.new_empty(n, *y.shape)
+    B, _, H, W = y.shape
+    _parallel(lib.nwm_forward, B, H, W, n, *_pointers(y, z, dt_omega, damping, weight), dt, frames.data_ptr())
+    return frames
+
+
+def backward(lib, y, z, dt_omega, damping, weight, adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping):
+    """The adjoint of the n = len(g_frames) steps from (y, z): gy and gz go from the segment's
+    end to its start and g_dt_omega, g_damping accumulate, in place. Returns the segment's
+    y_0..y_n ((n + 1) x B x C x H x W) and the gradient of the coupling's weight."""
+    n = g_frames.shape[0]
+    B, C, H, W = y.shape
+    ys, g_weight = y.new_empty(n + 1, *y.shape), y.new_zeros(B, *weight.shape)
+    _parallel(lib.nwm_backward, B, H, W, n, *_pointers(y, z, dt_omega, damping, weight, adjoint_weight), dt,
+              *_pointers(g_frames, gy, gz, g_dt_omega, g_damping, g_weight, ys))
+    return ys, g_weight.sum(0)
