@@ -9,8 +9,10 @@ on first use, once per dtype and channel count, and cached in WAVES_KERNEL_CACHE
 `compile_seconds`. Without a working compiler, or with WAVES_CPU_KERNEL=0, `kernel`
 returns None and the eager recurrence runs (one log line says why).
 
-The images of a batch are split among torch's CPU threads; ctypes releases the GIL
-during each call, so the chunks run in parallel.
+The batch is processed in chunks of images, each running all T steps; the images of a
+chunk are split among torch's CPU threads (ctypes releases the GIL during each call, so
+they run in parallel). Memory grows with the chunk, not with the batch: this path needs
+no segments for backpropagation through time.
 """
 import ctypes
 import hashlib
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("nwm_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=gnu11"]
 DTYPES = {torch.float32: "float", torch.float64: "double"}
+CHUNK_BYTES = 2**26  # frames of the images processed together (_chunks)
 compile_seconds = {}  # (dtype, channels) -> seconds spent compiling in this process (0 if cached)
 
 
@@ -114,21 +117,48 @@ def _pointers(*tensors):
     return [t.data_ptr() for t in tensors]
 
 
-def forward(lib, y, z, dt_omega, damping, weight, dt, n):
-    """n steps from (y, z); z is advanced in place. Returns the frames y_1..y_n (n x B x C x H x W)."""
-    frames = y.new_empty(n, *y.shape)
-    B, _, H, W = y.shape
-    _parallel(lib.nwm_forward, B, H, W, n, *_pointers(y, z, dt_omega, damping, weight), dt, frames.data_ptr())
-    return frames
+def _chunks(y, T):
+    """Slices of the batch processed together: whole multiples of the threads, at most
+    CHUNK_BYTES of frames (T of them per image), at least one image per thread."""
+    per_image = T * y[0].numel() * y.element_size()
+    threads = torch.get_num_threads()
+    size = max(threads, CHUNK_BYTES // per_image // threads * threads)
+    return [slice(b, min(b + size, len(y))) for b in range(0, len(y), size)]
 
 
-def backward(lib, y, z, dt_omega, damping, weight, adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping):
-    """The adjoint of the n = len(g_frames) steps from (y, z): gy and gz go from the segment's
-    end to its start and g_dt_omega, g_damping accumulate, in place. Returns the segment's
-    y_0..y_n ((n + 1) x B x C x H x W) and the gradient of the coupling's weight."""
-    n = g_frames.shape[0]
-    B, C, H, W = y.shape
-    ys, g_weight = y.new_empty(n + 1, *y.shape), y.new_zeros(B, *weight.shape)
-    _parallel(lib.nwm_backward, B, H, W, n, *_pointers(y, z, dt_omega, damping, weight, adjoint_weight), dt,
-              *_pointers(g_frames, gy, gz, g_dt_omega, g_damping, g_weight, ys))
-    return ys, g_weight.sum(0)
+def projection(lib, y0, dt_omega, damping, weight, basis, dt):
+    """sum_t y_t (x) basis[t] over the T = len(basis) steps from (y0, z0 = 0), as
+    (B*C*H*W) x K'. Each chunk of images runs all T steps into a buffer of frames, which one
+    matrix product projects on the basis (the time axis is the product's inner dimension)."""
+    T, (B, C, H, W) = basis.shape[0], y0.shape
+    projected = y0.new_empty(B, C * H * W, basis.shape[1])
+    for chunk in _chunks(y0, T):
+        y, z = y0[chunk], torch.zeros_like(y0[chunk])
+        frames = y.new_empty(T, *y.shape)
+        _parallel(lib.nwm_forward, len(y), H, W, T, *_pointers(y, z, dt_omega[chunk], damping[chunk], weight), dt,
+                  frames.data_ptr())
+        torch.mm(frames.view(T, -1).t(), basis, out=projected[chunk].view(-1, basis.shape[1]))
+    return projected.view(-1, basis.shape[1])
+
+
+def projection_backward(lib, y0, dt_omega, damping, weight, basis, dt, grad_projected, need_basis):
+    """Gradients of `projection` with respect to y0, dt_omega, damping, weight and (if
+    need_basis) basis, given that of its output: each chunk recomputes its T steps and runs
+    the adjoint steps backwards (models/nwm_fused.py has the equations)."""
+    T, (B, C, H, W) = basis.shape[0], y0.shape
+    grad_projected = grad_projected.reshape(B, -1, basis.shape[1])
+    gy, g_dt_omega, g_damping = torch.zeros_like(y0), torch.zeros_like(y0), torch.zeros_like(y0)
+    g_weight, g_basis = y0.new_zeros(B, *weight.shape), torch.zeros_like(basis) if need_basis else None
+    adjoint_weight = weight.flip(2, 3).transpose(0, 1).contiguous()
+    for chunk in _chunks(y0, T):
+        n = chunk.stop - chunk.start
+        g_chunk = grad_projected[chunk].reshape(-1, basis.shape[1])
+        g_frames = basis @ g_chunk.t()  # T x (n*C*H*W)
+        y, z, gz = y0[chunk], y0.new_zeros(n, C, H, W), y0.new_zeros(n, C, H, W)
+        ys = y.new_empty(T + 1, *y.shape)  # y_0..y_T of the chunk
+        _parallel(lib.nwm_backward, n, H, W, T,
+                  *_pointers(y, z, dt_omega[chunk], damping[chunk], weight, adjoint_weight), dt,
+                  *_pointers(g_frames, gy[chunk], gz, g_dt_omega[chunk], g_damping[chunk], g_weight[chunk], ys))
+        if g_basis is not None:
+            g_basis.addmm_(ys[1:].view(T, -1), g_chunk)
+    return gy, g_dt_omega, g_damping, g_weight.sum(0), g_basis

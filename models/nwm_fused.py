@@ -76,9 +76,11 @@ class _WaveRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment):
         T = basis.shape[0]
-        lib = nwm_cpu.kernel(y0)
-        if lib is not None:
-            y0, dt_omega, damping, weight = (t.contiguous() for t in (y0, dt_omega, damping, weight))
+        ctx.dt, ctx.segment, ctx.lib = dt, segment, nwm_cpu.kernel(y0)
+        if ctx.lib is not None:
+            inputs = [t.contiguous() for t in (y0, dt_omega, damping, weight, basis)]
+            ctx.save_for_backward(*inputs)
+            return nwm_cpu.projection(ctx.lib, *inputs, dt).view(*y0.shape, basis.shape[1])
         y, z = y0, torch.zeros_like(y0)
         z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
         projected = None  # (B*C*H*W) x K'
@@ -86,25 +88,23 @@ class _WaveRecurrence(torch.autograd.Function):
         for t0 in range(0, T, segment):
             n = min(segment, T - t0)
             starts += [y.clone(), z.clone()]
-            if lib is not None:  # advances z in place
-                frames = nwm_cpu.forward(lib, y, z, dt_omega, damping, weight, dt, n)
-                y = frames[-1]
-            else:
-                frames = y.new_empty(n, *y.shape)
-                for i in range(n):
-                    z_out = z_buffers[i % 2]
-                    _step(y, z, dt_omega, damping, weight, dt, frames[i], z_out)
-                    y, z = frames[i], z_out
+            frames = y.new_empty(n, *y.shape)
+            for i in range(n):
+                z_out = z_buffers[i % 2]
+                _step(y, z, dt_omega, damping, weight, dt, frames[i], z_out)
+                y, z = frames[i], z_out
             if projected is None:
                 projected = frames.view(n, -1).t() @ basis[t0:t0 + n]
             else:
                 projected.addmm_(frames.view(n, -1).t(), basis[t0:t0 + n])
         ctx.save_for_backward(dt_omega, damping, weight, basis, *starts)
-        ctx.dt, ctx.segment, ctx.lib = dt, segment, lib
         return projected.view(*y0.shape, basis.shape[1])
 
     @staticmethod
     def backward(ctx, grad_projected):
+        if ctx.lib is not None:
+            return *nwm_cpu.projection_backward(ctx.lib, *ctx.saved_tensors, ctx.dt, grad_projected,
+                                                ctx.needs_input_grad[4]), None, None
         dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
         dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
         grad_projected = grad_projected.reshape(-1, basis.shape[1])
@@ -113,18 +113,12 @@ class _WaveRecurrence(torch.autograd.Function):
         g_weight = torch.zeros_like(weight)
         g_basis = torch.zeros_like(basis) if ctx.needs_input_grad[4] else None
         adjoint_weight = weight.flip(2, 3).transpose(0, 1)
-        lib = ctx.lib
 
         for k, t0 in reversed(list(enumerate(range(0, T, segment)))):
             n = min(segment, T - t0)
             g_frames = basis[t0:t0 + n] @ grad_projected.t()  # n x (B*C*H*W)
-            if lib is not None:
-                ys, g_segment = nwm_cpu.backward(
-                    lib, starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight, adjoint_weight.contiguous(),
-                    dt, g_frames.view(n, *gy.shape), gy, gz, g_dt_omega, g_damping)
-            else:
-                ys, g_segment = _segment_backward(starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight,
-                                                  adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping)
+            ys, g_segment = _segment_backward(starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight,
+                                              adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping)
             g_weight += g_segment
             if g_basis is not None:
                 g_basis[t0:t0 + n] = ys[1:].reshape(n, -1) @ grad_projected

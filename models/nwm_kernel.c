@@ -82,7 +82,9 @@ static void conv_row(real *restrict acc, const real *restrict ring, const real *
 #pragma GCC unroll 16
                     for (int co = 0; co < NC; co++) {
                         const real *k = w + ((co * NC + ci) * 3 + di) * 3;
-                        a[co][b] += k[0] * x0 + k[1] * x1 + k[2] * x2;
+                        a[co][b] += k[0] * x0;  /* three fused multiply-adds */
+                        a[co][b] += k[1] * x1;
+                        a[co][b] += k[2] * x2;
                     }
                 }
             }
@@ -93,21 +95,31 @@ static void conv_row(real *restrict acc, const real *restrict ring, const real *
 }
 
 /* gv (NC x NC x 3 x 3 vectors, summed over lanes later) += the weight gradient of output
- * row r: dL/da of the row (ga: NC x H rows of Wb) times the input rows the ring holds. */
+ * row r: dL/da of the row (ga: NC x H rows of Wb) times the input rows the ring holds.
+ * Sums over the row stay in registers, for G output channels at a time. */
+#define G (NC % 4 == 0 ? 4 : NC % 2 == 0 ? 2 : 1)
 static void weight_row(vec *restrict gv, const real *restrict ga, long H, const real *restrict ring, long Wb, long r) {
-    for (long j = 0; j < Wb; j += VL) {
-        vec g[NC];
-        for (int co = 0; co < NC; co++) g[co] = load(ga + ((long)co * H + r) * Wb + j);
+    for (int c0 = 0; c0 < NC; c0 += G) {
+        const real *g = ga + ((long)c0 * H + r) * Wb;
         for (int ci = 0; ci < NC; ci++) {
             for (int di = 0; di < 3; di++) {
-                const real *p = slot(ring, Wb, r, di, ci) + j;
-                vec x0 = load(p), x1 = load(p + 1), x2 = load(p + 2);
-#pragma GCC unroll 16
-                for (int co = 0; co < NC; co++) {
-                    vec *k = gv + ((co * NC + ci) * 3 + di) * 3;
-                    k[0] += g[co] * x0;
-                    k[1] += g[co] * x1;
-                    k[2] += g[co] * x2;
+                const real *p = slot(ring, Wb, r, di, ci);
+                vec s[G][3];
+                for (int k = 0; k < G; k++) s[k][0] = s[k][1] = s[k][2] = (vec){0};
+                for (long j = 0; j < Wb; j += VL) {
+                    vec x0 = load(p + j), x1 = load(p + j + 1), x2 = load(p + j + 2);
+                    for (int k = 0; k < G; k++) {
+                        vec gk = load(g + k * H * Wb + j);
+                        s[k][0] += gk * x0;
+                        s[k][1] += gk * x1;
+                        s[k][2] += gk * x2;
+                    }
+                }
+                for (int k = 0; k < G; k++) {
+                    vec *acc = gv + (((c0 + k) * NC + ci) * 3 + di) * 3;
+                    acc[0] += s[k][0];
+                    acc[1] += s[k][1];
+                    acc[2] += s[k][2];
                 }
             }
         }
@@ -143,10 +155,10 @@ static void scratch_free(scratch *s) {
     free(s->ring);
 }
 
-/* One step of one image: y_out = y + dt z', z' = damping z - dt_omega y + dt tanh(W * y).
- * z is updated in place; tanh(W * y) goes to th if th is not NULL. y_out != y. */
-static void step(const real *y, real *z, real *y_out, real *th, const real *dto, const real *damp,
-                 const real *w, real dt, long H, long W, scratch *s) {
+/* One step of one image: y_out = y + dt z_out, z_out = damping z - dt_omega y + dt tanh(W * y);
+ * tanh(W * y) goes to th if th is not NULL. z_out may be z; y_out may not be y. */
+static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, const real *dto,
+                 const real *damp, const real *w, real dt, long H, long W, scratch *s) {
     for (long r = 0; r < H; r++) {
         advance_ring(s->ring, y, H, W, W, r);
         conv_row(s->acc, s->ring, w, s->Wb, r);
@@ -157,7 +169,7 @@ static void step(const real *y, real *z, real *y_out, real *th, const real *dto,
             for (long j = 0; j < W; j++) a[j] = TANH(a[j]);
             for (long j = 0; j < W; j++) {
                 real zn = damp[o + j] * z[o + j] - dto[o + j] * y[o + j] + dt * a[j];
-                z[o + j] = zn;
+                z_out[o + j] = zn;
                 y_out[o + j] = y[o + j] + dt * zn;
             }
             if (th) memcpy(th + o, a, W * sizeof(real));
@@ -176,7 +188,7 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0
         const real *y = y0 + b * S;
         for (long t = 0; t < n; t++) {
             real *out = frames + (t * B + b) * S;
-            step(y, z + b * S, out, NULL, dto + b * S, damp + b * S, w, (real)dt, H, W, &s);
+            step(y, z + b * S, out, z + b * S, NULL, dto + b * S, damp + b * S, w, (real)dt, H, W, &s);
             y = out;
         }
     }
@@ -210,8 +222,7 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
         memcpy(ys + b * S, y_start + b * S, S * sizeof(real));
         for (long i = 0; i < n; i++) {
             real *yi = ys + (i * B + b) * S, *yo = ys + ((i + 1) * B + b) * S;
-            memcpy(zs + (i + 1) * S, zs + i * S, S * sizeof(real));
-            step(yi, zs + (i + 1) * S, yo, th + i * S, om, dm, w, dt, H, W, &s);
+            step(yi, zs + i * S, yo, zs + (i + 1) * S, th + i * S, om, dm, w, dt, H, W, &s);
         }
         real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
         memset(s.gv, 0, sizeof(vec) * NC * NC * 9);

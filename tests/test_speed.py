@@ -60,7 +60,8 @@ def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7):
 
 @pytest.mark.parametrize("channels, batch, H, W", [(2, 3, 16, 16), (16, 3, 5, 7), (3, 1, 2, 3)])
 def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
-    # odd sizes and channel counts, and a batch the threads split unevenly
+    # odd sizes and channel counts, and a batch the threads and the chunks split unevenly
+    monkeypatch.setattr(nwm_cpu, "CHUNK_BYTES", 1)  # chunks of one image per thread
     assert nwm_cpu.kernel(torch.empty(batch, channels, H, W, dtype=torch.float64)) is not None
     fast = recurrence_and_gradients(channels, batch, H, W)
     monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
