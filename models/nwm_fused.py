@@ -129,8 +129,9 @@ def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment
     """sum_t y_t (x) basis[t] over the T = len(basis) NWM steps from (y0, z0 = 0).
 
     y0, dt_omega, damping: B x C x H x W; weight: C x C x 3 x 3; basis: T x K'.
-    Returns B x C x H x W x K'. The frames are projected `segment` steps at a time, and
-    the backward pass recomputes one segment at a time: longer segments mean fewer
-    passes over the (large) projected features, shorter ones less memory.
+    Returns B x C x H x W x K'. The eager steps project the frames `segment` steps at a
+    time, and their backward pass recomputes one segment at a time: longer segments mean
+    fewer passes over the (large) projected features, shorter ones less memory. The CPU
+    kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py).
     """
     return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment)

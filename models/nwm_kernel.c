@@ -1,4 +1,4 @@
-/* The NWM recurrence on the CPU, one image at a time through all steps of a segment
+/* The NWM recurrence on the CPU, one image at a time through all the steps of a call
  * (models/nwm_cpu.py compiles it once per dtype and channel count and calls it).
  *
  * One image's state stays in cache across the steps, and each step is one pass: the
@@ -197,11 +197,11 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0
 }
 
 /* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py): recomputes the
- * segment from (y_start, z_start), then runs the steps backwards. gy, gz (B x NC x H x W)
- * enter as the gradients at the segment's end and leave as those at its start; g_frames
+ * steps from (y_start, z_start), then runs them backwards. gy, gz (B x NC x H x W)
+ * enter as the gradients after the last step and leave as those before the first; g_frames
  * (n x B x ...) are the gradients of the frames; g_dto, g_damp (B x ...) and g_w
- * (B x NC x NC x 3 x 3, per image) accumulate. ys ((n + 1) x B x ...) receives y_0..y_n
- * of the segment, for the gradient of the time basis. wadj: the adjoint kernel (flipped,
+ * (B x NC x NC x 3 x 3, per image) accumulate. ys ((n + 1) x B x ...) receives y_0..y_n,
+ * for the gradient of the time basis. wadj: the adjoint kernel (flipped,
  * in and out channels swapped). Returns 0, or -1 without memory. */
 int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y_start,
                  const real *z_start, const real *dto, const real *damp, const real *w,
