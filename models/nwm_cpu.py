@@ -107,7 +107,8 @@ def _forget_pool():
     _pool = None
 
 
-os.register_at_fork(after_in_child=_forget_pool)  # a forked child has none of the pool's threads
+if hasattr(os, "register_at_fork"):  # (not on Windows)
+    os.register_at_fork(after_in_child=_forget_pool)  # a forked child has none of the pool's threads
 
 
 def _parallel(fn, batch, *args):
