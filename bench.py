@@ -13,6 +13,10 @@ Adam step) of
       a per-step Python loop, plain float32, the sequence stacked and permuted for the
       readout, the system allocator,
 after checking that (b), loaded with (a)'s weights, gives the same outputs and gradients.
+It also times (a)'s matrix products alone, in the same process after its steps: every
+mm/addmm/bmm of one step is recorded (shapes, strides, dtypes) and replayed on random
+operands. Their time is the step's floor on this hardware, and `floor_ratio` (step /
+floor) says how far the whole step is from it.
 Every measurement runs in its own process, so each gets its own allocator settings and
 its peak memory (GPU: max allocated; CPU, Linux: the rise of the peak resident set size
 over the process's size before the first step) is its own.
@@ -25,12 +29,14 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
 from engine import GraphedTrainStep, TrainStep, bf16_supported, tune_cpu_allocator
 from models import build_model, is_recurrent
+from models import nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
 from settings import set_threads
@@ -94,6 +100,48 @@ def peak_rss_bytes():
     return _status_kib("VmHWM") * 1024
 
 
+class RecordMatmuls(TorchDispatchMode):
+    """Records every matrix product run under it: (op, operands as (size, stride, dtype) or values)."""
+
+    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+           torch.ops.aten.baddbmm.default}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.calls.append((func, [(a.size(), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+                                      for a in args], dict(kwargs or {})))
+        return func(*args, **(kwargs or {}))
+
+
+def time_matmuls(calls, repeats, device):
+    """Median seconds of running the recorded matrix products once, on random operands."""
+    operands = {}
+
+    def operand(spec):
+        if not isinstance(spec, tuple):
+            return spec
+        if spec not in operands:
+            size, stride, dtype = spec
+            operands[spec] = torch.empty_strided(size, stride, dtype=dtype, device=device).normal_()
+        return operands[spec]
+
+    prepared = [(func, [operand(a) for a in args], kwargs) for func, args, kwargs in calls]
+    times = []
+    for _ in range(repeats + 1):  # the first: warm-up
+        start = time.perf_counter()
+        for func, args, kwargs in prepared:
+            func(*args, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return times[len(times) // 2]
+
+
 def measure(config_name, impl, batch_size, steps, device):
     """One (configuration, implementation) in this process: seconds per step and peak memory.
     impl: "project" (as train.py trains, eager steps), "graphed" (the same, each step replayed
@@ -129,7 +177,14 @@ def measure(config_name, impl, batch_size, steps, device):
     times.sort()
     seconds = times[len(times) // 2]
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes() - base
-    return dict(seconds_per_step=seconds, images_per_second=batch_size / seconds, peak_memory_bytes=peak, amp=amp)
+    result = dict(seconds_per_step=seconds, images_per_second=batch_size / seconds, peak_memory_bytes=peak, amp=amp)
+    if impl == "project":
+        with RecordMatmuls() as recorder:
+            step()
+        result["matmul_seconds"] = time_matmuls(recorder.calls, max(steps, 5), device)
+        result["matmul_calls"] = len(recorder.calls)
+        result["kernel_compile_seconds"] = sum(nwm_cpu.compile_seconds.values())
+    return result
 
 
 def run_worker(config_name, impl, batch_size, steps, device, threads):
@@ -152,7 +207,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads of every measurement (default: the cores this process may use)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="images per step (default: 64, --quick: 8)")
-    p.add_argument("--steps", type=int_at_least(1), default=None, help="timed steps after one warm-up (default: 3, --quick: 1)")
+    p.add_argument("--steps", type=int_at_least(1), default=None,
+                   help="timed steps after one warm-up (default: 3, --quick: 1)")
     p.add_argument("--quick", action="store_true", help="batch 8, one timed step: about a minute on a CPU")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
@@ -185,6 +241,8 @@ def main(argv=None):
             if "error" not in a and "error" not in b:
                 row[key] = b["seconds_per_step"] / a["seconds_per_step"]
                 row[key.replace("speedup", "memory_ratio")] = b["peak_memory_bytes"] / max(a["peak_memory_bytes"], 1)
+        if row["project"].get("matmul_calls"):  # (the U-Net has none: its floor would be its convolutions)
+            row["floor_ratio"] = row["project"]["seconds_per_step"] / row["project"]["matmul_seconds"]
         results.append(row)
         print(format_row(row), flush=True)
     if args.json:
@@ -200,6 +258,7 @@ def format_row(row):
         return (f"{r['seconds_per_step']:7.3f} s {r['images_per_second']:7.1f} img/s "
                 f"{r['peak_memory_bytes'] / 2**20:8.0f} MiB")
     ratios = (f"  speed x{row['speedup']:.2f}  memory /{row['memory_ratio']:.2f}" if "speedup" in row else "")
+    ratios += f"  floor x{row['floor_ratio']:.2f}" if "floor_ratio" in row else ""
     graphed = ""
     if "graphed" in row:
         graphed = f" | graphed {side(row['graphed'])}"

@@ -21,10 +21,14 @@ Backward step t, given gy = dL/dy_t and gz = dL/dz_t through later steps:
     dL/dy_{t-1} = gy - dt_omega Gz + W^T * Ga        (W^T: the adjoint circular conv)
     dL/dz_{t-1} = damping Gz
     dL/ddamping += Gz z_{t-1},  dL/ddt_omega -= Gz y_{t-1},  dL/dW += Ga (x) y_{t-1}
-tests/test_speed.py checks outputs and gradients against the autograd path.
+On the CPU the steps of each segment run in a compiled kernel (models/nwm_cpu.py) with
+the same arithmetic, where one can be built; the eager steps below are its fallback and
+the path on other devices. tests/test_speed.py checks both against the autograd path.
 """
 import torch
 import torch.nn.functional as F
+
+from . import nwm_cpu
 
 
 def _pad(x):
@@ -40,10 +44,43 @@ def _step(y, z, dt_omega, damping, weight, dt, y_out, z_out, activation_out=None
     torch.add(y, z_out, alpha=dt, out=y_out)
 
 
+def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping):
+    """The adjoint of one segment of n = len(g_frames) eager steps from (y, z), as
+    nwm_cpu.backward: returns y_0..y_n of the segment and the segment's gradient of the
+    coupling's weight, and moves gy, gz to the segment's start and accumulates g_dt_omega,
+    g_damping, in place."""
+    n = g_frames.shape[0]
+    # recompute the segment: the states before and after each step, and its tanh
+    ys, zs, th = gy.new_empty(n + 1, *y.shape), gy.new_empty(n + 1, *y.shape), gy.new_empty(n, *y.shape)
+    ys[0], zs[0] = y, z
+    for i in range(n):
+        _step(ys[i], zs[i], dt_omega, damping, weight, dt, ys[i + 1], zs[i + 1], th[i])
+    g_activation = torch.empty_like(th)
+    for i in reversed(range(n)):
+        gy += g_frames[i].view_as(gy)
+        gz.add_(gy, alpha=dt)  # now the total dL/dz_t
+        g_damping.addcmul_(gz, zs[i])
+        g_dt_omega.addcmul_(gz, ys[i], value=-1)
+        ga = g_activation[i]  # dt Gz (1 - tanh^2)
+        torch.mul(gz, th[i], out=ga).mul_(th[i]).neg_().add_(gz).mul_(dt)
+        gy.addcmul_(dt_omega, gz, value=-1).add_(F.conv2d(_pad(ga), adjoint_weight))
+        gz.mul_(damping)
+    # the coupling's weight gradient for the whole segment in one call
+    padded = _pad(ys[:n].flatten(0, 1)).contiguous(memory_format=torch.channels_last)
+    g_weight = torch.nn.grad.conv2d_weight(
+        padded, weight.shape, g_activation.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+    return ys, g_weight
+
+
 class _WaveRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment):
         T = basis.shape[0]
+        ctx.dt, ctx.segment, ctx.lib = dt, segment, nwm_cpu.kernel(y0)
+        if ctx.lib is not None:
+            inputs = [t.contiguous() for t in (y0, dt_omega, damping, weight, basis)]
+            ctx.save_for_backward(*inputs)
+            return nwm_cpu.projection(ctx.lib, *inputs, dt).view(*y0.shape, basis.shape[1])
         y, z = y0, torch.zeros_like(y0)
         z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
         projected = None  # (B*C*H*W) x K'
@@ -61,11 +98,13 @@ class _WaveRecurrence(torch.autograd.Function):
             else:
                 projected.addmm_(frames.view(n, -1).t(), basis[t0:t0 + n])
         ctx.save_for_backward(dt_omega, damping, weight, basis, *starts)
-        ctx.dt, ctx.segment = dt, segment
         return projected.view(*y0.shape, basis.shape[1])
 
     @staticmethod
     def backward(ctx, grad_projected):
+        if ctx.lib is not None:
+            return *nwm_cpu.projection_backward(ctx.lib, *ctx.saved_tensors, ctx.dt, grad_projected,
+                                                ctx.needs_input_grad[4]), None, None
         dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
         dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
         grad_projected = grad_projected.reshape(-1, basis.shape[1])
@@ -77,29 +116,12 @@ class _WaveRecurrence(torch.autograd.Function):
 
         for k, t0 in reversed(list(enumerate(range(0, T, segment)))):
             n = min(segment, T - t0)
-            # recompute the segment: the states before and after each step, and its tanh
-            shape = starts[0].shape
-            ys, zs, th = gy.new_empty(n + 1, *shape), gy.new_empty(n + 1, *shape), gy.new_empty(n, *shape)
-            ys[0], zs[0] = starts[2 * k], starts[2 * k + 1]
-            for i in range(n):
-                _step(ys[i], zs[i], dt_omega, damping, weight, dt, ys[i + 1], zs[i + 1], th[i])
-            if g_basis is not None:
-                g_basis[t0:t0 + n] = ys[1:].view(n, -1) @ grad_projected
             g_frames = basis[t0:t0 + n] @ grad_projected.t()  # n x (B*C*H*W)
-            g_activation = torch.empty_like(th)
-            for i in reversed(range(n)):
-                gy += g_frames[i].view_as(gy)
-                gz.add_(gy, alpha=dt)  # now the total dL/dz_t
-                g_damping.addcmul_(gz, zs[i])
-                g_dt_omega.addcmul_(gz, ys[i], value=-1)
-                ga = g_activation[i]  # dt Gz (1 - tanh^2)
-                torch.mul(gz, th[i], out=ga).mul_(th[i]).neg_().add_(gz).mul_(dt)
-                gy.addcmul_(dt_omega, gz, value=-1).add_(F.conv2d(_pad(ga), adjoint_weight))
-                gz.mul_(damping)
-            # the coupling's weight gradient for the whole segment in one call
-            padded = _pad(ys[:n].flatten(0, 1)).contiguous(memory_format=torch.channels_last)
-            g_weight += torch.nn.grad.conv2d_weight(
-                padded, weight.shape, g_activation.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+            ys, g_segment = _segment_backward(starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight,
+                                              adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping)
+            g_weight += g_segment
+            if g_basis is not None:
+                g_basis[t0:t0 + n] = ys[1:].reshape(n, -1) @ grad_projected
         return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None
 
 
@@ -107,8 +129,9 @@ def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment
     """sum_t y_t (x) basis[t] over the T = len(basis) NWM steps from (y0, z0 = 0).
 
     y0, dt_omega, damping: B x C x H x W; weight: C x C x 3 x 3; basis: T x K'.
-    Returns B x C x H x W x K'. The frames are projected `segment` steps at a time, and
-    the backward pass recomputes one segment at a time: longer segments mean fewer
-    passes over the (large) projected features, shorter ones less memory.
+    Returns B x C x H x W x K'. The eager steps project the frames `segment` steps at a
+    time, and their backward pass recomputes one segment at a time: longer segments mean
+    fewer passes over the (large) projected features, shorter ones less memory. The CPU
+    kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py).
     """
     return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment)

@@ -1,10 +1,19 @@
 """The fast paths compute the same thing as the plain ones (outputs and gradients)."""
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine import autocast
-from models import MODEL_NAMES, READOUTS, build_model, is_recurrent
+from models import MODEL_NAMES, READOUTS, build_model, is_recurrent, nwm_cpu
+from models.nwm_fused import wave_recurrence_projection
+
+
+@pytest.fixture
+def eager_recurrence(monkeypatch):
+    """The fused NWM without its compiled CPU kernel: the fallback where none can be built."""
+    monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
 
 
 def outputs_and_gradients(name, dtype=torch.float64, amp=False, size=16, **config):
@@ -31,6 +40,53 @@ def test_fused_nwm_matches_autograd(readout, segment):
     plain = outputs_and_gradients("nwm", readout=readout, fused=False)
     fused = outputs_and_gradients("nwm", readout=readout, fused=True, bptt_segment=segment)
     assert_same(fused, plain, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("segment", [0, 5])
+def test_fused_nwm_without_the_cpu_kernel_matches_autograd(eager_recurrence, segment):
+    plain = outputs_and_gradients("nwm", fused=False)
+    fused = outputs_and_gradients("nwm", fused=True, bptt_segment=segment)
+    assert_same(fused, plain, rtol=1e-9, atol=1e-12)
+
+
+def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7):
+    torch.manual_seed(0)
+    shape = (batch, channels, H, W)
+    y0, dt_omega, damping = torch.randn(shape), 0.1 * torch.rand(shape), 1 - 0.1 * torch.rand(shape)
+    weight, basis = 0.5 * torch.randn(channels, channels, 3, 3), torch.randn(T, 4)
+    inputs = [t.double().requires_grad_() for t in (y0, dt_omega, damping, weight, basis)]
+    out = wave_recurrence_projection(*inputs, 0.1, segment)
+    grads = torch.autograd.grad(out, inputs, torch.randn(out.shape, dtype=out.dtype))
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("channels, batch, H, W", [(2, 3, 16, 16), (16, 3, 5, 7), (3, 1, 2, 3), (2, 2, 1, 1)])
+def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
+    # odd sizes and channel counts, and a batch the threads and the chunks split unevenly
+    monkeypatch.setattr(nwm_cpu, "CHUNK_BYTES", 1)  # chunks of one image per thread
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    assert nwm_cpu.kernel(torch.empty(batch, channels, H, W, dtype=torch.float64)) is not None
+    fast = recurrence_and_gradients(channels, batch, H, W)
+    monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
+    eager = recurrence_and_gradients(channels, batch, H, W)
+    torch.testing.assert_close(fast[0], eager[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast[1], eager[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_kernel_falls_back_without_a_compiler(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("WAVES_KERNEL_CACHE", str(tmp_path))
+    nwm_cpu._load.cache_clear()
+    try:
+        assert nwm_cpu.kernel(torch.empty(1, 5, 4, 4)) is None
+        assert "using the eager recurrence" in capsys.readouterr().err
+        plain = outputs_and_gradients("nwm", fused=False, hidden_channels=5)
+        fused = outputs_and_gradients("nwm", fused=True, hidden_channels=5)
+        assert_same(fused, plain, rtol=1e-9, atol=1e-12)
+    finally:
+        nwm_cpu._load.cache_clear()
 
 
 def test_fused_nwm_matches_autograd_in_float32():

@@ -1,0 +1,260 @@
+/* The NWM recurrence on the CPU, one image at a time through all the steps of a call
+ * (models/nwm_cpu.py compiles it once per dtype and channel count and calls it).
+ *
+ * One image's state stays in cache across the steps, and each step is one pass: the
+ * 3x3 circular stencil of a row, its tanh and the update of (y, z) for that row. The
+ * circular halo comes from a ring of three padded rows per channel (the rows r-1, r,
+ * r+1 of the input), so the state itself is never copied into a padded tensor.
+ * Arithmetic as in models/nwm_fused.py; only the summation order differs.
+ *
+ * Compiled with -DREAL=float|double -DNC=<channels>, and -DMVEC where the C library has
+ * vector tanh (glibc's libmvec), which lets the compiler vectorise the tanh of a row.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef REAL real;
+#if defined(MVEC)
+#pragma omp declare simd notinbranch
+float tanhf(float);
+#pragma omp declare simd notinbranch
+double tanh(double);
+#endif
+#define TANH(x) (sizeof(real) == sizeof(float) ? tanhf(x) : tanh(x))
+
+/* The stencils work on blocks of BW columns held in JB vectors of VL lanes per channel:
+ * for few channels several vectors, so that enough independent sums are in flight. */
+#define VL (64 / (int)sizeof(real))
+#define JB (NC >= 8 ? 1 : 8 / NC)
+#define BW (VL * JB)
+typedef real vec __attribute__((vector_size(64), aligned(sizeof(real))));
+static inline vec load(const real *p) {
+    vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void store(real *p, vec v) { memcpy(p, &v, sizeof v); }
+
+/* Rows in the workspace are Wb = W rounded up to whole blocks wide (zeros beyond W). */
+static long block_width(long W) { return (W + BW - 1) / BW * BW; }
+
+/* Copy input row `row` of every channel of x (NC x H x rows of `stride`) into ring slot
+ * `slot`, with one wrapped column on each side. */
+static void fill_slot(real *ring, const real *x, long H, long W, long stride, long row, int slot) {
+    long Wb = block_width(W);
+    row = (row + H) % H;
+    for (int c = 0; c < NC; c++) {
+        real *dst = ring + ((long)slot * NC + c) * (Wb + 2);
+        const real *src = x + ((long)c * H + row) * stride;
+        memcpy(dst + 1, src, W * sizeof(real));
+        dst[0] = src[W - 1];
+        dst[W + 1] = src[0];
+    }
+}
+
+/* Make the ring hold the rows r-1, r, r+1 of x in slots (r-1+di) mod 3, given that it
+ * held those of row r-1. */
+static void advance_ring(real *ring, const real *x, long H, long W, long stride, long r) {
+    if (r == 0) {
+        fill_slot(ring, x, H, W, stride, -1, 2);
+        fill_slot(ring, x, H, W, stride, 0, 0);
+    }
+    fill_slot(ring, x, H, W, stride, r + 1, (int)((r + 1) % 3));
+}
+
+static const real *slot(const real *ring, long Wb, long r, int di, int c) {
+    return ring + (((r + 2 + di) % 3) * NC + c) * (Wb + 2);
+}
+
+/* acc (NC rows of Wb) = the 3x3 circular convolution with w (NC x NC x 3 x 3) at output
+ * row r of the image whose rows r-1, r, r+1 the ring holds. */
+static void conv_row(real *restrict acc, const real *restrict ring, const real *restrict w, long Wb, long r) {
+    for (long j = 0; j < Wb; j += BW) {
+        vec a[NC][JB];
+        for (int co = 0; co < NC; co++)
+            for (int b = 0; b < JB; b++) a[co][b] = (vec){0};
+        for (int ci = 0; ci < NC; ci++) {
+            for (int di = 0; di < 3; di++) {
+                const real *p = slot(ring, Wb, r, di, ci) + j;
+                for (int b = 0; b < JB; b++) {
+                    vec x0 = load(p + b * VL), x1 = load(p + b * VL + 1), x2 = load(p + b * VL + 2);
+#pragma GCC unroll 16
+                    for (int co = 0; co < NC; co++) {
+                        const real *k = w + ((co * NC + ci) * 3 + di) * 3;
+                        a[co][b] += k[0] * x0;  /* three fused multiply-adds */
+                        a[co][b] += k[1] * x1;
+                        a[co][b] += k[2] * x2;
+                    }
+                }
+            }
+        }
+        for (int co = 0; co < NC; co++)
+            for (int b = 0; b < JB; b++) store(acc + co * Wb + j + b * VL, a[co][b]);
+    }
+}
+
+/* gv (NC x NC x 3 x 3 vectors, summed over lanes later) += the weight gradient of output
+ * row r: dL/da of the row (ga: NC x H rows of Wb) times the input rows the ring holds.
+ * Sums over the row stay in registers, for G output channels at a time. */
+#define G (NC % 4 == 0 ? 4 : NC % 2 == 0 ? 2 : 1)
+static void weight_row(vec *restrict gv, const real *restrict ga, long H, const real *restrict ring, long Wb, long r) {
+    for (int c0 = 0; c0 < NC; c0 += G) {
+        const real *g = ga + ((long)c0 * H + r) * Wb;
+        for (int ci = 0; ci < NC; ci++) {
+            for (int di = 0; di < 3; di++) {
+                const real *p = slot(ring, Wb, r, di, ci);
+                vec s[G][3];
+                for (int k = 0; k < G; k++) s[k][0] = s[k][1] = s[k][2] = (vec){0};
+                for (long j = 0; j < Wb; j += VL) {
+                    vec x0 = load(p + j), x1 = load(p + j + 1), x2 = load(p + j + 2);
+                    for (int k = 0; k < G; k++) {
+                        vec gk = load(g + k * H * Wb + j);
+                        s[k][0] += gk * x0;
+                        s[k][1] += gk * x1;
+                        s[k][2] += gk * x2;
+                    }
+                }
+                for (int k = 0; k < G; k++) {
+                    vec *acc = gv + (((c0 + k) * NC + ci) * 3 + di) * 3;
+                    acc[0] += s[k][0];
+                    acc[1] += s[k][1];
+                    acc[2] += s[k][2];
+                }
+            }
+        }
+    }
+}
+
+/* Per-thread scratch: rings of padded rows for y and for dL/da, one row of sums per
+ * channel, dL/da of one step (rows of Wb), the weight gradient's vector sums. */
+typedef struct {
+    long Wb;
+    real *ring, *ring_y, *acc, *ga;
+    vec *gv;
+} scratch;
+
+static int scratch_init(scratch *s, long H, long W) {
+    long Wb = block_width(W), ring = 3 * NC * (Wb + 2);
+    s->Wb = Wb;
+    s->gv = aligned_alloc(64, sizeof(vec) * NC * NC * 9);
+    s->ring = calloc(2 * ring + NC * Wb + NC * H * Wb, sizeof(real));
+    if (!s->gv || !s->ring) {
+        free(s->gv);
+        free(s->ring);
+        return -1;
+    }
+    s->ring_y = s->ring + ring;
+    s->acc = s->ring_y + ring;
+    s->ga = s->acc + NC * Wb;
+    return 0;
+}
+
+static void scratch_free(scratch *s) {
+    free(s->gv);
+    free(s->ring);
+}
+
+/* One step of one image: y_out = y + dt z_out, z_out = damping z - dt_omega y + dt tanh(W * y);
+ * tanh(W * y) goes to th if th is not NULL. z_out may be z; y_out may not be y. */
+static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, const real *dto,
+                 const real *damp, const real *w, real dt, long H, long W, scratch *s) {
+    for (long r = 0; r < H; r++) {
+        advance_ring(s->ring, y, H, W, W, r);
+        conv_row(s->acc, s->ring, w, s->Wb, r);
+        for (int c = 0; c < NC; c++) {
+            long o = ((long)c * H + r) * W;
+            real *a = s->acc + (long)c * s->Wb;
+#pragma omp simd
+            for (long j = 0; j < W; j++) a[j] = TANH(a[j]);
+            for (long j = 0; j < W; j++) {
+                real zn = damp[o + j] * z[o + j] - dto[o + j] * y[o + j] + dt * a[j];
+                z_out[o + j] = zn;
+                y_out[o + j] = y[o + j] + dt * zn;
+            }
+            if (th) memcpy(th + o, a, W * sizeof(real));
+        }
+    }
+}
+
+/* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
+ * frames[t] (n x B x NC x H x W) = y after step t+1. Returns 0, or -1 without memory. */
+int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0, real *z,
+                const real *dto, const real *damp, const real *w, double dt, real *frames) {
+    scratch s;
+    if (scratch_init(&s, H, W)) return -1;
+    long S = NC * H * W;
+    for (long b = b0; b < b1; b++) {
+        const real *y = y0 + b * S;
+        for (long t = 0; t < n; t++) {
+            real *out = frames + (t * B + b) * S;
+            step(y, z + b * S, out, z + b * S, NULL, dto + b * S, damp + b * S, w, (real)dt, H, W, &s);
+            y = out;
+        }
+    }
+    scratch_free(&s);
+    return 0;
+}
+
+/* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py): recomputes the
+ * steps from (y_start, z_start), then runs them backwards. gy, gz (B x NC x H x W)
+ * enter as the gradients after the last step and leave as those before the first; g_frames
+ * (n x B x ...) are the gradients of the frames; g_dto, g_damp (B x ...) and g_w
+ * (B x NC x NC x 3 x 3, per image) accumulate. ys ((n + 1) x B x ...) receives y_0..y_n,
+ * for the gradient of the time basis. wadj: the adjoint kernel (flipped,
+ * in and out channels swapped). Returns 0, or -1 without memory. */
+int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y_start,
+                 const real *z_start, const real *dto, const real *damp, const real *w,
+                 const real *wadj, double dt_, const real *g_frames, real *gy, real *gz,
+                 real *g_dto, real *g_damp, real *g_w, real *ys) {
+    long S = NC * H * W, Wb = block_width(W);
+    real dt = (real)dt_;
+    scratch s;
+    real *zs = malloc(sizeof(real) * (2 * n + 1) * S);  /* z before each step and after the last, tanh of each step */
+    if (!zs || scratch_init(&s, H, W)) {
+        free(zs);
+        return -1;
+    }
+    real *th = zs + (n + 1) * S;
+    for (long b = b0; b < b1; b++) {
+        const real *om = dto + b * S, *dm = damp + b * S;
+        memcpy(zs, z_start + b * S, S * sizeof(real));
+        memcpy(ys + b * S, y_start + b * S, S * sizeof(real));
+        for (long i = 0; i < n; i++) {
+            real *yi = ys + (i * B + b) * S, *yo = ys + ((i + 1) * B + b) * S;
+            step(yi, zs + i * S, yo, zs + (i + 1) * S, th + i * S, om, dm, w, dt, H, W, &s);
+        }
+        real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
+        memset(s.gv, 0, sizeof(vec) * NC * NC * 9);
+        for (long i = n - 1; i >= 0; i--) {
+            const real *gf = g_frames + (i * B + b) * S, *yi = ys + (i * B + b) * S, *zi = zs + i * S;
+            const real *t = th + i * S;
+            for (long row = 0; row < NC * H; row++) {
+                real *ga = s.ga + row * Wb;
+                for (long j = 0, p = row * W; j < W; j++, p++) {
+                    real gyp = gyb[p] + gf[p];
+                    real gzp = gzb[p] + dt * gyp;  /* the total dL/dz_t */
+                    gdb[p] += gzp * zi[p];
+                    gob[p] -= gzp * yi[p];
+                    ga[j] = dt * (gzp - gzp * t[p] * t[p]);
+                    gyb[p] = gyp - om[p] * gzp;
+                    gzb[p] = gzp * dm[p];
+                }
+            }
+            for (long r = 0; r < H; r++) {
+                advance_ring(s.ring, s.ga, H, W, Wb, r);
+                advance_ring(s.ring_y, yi, H, W, W, r);
+                conv_row(s.acc, s.ring, wadj, Wb, r);
+                for (long c = 0; c < NC; c++)
+                    for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
+                weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
+            }
+        }
+        real *gwb = g_w + b * NC * NC * 9;
+        for (int k = 0; k < NC * NC * 9; k++)
+            for (int l = 0; l < VL; l++) gwb[k] += s.gv[k][l];
+    }
+    scratch_free(&s);
+    free(zs);
+    return 0;
+}
