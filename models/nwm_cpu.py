@@ -17,6 +17,7 @@ no segments for backpropagation through time.
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,17 @@ def cache_dir():
     return Path(os.environ.get("WAVES_KERNEL_CACHE") or Path.home() / ".cache" / "waves-kernels")
 
 
+def _host_cpu():
+    """What -march=native compiles for: the CPU's model and instruction-set flags, so that a
+    cache in a home folder shared by different machines (a cluster's nodes) keeps one
+    library per kind of CPU instead of loading one built for another."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return sorted({line for line in info.splitlines() if line.startswith(("model name", "flags"))})
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 def _compile(real, channels):
     """(path of the compiled library, whether it was compiled now rather than found in the
     cache); raises RuntimeError or OSError if it cannot be built."""
@@ -48,9 +60,9 @@ def _compile(real, channels):
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     cmd = [compiler, *FLAGS, f"-DREAL={real}", f"-DNC={channels}", "-x", "c", "-", "-o"]
     # with vector tanh from glibc's libmvec where it links, else scalar tanh
-    candidates = []
+    candidates, host = [], _host_cpu()
     for extra in (["-DMVEC", "-lmvec"], []):
-        key = hashlib.sha256(repr((cmd, extra, version)).encode() + source).hexdigest()[:16]
+        key = hashlib.sha256(repr((cmd, extra, version, host)).encode() + source).hexdigest()[:16]
         candidates.append((extra, cache_dir() / f"nwm_{real}_{channels}_{key}.so"))
     for _, path in candidates:
         if path.exists():

@@ -46,7 +46,7 @@ def _step(y, z, dt_omega, damping, weight, dt, y_out, z_out, activation_out=None
 
 def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping):
     """The adjoint of one segment of n = len(g_frames) eager steps from (y, z), as
-    nwm_cpu.backward: returns y_0..y_n of the segment and the segment's gradient of the
+    nwm_cpu.projection_backward: returns y_0..y_n of the segment and the segment's gradient of the
     coupling's weight, and moves gy, gz to the segment's start and accumulates g_dt_omega,
     g_damping, in place."""
     n = g_frames.shape[0]
