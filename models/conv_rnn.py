@@ -19,6 +19,13 @@ def circular_conv(c_in, c_out, bias=True):
     return nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode="circular", bias=bias)
 
 
+def pointwise(conv, x):
+    """A 1x1 convolution as one contraction over channels: the same sums, but with these few
+    channels several times faster than a convolution call, forward and backward, on the CPU."""
+    weight = conv.weight.view(conv.weight.shape[0], -1)
+    return torch.einsum("oc,bchw->bohw", weight, x) + conv.bias[:, None, None]
+
+
 class ConvLSTMCell(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -73,7 +80,8 @@ class ConvRNN(nn.Module):
     def step(self, state):
         u, h, cell = state
         h, cell = self.cell(u, h, cell)
-        u = self.next_input(h)
+        first, relu, second = self.next_input
+        u = pointwise(second, relu(pointwise(first, h)))
         return (u, h, cell), u
 
     def initial_state(self, x):
