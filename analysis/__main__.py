@@ -9,14 +9,13 @@
 import argparse
 
 import pandas as pd
-import torch
 
 import settings
 from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import score_tables, write_tables
 from analysis.wave_report import report
-from cli import HelpFormatter
+from cli import HelpFormatter, int_at_least
 
 
 def tables(args):
@@ -40,7 +39,7 @@ def erf(args):
 
 
 def waves(args):
-    torch.set_num_threads(args.threads or settings.available_cores())
+    settings.set_threads(args.threads)
     figures = settings.figures_dir(args.figures)
     sounds = args.sounds if args.sounds is not None else figures.parent / "sounds"
     outputs = report(args.runs, figures, settings.tables_dir(args.tables), sounds, args.n, args.split,
@@ -73,13 +72,13 @@ def build_parser():
                                  "waves per object, figures, and one sound per class")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (NWM or ConvLSTM); the maps and "
                                                            "sounds come from the first of each dataset and model")
-    p.add_argument("--n", type=int, default=32, help="images measured, the first of the split")
+    p.add_argument("--n", type=int_at_least(1), default=32, help="images measured, the first of the split")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--data-root", default=None, help="datasets (default: $WAVES_DATA_ROOT, else ./data)")
     p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
     p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
     p.add_argument("--sounds", default=None, help="WAV folder (default: sounds/ beside the figures folder)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the available cores)")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: the available cores)")
     p.set_defaults(run=waves)
     return parser
 

@@ -46,10 +46,9 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
             index, mask = start + offset, masks[start + offset].numpy()
             if example is None:
                 example = dict(image=images[index], mask=mask, sequence=sequence)
-            a = waves.analytic_signal(sequence)
-            cut = int(round(trim * len(a)))
-            local = waves.local_directionality(a[cut:len(a) - cut])
-            for row in waves.object_measures(sequence, mask, trim):
+            a = waves.trimmed_analytic_signal(sequence, trim)
+            local = waves.local_directionality(a)
+            for row in waves.object_measures(sequence, mask, trim, a):
                 region = mask == row["label"]
                 name = info.class_names[row["label"]]
                 row.update(run=config["run_name"], model=config["model"], image=index, **{"class": name},
@@ -95,9 +94,8 @@ def wave_maps(sequence, channel=0, trim=0.1):
     trimming: the middle frame, its phase, the median |frequency| and speed over time, the
     mean propagation vector and the median local directionality."""
     series = sequence[:, channel]
-    a = waves.analytic_signal(series)
-    cut = int(round(trim * len(a)))
-    a = a[cut:len(a) - cut]
+    a = waves.trimmed_analytic_signal(series, trim)
+    cut = (len(series) - len(a)) // 2  # steps trimmed at each end
     uy, ux = waves.wave_direction(a)
     middle = len(series) // 2
     return dict(frame=series[middle], phase=waves.instantaneous_phase(a[middle - cut]),

@@ -36,6 +36,14 @@ def analytic_signal(x):
     return np.fft.ifft(np.fft.fft(x, axis=0) * h.reshape((T,) + (1,) * (x.ndim - 1)), axis=0)
 
 
+def trimmed_analytic_signal(series, trim=0.1):
+    """analytic_signal without its first and last `trim` of the steps, where the FFT's
+    wrap-around gives it edge effects."""
+    a = analytic_signal(series)
+    cut = int(round(trim * len(a)))
+    return a[cut:len(a) - cut]
+
+
 def instantaneous_phase(a):
     """phi_t = angle(a_t), radians in (-pi, pi]."""
     return np.angle(a)
@@ -125,16 +133,15 @@ def dominant_frequency(series, region=None):
     return float(freqs[k] + offset * (freqs[1] - freqs[0]))
 
 
-def object_measures(sequence, mask, trim=0.1):
+def object_measures(sequence, mask, trim=0.1, a=None):
     """One row per class present in `mask` (H x W class ids, 0 = background) of the
     measures of `sequence` (T x C x H x W) over that class's pixels: median speed, median
     |frequency|, directionality, travelling index (all over the channels, without the first
     and last `trim` of the steps, where the analytic signal has edge effects) and dominant
-    frequency (over all steps). Returns a list of dicts."""
+    frequency (over all steps). `a`: trimmed_analytic_signal(sequence, trim) where the
+    caller has it already. Returns a list of dicts."""
     sequence = np.asarray(sequence, float)
-    a = analytic_signal(sequence)
-    cut = int(round(trim * len(a)))
-    a = a[cut:len(a) - cut]
+    a = trimmed_analytic_signal(sequence, trim) if a is None else a
     speed, frequency = wave_speed(a), np.abs(instantaneous_frequency(a))
     rows = []
     for label in np.unique(mask):
