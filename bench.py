@@ -35,8 +35,7 @@ from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
 from engine import GraphedTrainStep, TrainStep, bf16_supported, tune_cpu_allocator
-from models import build_model, is_recurrent
-from models import nwm_cpu
+from models import build_model, is_recurrent, nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
 from settings import set_threads

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+
 SOURCE = Path(__file__).with_name("nwm_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=gnu11"]
 DTYPES = {torch.float32: "float", torch.float64: "double"}
