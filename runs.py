@@ -3,7 +3,8 @@
     <runs root>/<run name>/
         config.json        every resolved setting, num_params, the data's fingerprint, the git
                            commit, library versions, device
-        metrics.csv        one row per finished epoch: train and val metrics, lr, seconds
+        metrics.csv        one row per finished epoch: train and val metrics, lr, seconds, and
+                           the device, precision and threads the epoch ran with
         checkpoint.pt      the model with the best validation loss so far
         last.pt            everything needed to resume after the last finished epoch
         test_metrics.json  the best checkpoint's metrics on the test split and why training
@@ -65,20 +66,24 @@ def load_json(path):
 def save_metrics(history, path):
     """metrics.csv from the whole history each time, so a resumed run never duplicates or loses rows."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    fields = list(dict.fromkeys(key for row in history for key in row))  # rows of older runs lack newer columns
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows(history)
     save_text(buffer.getvalue(), path)
 
 
-def epoch_row(epoch, train, val, lr, seconds, improved):
-    """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds, whether it improved."""
+def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None):
+    """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds, whether it
+    improved, and what it ran on (`hardware`: device name, precision, threads), since the slices of
+    one run may run on different machines."""
     from metrics import METRIC_NAMES  # keeps `import runs` light
 
     row = {"epoch": epoch}
     for prefix, metrics in (("train", train), ("val", val)):
         row.update({f"{prefix}_{name}": metrics[name] for name in METRIC_NAMES})
     row.update(lr=lr, seconds=round(seconds, 3), best=int(improved))
+    row.update(hardware or {})
     return row
 
 

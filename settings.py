@@ -16,6 +16,7 @@ The device is `auto` (CUDA when available) unless named; CPU threads default to 
 cores this process may use.
 """
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -72,6 +73,27 @@ def pick_device(name="auto"):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name} asked for, but this PyTorch sees no CUDA device; use cpu")
     return device
+
+
+def device_name(device):
+    """What a device is, for the records: the GPU's name, or the CPU's model name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name, flags = platform.processor() or platform.machine() or "cpu", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    # virtual machines often hide the model ("Intel Xeon Processor"): the widest vector unit tells them apart
+    widest = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), None)
+    return f"{name} ({widest})" if widest else name
 
 
 def available_cores():

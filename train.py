@@ -231,7 +231,7 @@ def write_config(args, run_dir, model, device, amp, data):
     config = dict(vars(args), **run_model_config(args))
     config.update(
         data=data, num_params=count_parameters(model), device=str(device), amp=amp, git=runs.git_state(),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device_name=settings.device_name(device),
         versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__),
         command=" ".join([Path(sys.executable).name] + sys.argv),
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -284,6 +284,8 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
     step, graphed_eval = make_steps(train_model, optimizer, amp, data["train"], args.batch_size, args.cuda_graph)
     terminal = args.progress and sys.stderr.isatty()  # per-batch bars on a terminal only; in a log, a line per epoch
 
+    hardware = dict(device_name=settings.device_name(device), precision="bf16 autocast" if amp else "float32",
+                    threads=torch.get_num_threads())
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
     while (reason := stop_reason(args, state, invoked, first_epoch)) is None:
@@ -310,7 +312,7 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
             state["since_improvement"] += 1
         state["epoch"] = epoch
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
-                                          time.perf_counter() - start, improved))
+                                          time.perf_counter() - start, improved, hardware))
         runs.save_metrics(state["history"], run_dir / runs.METRICS)
         runs.save_torch(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                              generator=generator.get_state(), state=state), run_dir / runs.LAST)

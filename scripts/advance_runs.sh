@@ -12,15 +12,22 @@
 #      from --mnist-from-dir (the four files, any form), and checks every array against its
 #      dataset.json and the paper's SHA-256 (data_scripts/verify_datasets.py): it stops
 #      before any training if one differs;
-#   2. runs the commands, --per-gpu at a time on each GPU, each with --runs-root,
+#   2. runs the commands, --per-gpu at a time on each GPU (on the CPU where there is none,
+#      each of the N at once pinned to its share of the cores), each with --runs-root,
 #      --data-root and --stop-after-minutes M added: a run pauses after the epoch in which it
 #      passes M minutes, finishes (and is tested) when its budget is spent, and continues
-#      where it paused the next time;
+#      where it paused the next time (with --queue: what is left of M when it starts);
 #   3. packs the directories of the runs it touched into ARCHIVE.tar.gz.part-aa, -ab, ... of at
 #      most --part-mb MB each; unpack them with
 #      cat ARCHIVE.tar.gz.part-* | tar xzf - -C RUNS_ROOT
 #
 #   --minutes M          the slice: each run pauses after the epoch that passes M minutes (required)
+#   --queue              the commands share the slice instead (a CPU machine held for a few hours):
+#                        they run --per-gpu at a time in order, each starting with what is left of
+#                        the M minutes, and none starts with less than --min-start minutes left.
+#                        A finished run is skipped at once, so the same command, run again each
+#                        session, always advances the first unfinished runs of the file.
+#   --min-start MIN      with --queue, the least time worth starting a run for (default 5)
 #   --per-gpu N          runs at once on each GPU (default 1; with no GPU, N at once on the CPU)
 #   --runs-root DIR      where the runs live and continue (default: results/runs)
 #   --data-root DIR      where the datasets are made (default: $WAVES_DATA_ROOT, else ./data)
@@ -34,12 +41,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SYNOPSIS="$0 COMMANDS_FILE --minutes M [options]"
 
 commands_file="" minutes="" runs_dir="results/runs" data_root="${WAVES_DATA_ROOT:-data}" mnist_dir=""
-archive="" part_mb=15 KEEP_GOING=1
+archive="" part_mb=15 KEEP_GOING=1 queue=0 min_start=5
 while (($#)); do
   case $1 in
     --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
     -h | --help) echo "usage: $SYNOPSIS"; echo; header "$SCRIPT"; exit 0 ;;
     --minutes) set_value minutes "$@"; shift ;;
+    --queue) queue=1 ;;
+    --min-start) set_value min_start "$@"; shift ;;
     --per-gpu) set_count PER_GPU "$@"; shift ;;
     --runs-root) set_value runs_dir "$@"; shift ;;
     --data-root) set_value data_root "$@"; shift ;;
@@ -56,6 +65,7 @@ resolve_python
 [[ -n $commands_file ]] || usage_error "COMMANDS_FILE is missing"
 [[ -f $commands_file ]] || usage_error "no file $commands_file"
 [[ $minutes =~ ^[0-9]*\.?[0-9]+([eE]-?[0-9]+)?$ ]] || usage_error "--minutes needs a positive number of minutes"
+[[ $min_start =~ ^[0-9]*\.?[0-9]+$ ]] || usage_error "--min-start needs a number of minutes"
 ((PER_GPU > 0 && part_mb > 0)) || usage_error "--per-gpu and --part-mb must be at least 1"
 EXTRA_ARGS=(--runs-root "$runs_dir")  # where run_parallel puts its logs
 
@@ -84,9 +94,24 @@ step data_scripts/verify_datasets.py $datasets "${root[@]}" ||
 # 2. one slice of every run
 mkdir -p "$runs_dir"
 marker=$(mktemp)
+slice_end=$(awk -v now="$(date +%s)" -v m="$minutes" 'BEGIN { printf "%d", now + 60 * m }')
+# queued CMD...: CMD with --stop-after-minutes set to what is left of the slice, or a note
+# that the slice is spent (evaluated when the command's turn comes).
+queued() {
+  local left=$((slice_end - $(date +%s)))
+  if awk -v l="$left" -v m="$min_start" 'BEGIN { exit !(l < 60 * m) }'; then
+    echo "not started, under $min_start minutes of the slice left: $*"
+    return 0
+  fi
+  "$@" --stop-after-minutes "$(awk -v l="$left" 'BEGIN { printf "%.1f", l / 60 }')"
+}
 slice=()
 for cmd in "${commands[@]}"; do
-  slice+=("$cmd$(quote --runs-root "$runs_dir" --data-root "$data_root" --stop-after-minutes "$minutes" --no-progress)")
+  if ((queue)); then
+    slice+=("queued $cmd$(quote --runs-root "$runs_dir" --data-root "$data_root" --no-progress)")
+  else
+    slice+=("$cmd$(quote --runs-root "$runs_dir" --data-root "$data_root" --stop-after-minutes "$minutes" --no-progress)")
+  fi
 done
 status=0
 (run_parallel "${slice[@]}") || status=$?

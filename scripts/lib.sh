@@ -170,11 +170,24 @@ visible_gpus() {
   fi
 }
 
+# slot_cores K SLOTS: the CPU cores of slot K when SLOTS runs share this process's cores (its
+# affinity mask), as a taskset list, e.g. "2,3"; nothing where cores cannot be pinned.
+slot_cores() {
+  command -v taskset >/dev/null || return 0
+  "$PYTHON" -c '
+import os, sys
+k, slots = map(int, sys.argv[1:])
+cores = sorted(os.sched_getaffinity(0))
+per = max(1, len(cores) // slots)
+print(",".join(map(str, (cores * slots)[k * per:(k + 1) * per])))' "$1" "$2" 2>/dev/null || true
+}
+
 # run_parallel COMMANDS...: PER_GPU runs at a time on each visible GPU (on the CPU when there
-# is none), each run's output in <runs root>/logs/<family>_<i>.log. Without --keep-going
-# no new run starts after a failure; the ones running finish.
+# is none), each run's output in <runs root>/logs/<family>_<i>.log. Each slot is pinned to its
+# own share of the cores, so the runs' threads (train.py uses the cores it may run on) do not
+# fight over them. Without --keep-going no new run starts after a failure; the ones running finish.
 run_parallel() {
-  local gpus=() pids=() slot_run=() failed=() cmds=("$@") n=$# next=0 k i gpu log status log_dir
+  local gpus=() pids=() slot_run=() failed=() cmds=("$@") n=$# next=0 k i gpu log status log_dir cores
   mapfile -t gpus < <(visible_gpus)
   ((${#gpus[@]})) || gpus=("")
   local slots=$((PER_GPU * ${#gpus[@]}))
@@ -184,13 +197,14 @@ run_parallel() {
   while ((next < n || ${#pids[@]})); do
     for ((k = 0; k < slots && next < n; k++)); do
       [[ -z ${pids[k]-} ]] || continue
-      gpu=${gpus[k % ${#gpus[@]}]} log=$log_dir/$(family)_$((next + 1)).log
-      echo "[$((next + 1))/$n] started${gpu:+ on GPU $gpu}: ${cmds[next]}"
-      if [[ -n $gpu ]]; then
-        (export CUDA_VISIBLE_DEVICES=$gpu; eval "${cmds[next]}") >"$log" 2>&1 &
-      else
-        (eval "${cmds[next]}") >"$log" 2>&1 &
-      fi
+      gpu=${gpus[k % ${#gpus[@]}]} log=$log_dir/$(family)_$((next + 1)).log cores=""
+      ((slots == 1)) || cores=$(slot_cores "$k" "$slots")
+      echo "[$((next + 1))/$n] started${gpu:+ on GPU $gpu}${cores:+ on cores $cores}: ${cmds[next]}"
+      (
+        [[ -z $gpu ]] || export CUDA_VISIBLE_DEVICES=$gpu
+        [[ -z $cores ]] || taskset -cp "$cores" "$BASHPID" >/dev/null  # inherited by the run
+        eval "${cmds[next]}"
+      ) >"$log" 2>&1 &
       pids[k]=$! slot_run[k]=$next next=$((next + 1))
     done
     sleep 0.2
