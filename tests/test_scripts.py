@@ -359,3 +359,23 @@ def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_t
                   "--data-root", str(small_tetrominoes), "--python", sys.executable, env=env, cwd=tmp_path)
     assert result.returncode == 1 and "nothing was trained" in result.stderr
     assert not (tmp_path / "r" / "tetrominoes").exists()
+
+
+def test_advance_runs_queue_shares_one_slice_among_the_runs(env, tmp_path, small_tetrominoes):
+    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 1 --amp off"
+    commands = tmp_path / "commands.txt"
+    commands.write_text("".join(f"{sys.executable} train.py --dataset tetrominoes --seed {seed} {tiny}\n"
+                                for seed in (0, 1, 2)))
+    common = [str(commands), "--queue", "--runs-root", str(tmp_path / "r"), "--data-root", str(small_tetrominoes),
+              "--python", sys.executable]
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    # a slice too short for any run: none starts
+    spent = bash("advance_runs.sh", *common, "--minutes", "0.01", "--min-start", "1", env=env, cwd=tmp_path)
+    assert spent.returncode == 0, spent.stdout + spent.stderr
+    logs = "".join(p.read_text() for p in (tmp_path / "r" / "logs").glob("*.log"))
+    assert logs.count("not started, under 1 minutes of the slice left") == 3
+    assert not (tmp_path / "r" / "tetrominoes").exists()
+    # a long one: the runs go one after another, each with what is left of it, until all are done
+    result = bash("advance_runs.sh", *common, "--minutes", "30", env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("1/1 epochs, finished") == 3

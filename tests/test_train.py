@@ -53,6 +53,9 @@ def test_end_to_end_run_writes_every_file(tiny_dataset, tmp_path):
         for name in METRIC_NAMES:
             assert f"{split}_{name}" in rows[0]
     assert "lr" in rows[0]
+    # what each epoch ran on: the slices of one run may run on different machines
+    assert rows[0]["device_name"] and rows[0]["precision"] == "float32"
+    assert rows[0]["threads"] == str(torch.get_num_threads())
 
     stored = json.loads((run_dir / runs.TEST_METRICS).read_text())
     for name in METRIC_NAMES:
@@ -259,3 +262,13 @@ def test_a_run_is_not_continued_on_other_data(tiny_dataset, tmp_path, capsys):
         run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--run-name", "d")
     assert exit_info.value.code == 2
     assert "was trained on other data" in capsys.readouterr().err
+
+
+def test_metrics_of_a_run_continued_by_newer_code_keep_every_row(tmp_path):
+    # rows written before a column existed stay, with that column empty
+    old_row = {"epoch": 1, "train_loss": 0.5}
+    new_row = {"epoch": 2, "train_loss": 0.4, "device_name": "cpu", "threads": 2}
+    runs.save_metrics([old_row, new_row], tmp_path / runs.METRICS)
+    rows = runs.load_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows[0]["device_name"] == "" and rows[1]["threads"] == "2"
