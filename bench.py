@@ -35,10 +35,10 @@ from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
 from engine import GraphedTrainStep, TrainStep, bf16_supported, tune_cpu_allocator
-from models import build_model, is_recurrent, nwm_cpu
+from models import build_model, head_cpu, is_recurrent, nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
-from settings import set_threads
+from settings import device_name, set_threads
 
 
 def bench_config(name):
@@ -104,6 +104,8 @@ class RecordMatmuls(TorchDispatchMode):
 
     OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
            torch.ops.aten.baddbmm.default}
+    if head_cpu.applies_anywhere():  # the fused head's products (bias, ReLU or mask applied inside)
+        OPS |= {torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary}
 
     def __init__(self):
         super().__init__()
@@ -224,8 +226,10 @@ def main(argv=None):
         print(json.dumps(measure(config_name, impl, batch_size, steps, args.device)))
         return
 
-    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
-          f"torch {torch.__version__}, {threads} CPU thread(s), batch {batch_size}, median of {steps} step(s)")
+    hardware = dict(device=args.device, device_name=device_name(args.device), cpu=device_name("cpu"),
+                    cpu_features=nwm_cpu.cpu_features(), kernel_flags=nwm_cpu.compile_flags())
+    print(f"device {args.device} ({hardware['device_name']}), torch {torch.__version__}, {threads} CPU thread(s), "
+          f"batch {batch_size}, median of {steps} step(s); CPU features {' '.join(hardware['cpu_features'])}")
     results = []
     for name in args.configs:
         row = {"config": name, "batch_size": batch_size}
@@ -246,7 +250,7 @@ def main(argv=None):
         print(format_row(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=args.device, torch=torch.__version__, threads=threads, batch_size=batch_size,
+            json.dump(dict(hardware, torch=torch.__version__, threads=threads, batch_size=batch_size,
                            steps=steps, results=results), f, indent=2)
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from metrics import SegmentationMetrics
+from models.common import bf16_native_cpu
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,7 +94,7 @@ def bf16_supported(device):
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bf16_native_cpu()
     return False
 
 

@@ -34,6 +34,12 @@ def auto_bptt_segment(recurrent, batch_size, T, hidden_channels, image_size):
     return AUTO_SEGMENT if recurrent and sequence_bytes > AUTO_SEGMENT_BYTES else 0
 
 
+def bf16_native_cpu():
+    """Whether this CPU has bfloat16 matrix units (AVX512-BF16 or AMX); elsewhere PyTorch
+    emulates bfloat16 products, many times slower than float32."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def full_precision(t):
     """float32 for half-precision tensors (from an autocast region), else unchanged."""
     return t.to(torch.promote_types(t.dtype, torch.float32))

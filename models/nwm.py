@@ -19,7 +19,7 @@ against.
 import torch
 import torch.nn as nn
 
-from .common import conv_stack, full_precision, unroll
+from .common import bf16_native_cpu, conv_stack, full_precision, unroll
 from .nwm_fused import wave_recurrence_projection
 from .readouts import TemporalReadout
 
@@ -83,10 +83,14 @@ class NWM(nn.Module):
         dt_omega, damping = self.dt * omega, 1 - self.dt * alpha
         projection = self.readout.projection()
         if self.fused and projection is not None and not return_sequence:
-            # same numbers, hand-written backward (models/nwm_fused.py)
+            # same numbers, hand-written backward (models/nwm_fused.py); under bfloat16 autocast on a CPU
+            # with bfloat16 matrix units the projection's products run there too, like the head's
+            half = x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and bf16_native_cpu() \
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16
             with torch.autocast(x.device.type, enabled=False):
                 projected = wave_recurrence_projection(y, dt_omega, damping, self.coupling.weight,
-                                                       projection.to(y.dtype), self.dt, self.bptt_segment or self.T)
+                                                       projection.to(y.dtype), self.dt, self.bptt_segment or self.T,
+                                                       half)
             logits = self.readout.head(self.readout.finish(projected))
             return logits
         features, sequence = unroll(lambda s: self.step(s, dt_omega, damping), (y, z), self.T,

@@ -31,6 +31,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("nwm_kernel.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=gnu11"]
+# gcc tunes some AVX-512 CPUs to split 512-bit vectors in two: the kernel's vectors are the CPU's full width
+X86_FLAGS = ["-mprefer-vector-width=512"]
 DTYPES = {torch.float32: "float", torch.float64: "double"}
 CHUNK_BYTES = 2**26  # frames of the images processed together (_chunks)
 compile_seconds = {}  # (dtype, channels) -> seconds this process spent compiling (absent: cached)
@@ -51,6 +53,19 @@ def _host_cpu():
         return platform.machine() + platform.processor()
 
 
+def compile_flags():
+    """The compiler flags of the kernel on this machine (-march=native: whatever the CPU has)."""
+    return FLAGS + (X86_FLAGS if platform.machine().lower() in ("x86_64", "amd64") else [])
+
+
+def cpu_features():
+    """The instruction-set extensions that matter here that this CPU has (Linux; [] elsewhere)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+    lines = _host_cpu()
+    have = set() if isinstance(lines, str) else set(" ".join(l for l in lines if l.startswith("flags")).split())
+    return [f for f in wanted if f in have]
+
+
 def _compile(real, channels):
     """(path of the compiled library, whether it was compiled now rather than found in the
     cache); raises RuntimeError or OSError if it cannot be built."""
@@ -59,7 +74,7 @@ def _compile(real, channels):
         raise RuntimeError("no C compiler found (cc, gcc or $CC)")
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    cmd = [compiler, *FLAGS, f"-DREAL={real}", f"-DNC={channels}", "-x", "c", "-", "-o"]
+    cmd = [compiler, *compile_flags(), f"-DREAL={real}", f"-DNC={channels}", "-x", "c", "-", "-o"]
     # with vector tanh from glibc's libmvec where it links, else scalar tanh
     candidates, host = [], _host_cpu()
     for extra in (["-DMVEC", "-lmvec"], []):
@@ -98,9 +113,9 @@ def _load(dtype, channels):
         compile_seconds[dtype, channels] = seconds = time.perf_counter() - start
         print(f"compiled the NWM CPU kernel ({DTYPES[dtype]}, {channels} channels) in {seconds:.1f} s: {path}",
               file=sys.stderr)
-    L, P, D = ctypes.c_long, ctypes.c_void_p, ctypes.c_double
-    lib.nwm_forward.argtypes = [L] * 6 + [P] * 5 + [D, P]
-    lib.nwm_backward.argtypes = [L] * 6 + [P] * 6 + [D] + [P] * 7
+    L, P, D, I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+    lib.nwm_forward.argtypes = [L] * 6 + [P] * 5 + [D, P, I]
+    lib.nwm_backward.argtypes = [L] * 6 + [P] * 6 + [D] + [P] * 7 + [I]
     return lib
 
 
@@ -151,39 +166,45 @@ def _chunks(y, T):
     return [slice(b, min(b + size, len(y))) for b in range(0, len(y), size)]
 
 
-def projection(lib, y0, dt_omega, damping, weight, basis, dt):
+def projection(lib, y0, dt_omega, damping, weight, basis, dt, half=False):
     """sum_t y_t (x) basis[t] over the T = len(basis) steps from (y0, z0 = 0), as
     (B*C*H*W) x K'. Each chunk of images runs all T steps into a buffer of frames, which one
-    matrix product projects on the basis (the time axis is the product's inner dimension)."""
+    matrix product projects on the basis (the time axis is the product's inner dimension).
+    half: frames, basis and the result in bfloat16 (the product on the CPU's bfloat16 units)."""
     T, (B, C, H, W) = basis.shape[0], y0.shape
-    projected = y0.new_empty(B, C * H * W, basis.shape[1])
+    dtype = torch.bfloat16 if half else y0.dtype
+    basis = basis.to(dtype)
+    projected = y0.new_empty(B, C * H * W, basis.shape[1], dtype=dtype)
     for chunk in _chunks(y0, T):
         y, z = y0[chunk], torch.zeros_like(y0[chunk])
-        frames = y.new_empty(T, *y.shape)
+        frames = y.new_empty(T, *y.shape, dtype=dtype)
         _parallel(lib.nwm_forward, len(y), H, W, T, *_pointers(y, z, dt_omega[chunk], damping[chunk], weight), dt,
-                  frames.data_ptr())
+                  frames.data_ptr(), half)
         torch.mm(frames.view(T, -1).t(), basis, out=projected[chunk].view(-1, basis.shape[1]))
     return projected.view(-1, basis.shape[1])
 
 
-def projection_backward(lib, y0, dt_omega, damping, weight, basis, dt, grad_projected, need_basis):
+def projection_backward(lib, y0, dt_omega, damping, weight, basis, dt, grad_projected, need_basis, half=False):
     """Gradients of `projection` with respect to y0, dt_omega, damping, weight and (if
     need_basis) basis, given that of its output (B x C x H x W x K', any strides): each chunk
     recomputes its T steps and runs the adjoint steps backwards (models/nwm_fused.py has the
-    equations)."""
+    equations). half: as in `projection`, the products with the basis in bfloat16."""
     T, (B, C, H, W) = basis.shape[0], y0.shape
+    dtype = torch.bfloat16 if half else y0.dtype
     gy, g_dt_omega, g_damping = torch.zeros_like(y0), torch.zeros_like(y0), torch.zeros_like(y0)
     g_weight, g_basis = y0.new_zeros(B, *weight.shape), torch.zeros_like(basis) if need_basis else None
     adjoint_weight = weight.flip(2, 3).transpose(0, 1).contiguous()
+    basis_in = basis.to(dtype)
     for chunk in _chunks(y0, T):
         n = chunk.stop - chunk.start
-        g_chunk = grad_projected[chunk].reshape(-1, basis.shape[1])  # a copy of the chunk's rows at most
-        g_frames = basis @ g_chunk.t()  # T x (n*C*H*W)
+        g_chunk = grad_projected[chunk].reshape(-1, basis.shape[1]).to(dtype)  # a copy of the chunk's rows at most
+        g_frames = basis_in @ g_chunk.t()  # T x (n*C*H*W)
         y, z, gz = y0[chunk], y0.new_zeros(n, C, H, W), y0.new_zeros(n, C, H, W)
-        ys = y.new_empty(T + 1, *y.shape)  # y_0..y_T of the chunk
+        ys = y.new_empty(T + 1, *y.shape, dtype=dtype) if need_basis else None  # y_0..y_T of the chunk
         _parallel(lib.nwm_backward, n, H, W, T,
-                  *_pointers(y, z, dt_omega[chunk], damping[chunk], weight, adjoint_weight), dt,
-                  *_pointers(g_frames, gy[chunk], gz, g_dt_omega[chunk], g_damping[chunk], g_weight[chunk], ys))
-        if g_basis is not None:
-            g_basis.addmm_(ys[1:].view(T, -1), g_chunk)
+                  *_pointers(y, z, dt_omega[chunk], damping[chunk], weight, adjoint_weight), dt, g_frames.data_ptr(),
+                  *_pointers(gy[chunk], gz, g_dt_omega[chunk], g_damping[chunk], g_weight[chunk]),
+                  ys.data_ptr() if need_basis else None, half)
+        if need_basis:
+            g_basis += (ys[1:].view(T, -1) @ g_chunk).to(g_basis.dtype)
     return gy, g_dt_omega, g_damping, g_weight.sum(0), g_basis

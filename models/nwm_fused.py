@@ -74,13 +74,14 @@ def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_fra
 
 class _WaveRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment):
+    def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment, half):
         T = basis.shape[0]
         ctx.dt, ctx.segment, ctx.lib = dt, segment, nwm_cpu.kernel(y0)
         if ctx.lib is not None:
             inputs = [t.contiguous() for t in (y0, dt_omega, damping, weight, basis)]
             ctx.save_for_backward(*inputs)
-            return nwm_cpu.projection(ctx.lib, *inputs, dt).view(*y0.shape, basis.shape[1])
+            ctx.half = half and y0.dtype == torch.float32
+            return nwm_cpu.projection(ctx.lib, *inputs, dt, ctx.half).view(*y0.shape, basis.shape[1])
         y, z = y0, torch.zeros_like(y0)
         z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
         projected = None  # (B*C*H*W) x K'
@@ -104,7 +105,7 @@ class _WaveRecurrence(torch.autograd.Function):
     def backward(ctx, grad_projected):
         if ctx.lib is not None:
             return *nwm_cpu.projection_backward(ctx.lib, *ctx.saved_tensors, ctx.dt, grad_projected,
-                                                ctx.needs_input_grad[4]), None, None
+                                                ctx.needs_input_grad[4], ctx.half), None, None, None
         dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
         dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
         grad_projected = grad_projected.reshape(-1, basis.shape[1])
@@ -122,10 +123,10 @@ class _WaveRecurrence(torch.autograd.Function):
             g_weight += g_segment
             if g_basis is not None:
                 g_basis[t0:t0 + n] = ys[1:].reshape(n, -1) @ grad_projected
-        return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None
+        return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None, None
 
 
-def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment):
+def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment, half=False):
     """sum_t y_t (x) basis[t] over the T = len(basis) NWM steps from (y0, z0 = 0).
 
     y0, dt_omega, damping: B x C x H x W; weight: C x C x 3 x 3; basis: T x K'.
@@ -133,5 +134,7 @@ def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment
     time, and their backward pass recomputes one segment at a time: longer segments mean
     fewer passes over the (large) projected features, shorter ones less memory. The CPU
     kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py).
+    half: the CPU kernel projects bfloat16 frames on a bfloat16 basis into bfloat16 features
+    (for a bfloat16 head on a CPU with bfloat16 matrix units); the recurrence stays float32.
     """
-    return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment)
+    return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment, half)

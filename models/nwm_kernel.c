@@ -25,16 +25,21 @@ double tanh(double);
 
 /* The stencils work on blocks of BW columns held in JB vectors of VL lanes per channel:
  * for few channels several vectors, so that enough independent sums are in flight. */
-#define VL (64 / (int)sizeof(real))
+#if defined(__AVX512F__)
+#define VBYTES 64
+#elif defined(__AVX__)
+#define VBYTES 32
+#else
+#define VBYTES 16
+#endif
+#define VL (VBYTES / (int)sizeof(real))
 #define JB (NC >= 8 ? 1 : 8 / NC)
 #define BW (VL * JB)
-typedef real vec __attribute__((vector_size(64), aligned(sizeof(real))));
-static inline vec load(const real *p) {
-    vec v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline void store(real *p, vec v) { memcpy(p, &v, sizeof v); }
+typedef real vec __attribute__((vector_size(VBYTES)));
+/* the same vector at any address of a real: loads and stores in one instruction each */
+typedef real uvec __attribute__((vector_size(VBYTES), aligned(sizeof(real)), may_alias));
+static inline vec load(const real *p) { return *(const uvec *)p; }
+static inline void store(real *p, vec v) { *(uvec *)p = v; }
 
 /* Rows in the workspace are Wb = W rounded up to whole blocks wide (zeros beyond W). */
 static long block_width(long W) { return (W + BW - 1) / BW * BW; }
@@ -155,84 +160,131 @@ static void scratch_free(scratch *s) {
     free(s->ring);
 }
 
+/* bfloat16 as the upper half of a float's bits, rounded to nearest even (the frames and
+ * their gradients where the projection on the time basis runs in bfloat16) */
+typedef unsigned short bf16;
+static inline bf16 to_bf16(float f) {
+    unsigned u;
+    memcpy(&u, &f, sizeof u);
+    return (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+static inline float from_bf16(bf16 h) {
+    unsigned u = (unsigned)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Where a step's y also goes: a float frame, a bfloat16 frame, or nowhere (NULL). */
+typedef struct {
+    real *f;
+    bf16 *h;
+} frame;
+
 /* One step of one image: y_out = y + dt z_out, z_out = damping z - dt_omega y + dt tanh(W * y);
- * tanh(W * y) goes to th if th is not NULL. z_out may be z; y_out may not be y. */
-static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, const real *dto,
+ * tanh(W * y) goes to th if th is not NULL, y_out also to `copy`. z_out may be z; y_out may not be y. */
+static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, frame copy, const real *dto,
                  const real *damp, const real *w, real dt, long H, long W, scratch *s) {
     for (long r = 0; r < H; r++) {
         advance_ring(s->ring, y, H, W, W, r);
         conv_row(s->acc, s->ring, w, s->Wb, r);
         for (int c = 0; c < NC; c++) {
             long o = ((long)c * H + r) * W;
-            real *a = s->acc + (long)c * s->Wb;
+            const real *a = s->acc + (long)c * s->Wb;
+            /* one pass: tanh, the update, and the copies the caller asked for */
 #pragma omp simd
-            for (long j = 0; j < W; j++) a[j] = TANH(a[j]);
             for (long j = 0; j < W; j++) {
-                real zn = damp[o + j] * z[o + j] - dto[o + j] * y[o + j] + dt * a[j];
+                real t = TANH(a[j]);
+                real zn = damp[o + j] * z[o + j] - dto[o + j] * y[o + j] + dt * t;
+                real yn = y[o + j] + dt * zn;
                 z_out[o + j] = zn;
-                y_out[o + j] = y[o + j] + dt * zn;
+                y_out[o + j] = yn;
+                if (th) th[o + j] = t;
+                if (copy.f) copy.f[o + j] = yn;
+                if (copy.h) copy.h[o + j] = to_bf16((float)yn);
             }
-            if (th) memcpy(th + o, a, W * sizeof(real));
         }
     }
 }
 
+static frame frame_at(void *frames, int bf16_frames, long offset) {
+    frame f = {NULL, NULL};
+    if (frames && bf16_frames) f.h = (bf16 *)frames + offset;
+    else if (frames) f.f = (real *)frames + offset;
+    return f;
+}
+
 /* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
- * frames[t] (n x B x NC x H x W) = y after step t+1. Returns 0, or -1 without memory. */
+ * frames[t] (n x B x NC x H x W, float, or bfloat16 if bf16_frames) = y after step t+1.
+ * Returns 0, or -1 without memory. */
 int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0, real *z,
-                const real *dto, const real *damp, const real *w, double dt, real *frames) {
-    scratch s;
-    if (scratch_init(&s, H, W)) return -1;
+                const real *dto, const real *damp, const real *w, double dt, void *frames, int bf16_frames) {
     long S = NC * H * W;
+    scratch s;
+    real *ys = malloc(sizeof(real) * 2 * S);  /* y before and after a step */
+    if (!ys || scratch_init(&s, H, W)) {
+        free(ys);
+        return -1;
+    }
     for (long b = b0; b < b1; b++) {
         const real *y = y0 + b * S;
         for (long t = 0; t < n; t++) {
-            real *out = frames + (t * B + b) * S;
-            step(y, z + b * S, out, z + b * S, NULL, dto + b * S, damp + b * S, w, (real)dt, H, W, &s);
+            real *out = ys + (t % 2) * S;
+            step(y, z + b * S, out, z + b * S, NULL, frame_at(frames, bf16_frames, (t * B + b) * S), dto + b * S,
+                 damp + b * S, w, (real)dt, H, W, &s);
             y = out;
         }
     }
     scratch_free(&s);
+    free(ys);
     return 0;
 }
 
 /* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py): recomputes the
  * steps from (y_start, z_start), then runs them backwards. gy, gz (B x NC x H x W)
  * enter as the gradients after the last step and leave as those before the first; g_frames
- * (n x B x ...) are the gradients of the frames; g_dto, g_damp (B x ...) and g_w
- * (B x NC x NC x 3 x 3, per image) accumulate. ys ((n + 1) x B x ...) receives y_0..y_n,
- * for the gradient of the time basis. wadj: the adjoint kernel (flipped,
- * in and out channels swapped). Returns 0, or -1 without memory. */
+ * (n x B x ..., float or, if half, bfloat16) are the gradients of the frames; g_dto, g_damp
+ * (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. ys_out ((n + 1) x B x ...,
+ * float or bfloat16, or NULL) receives y_0..y_n, for the gradient of the time basis. wadj:
+ * the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1 without memory. */
 int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y_start,
                  const real *z_start, const real *dto, const real *damp, const real *w,
-                 const real *wadj, double dt_, const real *g_frames, real *gy, real *gz,
-                 real *g_dto, real *g_damp, real *g_w, real *ys) {
+                 const real *wadj, double dt_, const void *g_frames, real *gy, real *gz,
+                 real *g_dto, real *g_damp, real *g_w, void *ys_out, int half) {
     long S = NC * H * W, Wb = block_width(W);
     real dt = (real)dt_;
     scratch s;
-    real *zs = malloc(sizeof(real) * (2 * n + 1) * S);  /* z before each step and after the last, tanh of each step */
-    if (!zs || scratch_init(&s, H, W)) {
-        free(zs);
+    /* y and z before each step and after the last, tanh of each step */
+    real *ys = malloc(sizeof(real) * (3 * n + 2) * S);
+    if (!ys || scratch_init(&s, H, W)) {
+        free(ys);
         return -1;
     }
-    real *th = zs + (n + 1) * S;
+    real *zs = ys + (n + 1) * S, *th = zs + (n + 1) * S;
     for (long b = b0; b < b1; b++) {
         const real *om = dto + b * S, *dm = damp + b * S;
         memcpy(zs, z_start + b * S, S * sizeof(real));
-        memcpy(ys + b * S, y_start + b * S, S * sizeof(real));
-        for (long i = 0; i < n; i++) {
-            real *yi = ys + (i * B + b) * S, *yo = ys + ((i + 1) * B + b) * S;
-            step(yi, zs + i * S, yo, zs + (i + 1) * S, th + i * S, om, dm, w, dt, H, W, &s);
+        memcpy(ys, y_start + b * S, S * sizeof(real));
+        frame y0_out = frame_at(ys_out, half, b * S);
+        for (long p = 0; p < S; p++) {
+            if (y0_out.f) y0_out.f[p] = ys[p];
+            if (y0_out.h) y0_out.h[p] = to_bf16((float)ys[p]);
         }
+        for (long i = 0; i < n; i++)
+            step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
+                 frame_at(ys_out, half, ((i + 1) * B + b) * S), om, dm, w, dt, H, W, &s);
         real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
         memset(s.gv, 0, sizeof(vec) * NC * NC * 9);
         for (long i = n - 1; i >= 0; i--) {
-            const real *gf = g_frames + (i * B + b) * S, *yi = ys + (i * B + b) * S, *zi = zs + i * S;
-            const real *t = th + i * S;
+            const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
+            const real *gf = half ? NULL : (const real *)g_frames + (i * B + b) * S;
+            const bf16 *gh = half ? (const bf16 *)g_frames + (i * B + b) * S : NULL;
             for (long row = 0; row < NC * H; row++) {
                 real *ga = s.ga + row * Wb;
-                for (long j = 0, p = row * W; j < W; j++, p++) {
-                    real gyp = gyb[p] + gf[p];
+#pragma omp simd
+                for (long j = 0; j < W; j++) {
+                    long p = row * W + j;
+                    real gyp = gyb[p] + (gh ? (real)from_bf16(gh[p]) : gf[p]);
                     real gzp = gzb[p] + dt * gyp;  /* the total dL/dz_t */
                     gdb[p] += gzp * zi[p];
                     gob[p] -= gzp * yi[p];
@@ -246,6 +298,7 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
                 advance_ring(s.ring_y, yi, H, W, W, r);
                 conv_row(s.acc, s.ring, wadj, Wb, r);
                 for (long c = 0; c < NC; c++)
+#pragma omp simd
                     for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
                 weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
             }
@@ -255,6 +308,6 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
             for (int l = 0; l < VL; l++) gwb[k] += s.gv[k][l];
     }
     scratch_free(&s);
-    free(zs);
+    free(ys);
     return 0;
 }

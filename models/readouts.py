@@ -19,6 +19,9 @@ import math
 import torch
 import torch.nn as nn
 
+from . import head_cpu
+from .common import full_precision
+
 READOUTS = ("linear", "fft", "last", "mean_time", "max_time")
 
 
@@ -46,7 +49,9 @@ class PixelMLP(nn.Module):
 
     def forward(self, features):
         B, H, W, F = features.shape
-        logits = self.net(features.reshape(B * H * W, F))
+        rows = features.reshape(B * H * W, F)
+        # the same arithmetic in fewer passes over the activations where it can (models/head_cpu.py)
+        logits = head_cpu.pixel_mlp(rows, self.net[0::2]) if head_cpu.applies(rows) else self.net(rows)
         return logits.view(B, H, W, -1).permute(0, 3, 1, 2)
 
 
@@ -117,7 +122,7 @@ class TemporalReadout(nn.Module):
     def finish(self, accumulated):
         """Accumulated partial features -> B x H x W x (C * K) input of the MLP."""
         if self.readout == "fft":
-            real, imag = accumulated.chunk(2, dim=-1)
+            real, imag = full_precision(accumulated).chunk(2, dim=-1)  # (complex numbers need float32)
             # |complex| has a zero (not NaN) gradient at 0, unlike sqrt(re^2 + im^2)
             accumulated = torch.complex(real, imag).abs()
         B, C, H, W, K = accumulated.shape

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from engine import autocast
-from models import MODEL_NAMES, READOUTS, build_model, is_recurrent, nwm_cpu
+from models import MODEL_NAMES, READOUTS, build_model, head_cpu, is_recurrent, nwm_cpu
 from models.nwm_fused import wave_recurrence_projection
+from models.readouts import PixelMLP
 
 
 @pytest.fixture
@@ -137,3 +138,41 @@ def test_bench_measures_a_training_step():
     result = bench.measure("tetrominoes_cnn8", "project", batch_size=2, steps=1, device="cpu")
     assert result["seconds_per_step"] > 0 and result["images_per_second"] > 0
     assert result["peak_memory_bytes"] >= 0
+
+
+@pytest.mark.skipif(not head_cpu.applies_anywhere(), reason="no oneDNN fused matrix products in this PyTorch")
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_fused_cpu_head_matches_the_autocast_layers(depth, monkeypatch):
+    # the same bfloat16 arithmetic: logits and gradients agree up to bfloat16 rounding
+    def run(fused):
+        monkeypatch.setattr(head_cpu, "applies", lambda x: fused and head_cpu.applies_anywhere())
+        torch.manual_seed(0)
+        head = PixelMLP(10, 4, width=32, depth=depth)
+        features = torch.randn(2, 8, 8, 10, requires_grad=True)
+        with autocast("cpu", True):
+            logits = head(features)
+        logits.float().square().mean().backward()
+        return logits.detach().float(), {"features": features.grad, **{n: p.grad for n, p in head.named_parameters()}}
+
+    fused, plain = run(True), run(False)
+    assert_same(fused, plain, rtol=2e-2, atol=2e-2 * fused[0].abs().max().item())
+
+
+def test_cpu_kernel_projects_in_bfloat16_close_to_float32(monkeypatch):
+    # half=True: the same recurrence, its frames and the products with the basis rounded to bfloat16
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    torch.manual_seed(0)
+    shape, T = (3, 2, 16, 16), 12
+    inputs = [torch.randn(shape), 0.1 * torch.rand(shape), 1 - 0.1 * torch.rand(shape),
+              0.5 * torch.randn(2, 2, 3, 3), torch.randn(T, 7)]
+    grad = torch.randn(*shape, 7)
+    results = {}
+    for half in (False, True):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        out = wave_recurrence_projection(*leaves, 0.1, T, half)
+        out.backward(grad.to(out.dtype))
+        results[half] = [out.detach().float()] + [t.grad for t in leaves]
+    assert out.dtype == torch.bfloat16
+    for full, half in zip(results[False], results[True]):
+        assert (half - full).norm() <= 0.02 * full.norm()
