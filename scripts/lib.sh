@@ -170,16 +170,28 @@ visible_gpus() {
   fi
 }
 
-# slot_cores K SLOTS: the CPU cores of slot K when SLOTS runs share this process's cores (its
-# affinity mask), as a taskset list, e.g. "2,3"; nothing where cores cannot be pinned.
+# own_cores: the CPU cores this shell may run on (its affinity list, e.g. "0-3,8"), one a line.
+own_cores() {
+  local list part
+  list=$(taskset -cp $$ 2>/dev/null) || return 0
+  list=${list##*: }  # after "pid N's current affinity list: "
+  for part in ${list//,/ }; do
+    if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+  done
+}
+
+# slot_cores K SLOTS: the cores of slot K when SLOTS runs share this shell's cores, as a taskset
+# list, e.g. "2,3"; nothing where cores cannot be pinned.
 slot_cores() {
+  local cores=() per start
   command -v taskset >/dev/null || return 0
-  "$PYTHON" -c '
-import os, sys
-k, slots = map(int, sys.argv[1:])
-cores = sorted(os.sched_getaffinity(0))
-per = max(1, len(cores) // slots)
-print(",".join(map(str, (cores * slots)[k * per:(k + 1) * per])))' "$1" "$2" 2>/dev/null || true
+  mapfile -t cores < <(own_cores)
+  ((${#cores[@]})) || return 0
+  per=$((${#cores[@]} / $2))
+  ((per)) || per=1
+  start=$((($1 * per) % ${#cores[@]}))
+  local IFS=,
+  echo "${cores[*]:start:per}"
 }
 
 # run_parallel COMMANDS...: PER_GPU runs at a time on each visible GPU (on the CPU when there
