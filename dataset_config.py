@@ -14,6 +14,8 @@ loader refuses a folder they did not write (no dataset.json, or an older format)
 their default seeds and sizes, Tetrominoes, MNIST and Multi-MNIST are the paper's arrays
 byte for byte: `paper_sha256` holds the SHA-256 of each array the paper's generators
 wrote (docs/methods.md, "Data"), and `python data_scripts/verify_datasets.py` checks them.
+Every run checks the arrays against their dataset.json when it starts (check_arrays), since
+it records that file's hashes as the data it was trained on.
 
     from dataset_config import load_dataset
     images, masks = load_dataset("tetrominoes", "train", limit=1000)  # float N x 3 x 64 x 64, int64 N x 64 x 64

@@ -31,6 +31,7 @@ import pickle
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -200,6 +201,9 @@ def locked(run_dir):
             raise RunConflict(f"{run_dir} is in use by {holder}: two runs writing into one directory would "
                               f"corrupt it. Wait for that run to end (or stop it), or choose another --run-name "
                               f"or --runs-root.") from None
+        except OSError as e:  # e.g. Lustre mounted without flock: better unlocked than not at all
+            print(f"warning: cannot lock {run_dir / LOCK} ({e.strerror}): nothing keeps a second run from writing "
+                  f"into {run_dir}, so give each run its own --run-name", file=sys.stderr)
         f.truncate(0)
         f.write(f"PID {os.getpid()} on {socket.gethostname()} since "
                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")

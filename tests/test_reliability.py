@@ -89,6 +89,15 @@ def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_runs_lock_
     assert not list((tmp_path / "r").glob("*.tmp"))
 
 
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tiny_dataset, tmp_path, capsys, monkeypatch):
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_locks)
+    assert run_train(tiny_dataset, tmp_path, "--epochs", "1")["epochs_run"] == 1
+    assert f"warning: cannot lock {tmp_path / 'r' / runs.LOCK}" in capsys.readouterr().err
+
+
 def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path, monkeypatch):
     path, real_replace, interleaved = tmp_path / "metrics.csv", os.replace, []
 
