@@ -231,16 +231,33 @@ def _damaged(run_dir, problem):
 
 def _resume_state(run_dir):
     """The training state in last.pt, after checking that every file a resume needs can be read
-    (RunConflict naming the one that cannot), so that nothing fails after training."""
+    (RunConflict naming the one that cannot), so that nothing fails after training. last.pt is
+    written first in each epoch: a checkpoint.pt that missed its last epoch's write (a full
+    disk, a kill) is written again from last.pt, which holds that epoch's model."""
     try:
-        state = load_torch(run_dir / LAST)["state"]
-        if state["best_epoch"] is not None:
-            load_torch(run_dir / CHECKPOINT)
-    except FileNotFoundError:
-        raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} (the best epoch's model)") from None
+        last = load_torch(run_dir / LAST)
+        state, best = last["state"], last["state"]["best_epoch"]
     except (DamagedFile, KeyError, TypeError) as e:
         raise _damaged(run_dir, str(e) if isinstance(e, DamagedFile) else f"{run_dir / LAST} is damaged") from None
+    if best is not None and best == state["epoch"]:
+        if _checkpoint_epoch(run_dir) != best:
+            save_torch({"model": last["model"], "epoch": best}, run_dir / CHECKPOINT)
+    elif best is not None:
+        try:
+            load_torch(run_dir / CHECKPOINT)
+        except FileNotFoundError:
+            raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} (the best epoch's model)") from None
+        except DamagedFile as e:
+            raise _damaged(run_dir, str(e)) from None
     return state
+
+
+def _checkpoint_epoch(run_dir):
+    """The epoch of run_dir's checkpoint.pt, None when it is missing or damaged."""
+    try:
+        return load_torch(run_dir / CHECKPOINT)["epoch"]
+    except (OSError, DamagedFile, KeyError, TypeError):
+        return None
 
 
 def open_run(run_dir, settings, data, restart=False):

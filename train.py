@@ -333,15 +333,16 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
         improved = val["loss"] < state["best_val_loss"] - args.tolerance
         if improved:
             state.update(best_val_loss=val["loss"], best_epoch=epoch, since_improvement=0)
-            runs.save_torch({"model": model.state_dict(), "epoch": epoch, "val": val}, run_dir / runs.CHECKPOINT)
         else:
             state["since_improvement"] += 1
         state["epoch"] = epoch
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
                                           time.perf_counter() - start, improved, hardware))
-        # last.pt before metrics.csv: a row in metrics.csv promises an epoch that can be resumed from
+        # last.pt first: a run stopped after it resumes from it, and it can restore the other two (runs.open_run)
         runs.save_torch(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                              generator=generator.get_state(), state=state), run_dir / runs.LAST)
+        if improved:
+            runs.save_torch({"model": model.state_dict(), "epoch": epoch, "val": val}, run_dir / runs.CHECKPOINT)
         runs.save_metrics(state["history"], run_dir / runs.METRICS)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"

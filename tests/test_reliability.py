@@ -46,10 +46,14 @@ def no_training(*args, **kwargs):
     raise AssertionError("an epoch started although the run should have been refused before training")
 
 
+RUN = ("--epochs", "4", "--tolerance", "100")  # only epoch 1 improves, so checkpoint.pt stays behind last.pt
+
+
 @pytest.fixture
 def paused_run(tiny_dataset, tmp_path):
-    """A run of --epochs 3 paused after its first epoch: config.json, metrics.csv, checkpoint.pt and last.pt."""
-    run_train(tiny_dataset, tmp_path, "--epochs", "3", "--stop-after-minutes", "1e-9")
+    """A run of RUN paused after epoch 2, its best epoch 1: config.json, metrics.csv, checkpoint.pt, last.pt."""
+    for _ in range(2):
+        run_train(tiny_dataset, tmp_path, *RUN, "--stop-after-minutes", "1e-9")  # one epoch per invocation
     return tmp_path / "r"
 
 # -----------------------------------------------------------------------------
@@ -131,7 +135,7 @@ def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, t
     damage(paused_run / name)
     before = (paused_run / runs.METRICS).read_text()
     monkeypatch.setattr(train, "train_one_epoch", no_training)
-    err = refused(capsys, tiny_dataset, tmp_path, "--epochs", "3")
+    err = refused(capsys, tiny_dataset, tmp_path, *RUN)
     assert says in err and "--restart" in err and "Traceback" not in err
     assert (paused_run / runs.METRICS).read_text() == before
     if name == "config.json":
@@ -139,6 +143,14 @@ def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, t
         with pytest.raises(SystemExit) as exit_info:
             train.main(["--resume", str(paused_run)])
         assert exit_info.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [truncate, lambda path: path.unlink()])
+def test_a_checkpoint_behind_last_pt_is_written_again_from_it(tiny_dataset, tmp_path, damage):
+    reference = run_train(tiny_dataset, tmp_path / "whole", *RUN)
+    run_train(tiny_dataset, tmp_path / "cut", *RUN, "--stop-after-minutes", "1e-9")  # epoch 1: the best, in last.pt
+    damage(tmp_path / "cut" / "r" / runs.CHECKPOINT)  # as if the run had stopped before writing it
+    assert run_train(tiny_dataset, tmp_path / "cut", *RUN) == reference
 
 
 def test_a_damaged_test_metrics_file_is_made_again(tiny_dataset, tmp_path):
@@ -154,33 +166,33 @@ def test_finished_epochs_without_last_pt_are_not_overwritten_unless_restart(paus
     before = {name: (paused_run / name).read_bytes() for name in (runs.CONFIG, runs.METRICS, runs.CHECKPOINT)}
     real_epoch = train.train_one_epoch
     monkeypatch.setattr(train, "train_one_epoch", no_training)
-    err = refused(capsys, tiny_dataset, tmp_path, "--epochs", "3", *change)
-    assert "1 finished epoch" in err and "no last.pt" in err and "--restart" in err
-    assert {name: (paused_run / name).read_bytes() for name in before} == before
+    err = refused(capsys, tiny_dataset, tmp_path, *RUN, *change)
+    assert "2 finished epochs (checkpoint.pt, config.json, metrics.csv)" in err and "no last.pt" in err
+    assert "--restart" in err and {name: (paused_run / name).read_bytes() for name in before} == before
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    assert run_train(tiny_dataset, tmp_path, "--epochs", "3", "--restart", *change)["epochs_run"] == 3
+    assert run_train(tiny_dataset, tmp_path, *RUN, "--restart", *change)["epochs_run"] == 4
 
 # -----------------------------------------------------------------------------
 # write errors: a full disk, a read-only runs root
 
 
-def test_a_full_disk_stops_the_run_keeping_the_last_good_files(tiny_dataset, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name", [runs.LAST, runs.CHECKPOINT, runs.METRICS])
+def test_a_full_disk_stops_the_run_keeping_the_last_good_files(tiny_dataset, tmp_path, capsys, monkeypatch, name):
     reference = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "3")
     real_write, writes = runs._write_bytes, []
 
-    def disk_full_at_the_second_last_pt(path, data):
+    def disk_full_at_the_second_write_of_name(path, data):
         writes.append(path.name)
-        if path.name.startswith(runs.LAST) and sum(w.startswith(runs.LAST) for w in writes) == 2:
+        if path.name.startswith(name) and sum(w.startswith(name) for w in writes) == 2:  # in epoch 2
             real_write(path, data[:len(data) // 2])  # half written, then the disk is full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_write(path, data)
 
-    monkeypatch.setattr(runs, "_write_bytes", disk_full_at_the_second_last_pt)
+    monkeypatch.setattr(runs, "_write_bytes", disk_full_at_the_second_write_of_name)
     err = refused(capsys, tiny_dataset, tmp_path / "full", "--epochs", "3", code=1)
     run_dir = tmp_path / "full" / "r"
-    assert f"cannot write {run_dir / runs.LAST}" in err and "No space left on device" in err and "free" in err
+    assert f"cannot write {run_dir / name}" in err and "No space left on device" in err and "MiB free" in err
     assert "Traceback" not in err and not list(run_dir.glob("*.tmp"))
-    assert torch.load(run_dir / runs.LAST, weights_only=True)["state"]["epoch"] == 1
     assert len(runs.load_metrics(run_dir)) == 1
     monkeypatch.setattr(runs, "_write_bytes", real_write)  # space freed: the same command resumes
     assert run_train(tiny_dataset, tmp_path / "full", "--epochs", "3") == reference
