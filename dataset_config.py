@@ -14,6 +14,8 @@ loader refuses a folder they did not write (no dataset.json, or an older format)
 their default seeds and sizes, Tetrominoes, MNIST and Multi-MNIST are the paper's arrays
 byte for byte: `paper_sha256` holds the SHA-256 of each array the paper's generators
 wrote (docs/methods.md, "Data"), and `python data_scripts/verify_datasets.py` checks them.
+Every run checks the arrays against their dataset.json when it starts (check_arrays), since
+it records that file's hashes as the data it was trained on.
 
     from dataset_config import load_dataset
     images, masks = load_dataset("tetrominoes", "train", limit=1000)  # float N x 3 x 64 x 64, int64 N x 64 x 64
@@ -175,7 +177,17 @@ def how_to_create(name, data_root=None) -> str:
 
 def array_sha256(array):
     """SHA-256 of an array's bytes in C order (arr.tobytes()): how the paper's arrays are pinned."""
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(array)).hexdigest()  # hashed in place: no copy of a memory map
+
+
+def rebuild_command(meta, data_root=None) -> str:
+    """The command that writes the dataset a dataset.json describes again: its seed and sizes, --force."""
+    info = get_info(meta["dataset"])
+    flags = f" --seed {meta['seed']}" if meta["seed"] != info.default_seed else ""
+    for split, paper_size in zip(info.splits, info.paper_split_sizes):
+        if meta["split_sizes"][split] != paper_size:
+            flags += f" --{split} {meta['split_sizes'][split]}"
+    return create_command(info.name, data_root) + flags + " --force"
 
 
 def read_metadata(name, data_root=None):
@@ -199,6 +211,32 @@ def read_metadata(name, data_root=None):
                            f"{meta.get('format_version')}, now {FORMAT_VERSION}: the paper's exact recipes, with "
                            f"checksums). Re-create it with:\n{create_command(name, data_root)} --force")
     return meta
+
+
+def array_digests(name, data_root=None):
+    """{array name: SHA-256 of the array on disk now, None when missing or unreadable} for every
+    array the dataset's dataset.json records."""
+    folder = resolve_data_root(data_root) / get_info(name).folder
+    digests = {}
+    for array_name in read_metadata(name, data_root)["sha256"]:
+        try:
+            digests[array_name] = array_sha256(np.load(folder / f"{array_name}.npy", mmap_mode="r"))
+        except (OSError, ValueError, EOFError):
+            digests[array_name] = None
+    return digests
+
+
+def check_arrays(name, data_root=None):
+    """Refuses (CorruptDatasetError) a dataset whose arrays are not the bytes its dataset.json records:
+    a run stores that record as the data it was trained on (fingerprint)."""
+    meta = read_metadata(name, data_root)
+    changed = [f"{k}.npy" for k, digest in array_digests(name, data_root).items() if digest != meta["sha256"][k]]
+    if changed:
+        folder = resolve_data_root(data_root) / get_info(name).folder
+        raise CorruptDatasetError(f"{folder}: {', '.join(changed)} changed since the dataset was written (SHA-256 "
+                                  f"differs from {METADATA}, or the file is missing or unreadable), so a run could "
+                                  f"not say what it was trained on. Re-create the dataset with:\n"
+                                  f"{rebuild_command(meta, data_root)}")
 
 
 def fingerprint(meta):

@@ -232,14 +232,16 @@ def train_one_epoch(step, images, masks, num_classes, batch_size, generator, pro
 
 @torch.no_grad()
 def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progress=False, desc="eval",
-             graphed=None):
+             graphed=None, stop=None):
     """Metrics (metrics.py) of `model` on a whole split, in eval mode. `graphed` (a
     GraphedForward for this batch size) runs the full batches; a smaller last batch runs
-    eagerly, so every image counts exactly once."""
+    eagerly, so every image counts exactly once. `stop` (a StopSignals) is checked between batches."""
     model.eval()
     metrics = SegmentationMetrics(num_classes, images.device)
     for idx in tqdm(batches(len(images), batch_size, device=images.device), desc=desc,
                     leave=False, disable=not progress, dynamic_ncols=True):
+        if stop is not None:
+            stop.check()
         if graphed is not None and len(idx) == batch_size:
             logits = graphed(images[idx])
         else:

@@ -82,6 +82,9 @@ def to_model_input(path, channels, size, resize=False, invert=False):
         image.load()
     except OSError as e:
         raise ImageError(f"{path}: cannot be read as an image ({e})") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: too large to decode safely ({e}); scale it down to the model's "
+                         f"{size[1]}x{size[0]} pixels first") from None
     notes = []
     if image.mode.startswith("I;16"):
         values = np.asarray(image, np.float32) / 65535  # 16-bit gray

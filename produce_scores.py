@@ -142,18 +142,23 @@ def main(argv=None):
         else:
             try:
                 rows.append(score_run(run_dir, test_splits, device, args.evaluate, args.batch_size))
+            except runs.DamagedFile as e:
+                skipped.append((run_dir, f"{e}: restore it, or train the run again with --restart"))
             except (DatasetError, OSError, KeyError, ValueError, RuntimeError) as e:
                 skipped.append((run_dir, f"broken: {type(e).__name__}: {e}"))
 
-    out = Path(args.out) if args.out else settings.scores_path()
+    out = settings.scores_path(args.out, args.runs_root)
     table = pd.DataFrame(rows)
     if out.is_file() and not args.fresh:
         old = pd.read_csv(out)
         table = pd.concat([old[~old["run"].isin(table.get("run", []))], table], ignore_index=True)
     if len(table):
         table = table.sort_values("run").reset_index(drop=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        runs.save_text(table.to_csv(index=False), out)
+        try:
+            runs.make_dir(out.parent)
+            runs.save_text(table.to_csv(index=False), out)
+        except runs.WriteError as e:
+            sys.exit(f"error: {e}; choose another --out")
     print(f"scored {len(rows)} run(s){' (re-evaluated on the test split)' if args.evaluate else ''}; "
           f"{out} holds {len(table)} row(s)")
     for run_dir, why in skipped:

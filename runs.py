@@ -9,25 +9,37 @@
         last.pt            everything needed to resume after the last finished epoch
         test_metrics.json  the best checkpoint's metrics on the test split and why training
                            ended; its presence marks the run as finished
+        .lock              who runs it now (PID, host); locked while a run writes here
 
-Files are written to a temporary name and renamed into place, so a run killed at any
-moment leaves each file either complete or as it was.
+One process at a time writes a run directory: `locked` holds an flock on .lock for the
+whole run, and a second one is refused at once, naming the holder. The kernel drops the
+lock when its process dies, so a killed run never blocks the next. Files are written to a
+temporary name unique to the writer, synced and renamed into place, so a run killed at
+any moment leaves each file either complete or as it was; a write that fails (a full
+disk) removes its temporary file and raises WriteError, keeping the file as it was.
 
     model, config = runs.load_model("runs/tetrominoes/nwm-linear-T100-h2-seed0")   # eval mode
 """
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
+import pickle
 import shutil
+import socket
 import subprocess
+import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS = (
-    "config.json", "metrics.csv", "checkpoint.pt", "last.pt", "test_metrics.json")
+CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS, LOCK = (
+    "config.json", "metrics.csv", "checkpoint.pt", "last.pt", "test_metrics.json", ".lock")
 # the settings that may change when a run is continued: how long it trains, not what
 BUDGET = ("epochs", "min_epochs", "patience", "max_minutes")
 
@@ -35,23 +47,61 @@ BUDGET = ("epochs", "min_epochs", "patience", "max_minutes")
 class RunConflict(Exception):
     """The run directory holds something this run cannot continue; the message says what to do."""
 
+
+class DamagedFile(ValueError):
+    """A run file that exists but cannot be read: truncated, emptied or overwritten."""
+
+
+class WriteError(Exception):
+    """A run file could not be written (full disk, read-only folder); the message names the path and free space."""
+
 # -----------------------------------------------------------------------------
 # writing and reading the files
 
 
-def _replace_atomically(path, write):
+def _free_space(path):
+    """The free space on the disk holding `path` (or its nearest existing folder), in words."""
+    folder = Path(path).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free on the disk of {folder}"
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # some filesystems report a full disk only here
+
+
+def _save_bytes(data, path):
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # one per writer
+    try:
+        _write_bytes(tmp, data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path}: {e.strerror} ({_free_space(path)}); the file is kept as it "
+                         f"was") from None
+
+
+def make_dir(path):
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot create {path}: {e.strerror} ({_free_space(path)})") from None
 
 
 def save_torch(obj, path):
-    _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()  # serialised in memory: torch's own file writer reports a full disk without an errno
+    torch.save(obj, buffer)
+    _save_bytes(buffer.getvalue(), path)
 
 
 def save_text(text, path):
-    _replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+    _save_bytes(text.encode(), path)
 
 
 def save_json(obj, path):
@@ -60,7 +110,20 @@ def save_json(obj, path):
 
 
 def load_json(path):
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:  # UnicodeDecodeError included
+        raise DamagedFile(f"{path} is damaged (truncated or overwritten: {e})") from None
+
+
+def load_torch(path, device="cpu"):
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        reason = str(e).split(". ")[0] if str(e) else type(e).__name__  # torch adds paragraphs of advice
+        raise DamagedFile(f"{path} is damaged (truncated or overwritten: {reason})") from None
 
 
 def save_metrics(history, path):
@@ -92,12 +155,13 @@ def is_finished(run_dir):
 
 
 def load_model(run_dir, device="cpu", which=CHECKPOINT):
-    """(model, config) of a run, with the weights of its best checkpoint (or `which`), in eval mode."""
+    """(model, config) of a run, with the weights of its best checkpoint (or `which`), in eval mode;
+    DamagedFile when one of the two files cannot be read."""
     from models import build_model, model_config_keys  # keeps `import runs` light
 
     run_dir = Path(run_dir)
     config = load_json(run_dir / CONFIG)
-    state = torch.load(run_dir / which, map_location=device, weights_only=True)
+    state = load_torch(run_dir / which, device)
     keys = model_config_keys(config["model"])
     model = build_model(config["model"], **{k: config[k] for k in keys if k in config})
     model.load_state_dict(state["model"])
@@ -118,22 +182,117 @@ def git_state(repo=Path(__file__).resolve().parent):
         return {"commit": None, "dirty": None}
 
 
+@contextlib.contextmanager
+def locked(run_dir):
+    """Holds run_dir's lock for the `with` block (creating the folder); RunConflict at once, naming
+    the holder, when another process holds it. Temporary files left by a killed writer are removed."""
+    run_dir = Path(run_dir)
+    make_dir(run_dir)
+    try:
+        f = open(run_dir / LOCK, "a+")
+    except OSError as e:
+        raise WriteError(f"cannot create {run_dir / LOCK}: {e.strerror} ({_free_space(run_dir)})") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise RunConflict(f"{run_dir} is in use by {holder}: two runs writing into one directory would "
+                              f"corrupt it. Wait for that run to end (or stop it), or choose another --run-name "
+                              f"or --runs-root.") from None
+        except OSError as e:  # e.g. Lustre mounted without flock: better unlocked than not at all
+            print(f"warning: cannot lock {run_dir / LOCK} ({e.strerror}): nothing keeps a second run from writing "
+                  f"into {run_dir}, so give each run its own --run-name", file=sys.stderr)
+        f.truncate(0)
+        f.write(f"PID {os.getpid()} on {socket.gethostname()} since "
+                f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        f.flush()
+        for tmp in run_dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        yield  # the lock goes with the file's closing, or with the process
+
+
+def _clear(run_dir):
+    """Deletes what run_dir holds, but not its lock, which this process holds."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _damaged(run_dir, problem):
+    return RunConflict(f"{problem}, so {run_dir} cannot be continued. Restore the file from a copy, or start the "
+                       f"run over with --restart (this deletes what {run_dir} holds), or choose another --run-name.")
+
+
+def _resume_state(run_dir):
+    """The training state in last.pt, after checking that every file a resume needs can be read
+    (RunConflict naming the one that cannot), so that nothing fails after training. last.pt is
+    written first in each epoch: a checkpoint.pt that missed its last epoch's write (a full
+    disk, a kill) is written again from last.pt, which holds that epoch's model."""
+    try:
+        last = load_torch(run_dir / LAST)
+        state, best = last["state"], last["state"]["best_epoch"]
+    except (DamagedFile, KeyError, TypeError) as e:
+        raise _damaged(run_dir, str(e) if isinstance(e, DamagedFile) else f"{run_dir / LAST} is damaged") from None
+    if best is not None and best == state["epoch"]:
+        if _checkpoint_epoch(run_dir) != best:
+            save_torch({"model": last["model"], "epoch": best}, run_dir / CHECKPOINT)
+    elif best is not None:
+        try:
+            load_torch(run_dir / CHECKPOINT)
+        except FileNotFoundError:
+            raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} (the best epoch's model)") from None
+        except DamagedFile as e:
+            raise _damaged(run_dir, str(e)) from None
+    return state
+
+
+def _checkpoint_epoch(run_dir):
+    """The epoch of run_dir's checkpoint.pt, None when it is missing or damaged."""
+    try:
+        return load_torch(run_dir / CHECKPOINT)["epoch"]
+    except (OSError, DamagedFile, KeyError, TypeError):
+        return None
+
+
 def open_run(run_dir, settings, data, restart=False):
-    """Makes run_dir ready for a run of `settings` (what defines the run) on `data` (the data's
-    fingerprint). Returns "new", "resume" or "finished" (nothing to do).
+    """Makes run_dir, which the caller holds `locked`, ready for a run of `settings` (what
+    defines the run) on `data` (the data's fingerprint). Returns "new", "resume" or
+    "finished" (nothing to do).
 
     A run continues only with the same settings and data; its budget (BUDGET) may be
     raised, which reopens a finished run: test_metrics.json goes, and the run is tested
-    again at its new end. A directory where no epoch finished is simply started over.
-    Raises RunConflict, before anything is changed, when the run cannot continue.
+    again at its new end. A directory where no epoch finished is simply started over; one
+    where epochs finished but last.pt is gone is refused. A damaged test_metrics.json is
+    made again by testing the run again. Raises RunConflict, before anything is changed,
+    when the run cannot continue.
     """
     run_dir = Path(run_dir)
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if not (run_dir / CONFIG).is_file() or not (run_dir / LAST).is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return "new"
-    stored = load_json(run_dir / CONFIG)
+    if restart:
+        _clear(run_dir)
+    if not (run_dir / LAST).is_file():
+        try:
+            epochs_run = len(load_metrics(run_dir))
+        except DamagedFile as e:
+            raise _damaged(run_dir, str(e)) from None
+        if not epochs_run:
+            return "new"
+        there = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK))
+        raise RunConflict(f"{run_dir} holds {epochs_run} finished epoch{'s' * (epochs_run > 1)} ({there}) but no "
+                          f"{LAST}, so it cannot be resumed, and starting over would overwrite what is there. Restore "
+                          f"{LAST}, or --restart to start the run over (this deletes it all), or choose another "
+                          f"--run-name.")
+    if not (run_dir / CONFIG).is_file():
+        raise _damaged(run_dir, f"{run_dir} has no {CONFIG} (the run's settings)")
+    try:
+        stored = load_json(run_dir / CONFIG)
+    except DamagedFile as e:
+        raise _damaged(run_dir, str(e)) from None
     differ = {k: (stored.get(k), v) for k, v in settings.items() if k not in BUDGET and stored.get(k) != v}
     if differ:
         raise RunConflict(f"{run_dir} holds a run with other settings "
@@ -145,10 +304,17 @@ def open_run(run_dir, settings, data, restart=False):
         raise RunConflict(f"{run_dir} was trained on other data (dataset fingerprint {str(stored_data)[:12]} there, "
                           f"{data['sha256'][:12]} now). Point --data-root at its data, choose another --run-name, "
                           f"or --restart.")
+    if is_finished(run_dir):
+        try:
+            load_json(run_dir / TEST_METRICS)
+        except DamagedFile:
+            (run_dir / TEST_METRICS).unlink()  # the run is tested again at its end, as it was
     changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
+    if not changed and is_finished(run_dir):
+        return "finished"
+    epochs_run = _resume_state(run_dir)["epoch"]
     if not changed:
-        return "finished" if is_finished(run_dir) else "resume"
-    epochs_run = len(load_metrics(run_dir))
+        return "resume"
     if settings["epochs"] < epochs_run:
         raise RunConflict(f"--epochs {settings['epochs']} is below the {epochs_run} epochs {run_dir} has trained; "
                           f"raise it, or --restart")
@@ -166,8 +332,11 @@ def load_metrics(run_dir):
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path) as f:
+            return list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DamagedFile(f"{path} is damaged (truncated or overwritten: {e})") from None
 
 # -----------------------------------------------------------------------------
 # names

@@ -39,8 +39,8 @@ def runs_root(value=None) -> Path:
     return _path(value, RUNS_ROOT_ENV, "runs")
 
 
-def scores_path(value=None) -> Path:
-    return _path(value, SCORES_ENV, runs_root() / "scores.csv")
+def scores_path(value=None, runs_root_value=None) -> Path:
+    return _path(value, SCORES_ENV, runs_root(runs_root_value) / "scores.csv")
 
 
 def figures_dir(value=None) -> Path:
@@ -94,6 +94,14 @@ def device_name(device):
     # virtual machines often hide the model ("Intel Xeon Processor"): the widest vector unit tells them apart
     widest = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags), None)
     return f"{name} ({widest})" if widest else name
+
+
+def device_memory(device):
+    """Bytes of memory on a device: the GPU's, or the machine's RAM for the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def available_cores():

@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 import runs
 import settings
-from cli import HelpFormatter, int_at_least, positive_float
+from cli import HelpFormatter, float_at_least, int_at_least, positive_float
 from configs import model_config, paper_settings
-from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, fingerprint, get_info, load_dataset, \
-    read_metadata
+from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
+    load_dataset, read_metadata
 from engine import (Interrupted, NonFiniteLossError, StopSignals, bf16_supported, evaluate, make_steps,
                     maybe_compile, train_one_epoch, tune_cpu_allocator)
 from metrics import background_only_metrics, format_metrics
@@ -96,11 +96,12 @@ def build_parser():
     g.add_argument("--min-epochs", type=int_at_least(0), default=250, help="no early stopping before this many epochs")
     g.add_argument("--patience", type=int_at_least(1), default=300,
                    help="stop after this many epochs without improvement (once --min-epochs have run)")
-    g.add_argument("--tolerance", type=float, default=0.001,
+    g.add_argument("--tolerance", type=float_at_least(0), default=0.001,
                    help="the validation loss must drop by more than this to count as an improvement")
     g.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     g.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per batch (evaluation too)")
-    g.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the batch order")
+    g.add_argument("--seed", type=int_at_least(0, 2**64 - 1), default=0,
+                   help="seeds the initialisation and the batch order")
     g.add_argument("--max-minutes", type=positive_float, default=None,
                    help="a time budget: stop after the epoch in which the training time (summed over epochs, across "
                         "resumes) passes this many minutes, then test the kept checkpoint as usual (default: none)")
@@ -162,7 +163,11 @@ def parse_args(argv=None):
         config_path = Path(args.resume) / runs.CONFIG
         if not config_path.is_file():
             parser.error(f"--resume {args.resume}: not a run directory (no {runs.CONFIG})")
-        stored = runs.load_json(config_path)
+        try:
+            stored = runs.load_json(config_path)
+        except runs.DamagedFile as e:
+            parser.error(f"--resume {args.resume}: {e}; restore it, or train the run again under its name with "
+                         f"--restart")
         parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args)})
         args = parser.parse_args(argv)
         args.run_name = stored["run_name"]
@@ -193,6 +198,7 @@ def check_settings(parser, args):
         parser.error("the U-Net pools four times: images must be at least 16x16")
     try:
         meta = read_metadata(args.dataset, args.data_root)
+        check_arrays(args.dataset, args.data_root)
     except DatasetError as e:
         parser.error(str(e))
     sizes = meta["split_sizes"]
@@ -206,6 +212,26 @@ def check_settings(parser, args):
                      f"partial batch of an epoch is dropped (the paper's recipe), so nothing would be trained: use a "
                      f"--batch-size of at most {train_size}")
     return meta
+
+
+def check_memory(parser, args, meta, device):
+    """Refuse a run whose parameters with their gradients and Adam state, data, and one batch's
+    hidden sequence alone exceed the device's memory, before any of it is allocated."""
+    with torch.device("meta"):  # shapes only
+        params = count_parameters(build_model(args.model, **run_model_config(args)))
+    info, sizes = get_info(args.dataset), meta["split_sizes"]
+    H, W = info.image_size
+    images = (args.train_size or sizes["train"]) + (args.val_size or sizes["val"]) + sizes["test"]
+    steps = (min(args.bptt_segment, args.T) if args.bptt_segment else args.T) if is_recurrent(args.model) else 0
+    needed = (16 * params  # float32 weights, gradients and Adam's two moments
+              + images * H * W * (4 * info.channels + 8)  # float32 images, int64 masks
+              + args.batch_size * steps * args.hidden_channels * H * W * 4)
+    available = settings.device_memory(device)
+    if needed > available:
+        parser.error(f"this run needs at least {needed / 2**30:,.1f} GiB ({params:,} parameters with their gradients "
+                     f"and Adam state, {images:,} images, one batch's hidden sequence), but {device} has "
+                     f"{available / 2**30:,.1f} GiB: use a smaller model (--hidden-channels, --c-mid, --readout-width,"
+                     f" --T), a smaller --batch-size or --bptt-segment, or fewer images (--train-size)")
 
 
 def ensure_quickstart_data(args):
@@ -271,7 +297,7 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
     generator = torch.Generator().manual_seed(args.seed)  # batch order, saved for resuming
     state = dict(epoch=0, history=[], best_val_loss=math.inf, best_epoch=None, since_improvement=0)
     if status == "resume":
-        last = torch.load(run_dir / runs.LAST, map_location=device, weights_only=True)
+        last = runs.load_torch(run_dir / runs.LAST, device)
         model.load_state_dict(last["model"])
         optimizer.load_state_dict(last["optimizer"])
         generator.set_state(last["generator"])
@@ -307,15 +333,17 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
         improved = val["loss"] < state["best_val_loss"] - args.tolerance
         if improved:
             state.update(best_val_loss=val["loss"], best_epoch=epoch, since_improvement=0)
-            runs.save_torch({"model": model.state_dict(), "epoch": epoch, "val": val}, run_dir / runs.CHECKPOINT)
         else:
             state["since_improvement"] += 1
         state["epoch"] = epoch
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
                                           time.perf_counter() - start, improved, hardware))
-        runs.save_metrics(state["history"], run_dir / runs.METRICS)
+        # last.pt first: a run stopped after it resumes from it, and it can restore the other two (runs.open_run)
         runs.save_torch(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                              generator=generator.get_state(), state=state), run_dir / runs.LAST)
+        if improved:
+            runs.save_torch({"model": model.state_dict(), "epoch": epoch, "val": val}, run_dir / runs.CHECKPOINT)
+        runs.save_metrics(state["history"], run_dir / runs.METRICS)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
@@ -328,9 +356,9 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
 
     print(f"training ended after epoch {state['epoch']}: {ENDINGS[reason]}; testing the best checkpoint "
           f"(epoch {state['best_epoch']})")
-    best = torch.load(run_dir / runs.CHECKPOINT, map_location=device, weights_only=True)
+    best = runs.load_torch(run_dir / runs.CHECKPOINT, device)
     model.load_state_dict(best["model"])
-    test = evaluate(model, *data["test"], info.num_classes, args.batch_size, amp, terminal, desc="test")
+    test = evaluate(model, *data["test"], info.num_classes, args.batch_size, amp, terminal, desc="test", stop=stop)
     background = background_only_metrics(data["test"][1].cpu(), info.num_classes)
     test.update(best_epoch=state["best_epoch"], epochs_run=state["epoch"], stop_reason=reason,
                 best_val_loss=state["best_val_loss"], background_only=background)
@@ -362,7 +390,9 @@ def run(argv, invoked):
         parser.error(f"--device: {e}")
     amp = args.amp == "on" or (args.amp == "auto" and bf16_supported(device))
     ensure_quickstart_data(args)
-    data_fingerprint = fingerprint(check_settings(parser, args))
+    meta = check_settings(parser, args)
+    check_memory(parser, args, meta, device)
+    data_fingerprint = fingerprint(meta)
     try:
         data = {"train": load_dataset(args.dataset, "train", args.data_root, args.train_size),
                 "val": load_dataset(args.dataset, "val", args.data_root, args.val_size),
@@ -373,17 +403,22 @@ def run(argv, invoked):
     run_dir = settings.runs_root(args.runs_root) / args.run_name
     run_settings = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
     try:
-        status = runs.open_run(run_dir, run_settings, data_fingerprint, args.restart)
+        with runs.locked(run_dir):  # held until the run ends: no second process writes here meanwhile
+            status = runs.open_run(run_dir, run_settings, data_fingerprint, args.restart)
+            if status == "finished":
+                test = runs.load_json(run_dir / runs.TEST_METRICS)
+                print(f"{run_dir} is already finished (test iou_foreground {test['iou_foreground']:.4f}); nothing "
+                      f"to do. Raise --epochs (or --min-epochs, --patience, --max-minutes) to train it further, or "
+                      f"--restart.")
+                return test
+            with StopSignals() as stop:
+                test = train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invoked)
     except runs.RunConflict as e:
         parser.error(str(e))
-    if status == "finished":
-        test = runs.load_json(run_dir / runs.TEST_METRICS)
-        print(f"{run_dir} is already finished (test iou_foreground {test['iou_foreground']:.4f}); nothing to do. "
-              f"Raise --epochs (or --min-epochs, --patience, --max-minutes) to train it further, or --restart.")
-        return test
-    try:
-        with StopSignals() as stop:
-            test = train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invoked)
+    except runs.WriteError as e:
+        print(f"error: {e}. Nothing finished is lost: free some space or choose a writable --runs-root, then run "
+              f"the same command.", file=sys.stderr)
+        sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         done = len(runs.load_metrics(run_dir))

@@ -17,19 +17,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cli import int_at_least
 from dataset_config import (FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
                             get_info, resolve_data_root)
 from settings import DATA_ROOT_ENV
 
 # -----------------------------------------------------------------------------
 # command line
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def make_parser(info, doc, generated=True):
@@ -39,14 +33,14 @@ def make_parser(info, doc, generated=True):
                         help=f"data root folder (default: ${DATA_ROOT_ENV} if set, else ./data)")
     parser.add_argument("--out", default=None, help=f"output folder (default: <data root>/{info.folder})")
     origin = "our recipe's" if not info.paper_sha256 else "the paper's"
-    parser.add_argument("--seed", type=int, default=info.default_seed,
+    parser.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=info.default_seed,  # numpy's seed range
                         help=f"random seed; the same seed gives byte-identical files (default: {info.default_seed}, "
                              f"{origin})")
     parser.add_argument("--force", action="store_true",
                         help="re-create the dataset even if the output folder already holds one (any recipe)")
     if generated:
         for split, size in zip(info.splits, info.paper_split_sizes):
-            parser.add_argument(f"--{split}", type=positive_int, default=size,
+            parser.add_argument(f"--{split}", type=int_at_least(1), default=size,
                                 help=f"number of {split} images (default: {size}, the paper's)")
     return parser
 

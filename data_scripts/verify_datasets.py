@@ -16,10 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
-import numpy as np
-
-from dataset_config import (DATASETS, DatasetError, DatasetNotFoundError, array_sha256,
-                            create_command, get_info, read_metadata, resolve_data_root)
+from dataset_config import (DATASETS, DatasetError, DatasetNotFoundError, array_digests, create_command,
+                            get_info, read_metadata)
 from settings import DATA_ROOT_ENV
 
 
@@ -32,11 +30,7 @@ def verify(name, data_root=None):
         return True, f"{name:12s} not created yet ({create_command(name, data_root)})"
     except DatasetError as e:
         return False, f"{name:12s} {e}"
-    folder = resolve_data_root(data_root) / info.folder
-    actual = {}
-    for array_name in meta["sha256"]:
-        path = folder / f"{array_name}.npy"
-        actual[array_name] = array_sha256(np.load(path)) if path.is_file() else "missing"
+    actual = array_digests(name, data_root)
     changed = [k for k, digest in meta["sha256"].items() if actual[k] != digest]
     parts = [f"{len(actual) - len(changed)}/{len(actual)} arrays intact"
              + (f" (changed or missing: {', '.join(changed)})" if changed else "")]

@@ -1,0 +1,306 @@
+"""Faults a run directory, the data and the tools must survive (docs/reliability.md): two writers on one
+run, damaged and missing run files, write errors, a signal during the test, tampered arrays, bad numbers."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import predict
+import produce_scores
+import runs
+import train
+from conftest import REPO
+from data_scripts import create_tetrominoes
+
+FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
+        "--batch-size", "16", "--no-progress"]
+
+
+def run_train(data_root, runs_root, *extra):
+    return train.main(["--dataset", "tiny", "--data-root", str(data_root), "--runs-root", str(runs_root),
+                       "--run-name", "r", *FAST, *extra])
+
+
+def metrics_rows(run_dir):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.load_metrics(run_dir)]
+
+
+def refused(capsys, *command, code=2):
+    """The stderr of a train.py command that must end with `code` (2: refused by argparse) and no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(*command)
+    assert exit_info.value.code == code
+    return capsys.readouterr().err
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("an epoch started although the run should have been refused before training")
+
+
+RUN = ("--epochs", "4", "--tolerance", "100")  # only epoch 1 improves, so checkpoint.pt stays behind last.pt
+
+
+@pytest.fixture
+def paused_run(tiny_dataset, tmp_path):
+    """A run of RUN paused after epoch 2, its best epoch 1: config.json, metrics.csv, checkpoint.pt, last.pt."""
+    for _ in range(2):
+        run_train(tiny_dataset, tmp_path, *RUN, "--stop-after-minutes", "1e-9")  # one epoch per invocation
+    return tmp_path / "r"
+
+# -----------------------------------------------------------------------------
+# two writers on one run directory
+
+
+@pytest.fixture(scope="module")
+def tetrominoes_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tetro")
+    create_tetrominoes.main(["--data-root", str(root), "--train", "48", "--val", "16", "--test", "16"])
+    return root
+
+
+def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_runs_lock_does_not_block(
+        tetrominoes_root, tmp_path):
+    command = [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(tetrominoes_root),
+               "--runs-root", str(tmp_path), "--run-name", "r", "--epochs", "500", *FAST]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while len(runs.load_metrics(tmp_path / "r")) < 1 and time.time() < deadline:  # inside the epoch loop
+            time.sleep(0.05)
+        assert first.poll() is None
+        one_epoch = ["--stop-after-minutes", "1e-9"]  # would resume alongside the first and end, if let in
+        second = subprocess.run(command + one_epoch, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"in use by PID {first.pid} on {os.uname().nodename}" in second.stderr
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the lock file stays behind
+        first.wait()
+    done = len(runs.load_metrics(tmp_path / "r"))
+    third = subprocess.run(command + ["--stop-after-minutes", "1e-9"], cwd=REPO, capture_output=True, text=True,
+                           timeout=120)
+    assert third.returncode == 0, third.stderr
+    assert f"resuming {tmp_path / 'r'} after epoch" in third.stdout
+    assert len(runs.load_metrics(tmp_path / "r")) >= done + 1
+    assert not list((tmp_path / "r").glob("*.tmp"))
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tiny_dataset, tmp_path, capsys, monkeypatch):
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(runs.fcntl, "flock", no_locks)
+    assert run_train(tiny_dataset, tmp_path, "--epochs", "1")["epochs_run"] == 1
+    assert f"warning: cannot lock {tmp_path / 'r' / runs.LOCK}" in capsys.readouterr().err
+
+
+def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path, monkeypatch):
+    path, real_replace, interleaved = tmp_path / "metrics.csv", os.replace, []
+
+    def another_writer_first(src, dst):  # a second writer saves the same file between our write and rename
+        if not interleaved:
+            interleaved.append(1)
+            runs.save_text("theirs\n", path)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", another_writer_first)
+    runs.save_text("ours\n", path)
+    assert interleaved and path.read_text() == "ours\n"
+    assert not list(tmp_path.glob("*.tmp"))
+
+# -----------------------------------------------------------------------------
+# damaged and missing run files
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("last.pt", truncate, "last.pt is damaged"),
+    ("config.json", truncate, "config.json is damaged"),
+    ("checkpoint.pt", truncate, "checkpoint.pt is damaged"),
+    ("checkpoint.pt", lambda path: path.unlink(), "no checkpoint.pt"),
+])
+def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, tiny_dataset, tmp_path, capsys,
+                                                                    monkeypatch, name, damage, says):
+    damage(paused_run / name)
+    before = (paused_run / runs.METRICS).read_text()
+    monkeypatch.setattr(train, "train_one_epoch", no_training)
+    err = refused(capsys, tiny_dataset, tmp_path, *RUN)
+    assert says in err and "--restart" in err and "Traceback" not in err
+    assert (paused_run / runs.METRICS).read_text() == before
+    if name == "config.json":
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["--resume", str(paused_run)])
+        assert exit_info.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [truncate, lambda path: path.unlink()])
+def test_a_checkpoint_behind_last_pt_is_written_again_from_it(tiny_dataset, tmp_path, damage):
+    reference = run_train(tiny_dataset, tmp_path / "whole", *RUN)
+    run_train(tiny_dataset, tmp_path / "cut", *RUN, "--stop-after-minutes", "1e-9")  # epoch 1: the best, in last.pt
+    damage(tmp_path / "cut" / "r" / runs.CHECKPOINT)  # as if the run had stopped before writing it
+    assert run_train(tiny_dataset, tmp_path / "cut", *RUN) == reference
+
+
+def test_a_damaged_test_metrics_file_is_made_again(tiny_dataset, tmp_path):
+    finished = run_train(tiny_dataset, tmp_path, "--epochs", "1")
+    truncate(tmp_path / "r" / runs.TEST_METRICS)
+    assert run_train(tiny_dataset, tmp_path, "--epochs", "1") == finished
+
+
+@pytest.mark.parametrize("change", [[], ["--lr", "0.01"]])
+def test_finished_epochs_without_last_pt_are_not_overwritten_unless_restart(paused_run, tiny_dataset, tmp_path,
+                                                                            capsys, monkeypatch, change):
+    (paused_run / runs.LAST).unlink()
+    before = {name: (paused_run / name).read_bytes() for name in (runs.CONFIG, runs.METRICS, runs.CHECKPOINT)}
+    real_epoch = train.train_one_epoch
+    monkeypatch.setattr(train, "train_one_epoch", no_training)
+    err = refused(capsys, tiny_dataset, tmp_path, *RUN, *change)
+    assert "2 finished epochs (checkpoint.pt, config.json, metrics.csv)" in err and "no last.pt" in err
+    assert "--restart" in err and {name: (paused_run / name).read_bytes() for name in before} == before
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    assert run_train(tiny_dataset, tmp_path, *RUN, "--restart", *change)["epochs_run"] == 4
+
+# -----------------------------------------------------------------------------
+# write errors: a full disk, a read-only runs root
+
+
+@pytest.mark.parametrize("name", [runs.LAST, runs.CHECKPOINT, runs.METRICS])
+def test_a_full_disk_stops_the_run_keeping_the_last_good_files(tiny_dataset, tmp_path, capsys, monkeypatch, name):
+    reference = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "3")
+    real_write, writes = runs._write_bytes, []
+
+    def disk_full_at_the_second_write_of_name(path, data):
+        writes.append(path.name)
+        if path.name.startswith(name) and sum(w.startswith(name) for w in writes) == 2:  # in epoch 2
+            real_write(path, data[:len(data) // 2])  # half written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, data)
+
+    monkeypatch.setattr(runs, "_write_bytes", disk_full_at_the_second_write_of_name)
+    err = refused(capsys, tiny_dataset, tmp_path / "full", "--epochs", "3", code=1)
+    run_dir = tmp_path / "full" / "r"
+    assert f"cannot write {run_dir / name}" in err and "No space left on device" in err and "MiB free" in err
+    assert "Traceback" not in err and not list(run_dir.glob("*.tmp"))
+    assert len(runs.load_metrics(run_dir)) == 1
+    monkeypatch.setattr(runs, "_write_bytes", real_write)  # space freed: the same command resumes
+    assert run_train(tiny_dataset, tmp_path / "full", "--epochs", "3") == reference
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "whole" / "r")
+
+
+def test_a_read_only_runs_root_is_refused_with_its_path(tiny_dataset, tmp_path, capsys, monkeypatch):
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    err = refused(capsys, tiny_dataset, tmp_path / "runs", "--epochs", "1", code=1)
+    assert f"cannot create {tmp_path / 'runs' / 'r'}" in err and "Read-only file system" in err
+    assert "--runs-root" in err and "Traceback" not in err
+
+# -----------------------------------------------------------------------------
+# a signal during the final test
+
+
+def test_sigterm_during_the_final_test_stops_the_run_and_the_same_command_tests_it(tiny_dataset, tmp_path,
+                                                                                    capsys, monkeypatch):
+    reference = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "2")
+    real_evaluate = train.evaluate
+
+    def sigterm_during_test(*args, desc="eval", **kwargs):
+        if desc == "test":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", sigterm_during_test)
+    err = refused(capsys, tiny_dataset, tmp_path / "term", "--epochs", "2", code=143)
+    assert "interrupted (SIGTERM) after epoch 2" in err and "run the same command to resume" in err
+    assert not runs.is_finished(tmp_path / "term" / "r")
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    assert run_train(tiny_dataset, tmp_path / "term", "--epochs", "2") == reference
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def test_arrays_changed_behind_dataset_json_are_refused_with_the_rebuild_command(tiny_dataset, tmp_path, capsys,
+                                                                                monkeypatch):
+    path = tiny_dataset / "tiny" / "train_images.npy"
+    np.save(path, 255 - np.load(path))  # same shape and dtype, dataset.json untouched
+    monkeypatch.setattr(train, "train_one_epoch", no_training)
+    err = refused(capsys, tiny_dataset, tmp_path, "--epochs", "1")
+    assert "train_images.npy" in err and "SHA-256" in err and "--force" in err
+    assert not (tmp_path / "r").exists()
+
+# -----------------------------------------------------------------------------
+# numbers on the command line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tolerance", "nan"], "argument --tolerance: must be a finite number, got nan"),
+    (["--tolerance", "-5"], "argument --tolerance: must be at least 0, got -5"),
+    (["--dt", "inf"], "argument --dt: must be a finite number, got inf"),
+    (["--lr", "nan"], "argument --lr: must be a finite number, got nan"),
+    (["--max-minutes", "inf"], "argument --max-minutes: must be a finite number, got inf"),
+    (["--stop-after-minutes", "inf"], "argument --stop-after-minutes: must be a finite number, got inf"),
+    (["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+    (["--seed", str(2**64)], f"argument --seed: must be at most {2**64 - 1}, got {2**64}"),
+])
+def test_numeric_flags_refuse_nan_inf_and_their_range_by_name(tiny_dataset, tmp_path, capsys, args, message):
+    assert message in refused(capsys, tiny_dataset, tmp_path, *args)
+
+
+def test_a_model_too_large_for_the_machine_is_refused_with_an_estimate(tiny_dataset, tmp_path, capsys):
+    err = refused(capsys, tiny_dataset, tmp_path, "--hidden-channels", "100000")
+    assert "needs at least" in err and "GiB" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+# -----------------------------------------------------------------------------
+# produce_scores.py and predict.py
+
+
+def test_scores_go_under_the_runs_root_given(tiny_dataset, tmp_path, monkeypatch):
+    run_train(tiny_dataset, tmp_path / "R", "--epochs", "1")
+    monkeypatch.delenv("WAVES_SCORES", raising=False)
+    monkeypatch.delenv("WAVES_RUNS_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    produce_scores.main(["--runs-root", str(tmp_path / "R"), "--data-root", str(tiny_dataset), "--no-progress"])
+    assert len(pd.read_csv(tmp_path / "R" / "scores.csv")) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_truncated_checkpoint_is_called_damaged_by_predict_and_produce_scores(tiny_dataset, tmp_path, capsys):
+    run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1")
+    run_dir = tmp_path / "runs" / "r"
+    truncate(run_dir / runs.CHECKPOINT)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "mine.png")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tmp_path / "mine.png"), "--model", str(run_dir), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "checkpoint.pt is damaged" in capsys.readouterr().err
+    _, skipped = produce_scores.main(["--runs-root", str(tmp_path / "runs"), "--data-root", str(tiny_dataset),
+                                      "--out", str(tmp_path / "scores.csv"), "--no-progress"])
+    assert [(d, "checkpoint.pt is damaged" in why) for d, why in skipped] == [(run_dir, True)]
+
+
+def test_an_image_too_large_to_decode_safely_is_refused(tiny_dataset, tmp_path, capsys, monkeypatch):
+    run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels now count as a decompression bomb
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tmp_path / "huge.png"), "--model", str(tmp_path / "runs" / "r"),
+                      "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "huge.png: too large to decode safely" in err and "Traceback" not in err
