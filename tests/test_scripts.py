@@ -328,7 +328,7 @@ def small_tetrominoes(tmp_path):
 
 def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_path, small_tetrominoes):
     runs_root, archive = tmp_path / "slices", tmp_path / "out" / "runs"
-    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
+    tiny = "--device cpu --batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
     commands = tmp_path / "commands.txt"
     commands.write_text(f"# two runs\n{sys.executable} train.py --dataset tetrominoes --seed 0 {tiny}\n"
                         f"{sys.executable} train.py --dataset tetrominoes --seed 1 {tiny}\n")
@@ -354,7 +354,7 @@ def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_
 def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_tetrominoes):
     (small_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
     commands = tmp_path / "commands.txt"
-    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --epochs 1\n")
+    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --device cpu --epochs 1\n")
     result = bash("advance_runs.sh", str(commands), "--minutes", "1", "--runs-root", str(tmp_path / "r"),
                   "--data-root", str(small_tetrominoes), "--python", sys.executable, env=env, cwd=tmp_path)
     assert result.returncode == 1 and "nothing was trained" in result.stderr
