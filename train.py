@@ -39,7 +39,7 @@ from engine import (Interrupted, NonFiniteLossError, StopSignals, bf16_supported
                     maybe_compile, precision, set_backends, train_one_epoch, tune_cpu_allocator)
 from metrics import background_only_metrics, format_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
-from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, auto_bptt_segment
+from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
 
 # What --quickstart changes: a CPU-sized Tetrominoes NWM run (see README, "Quickstart").
 QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_size=1000, val_size=250,
@@ -118,12 +118,14 @@ def build_parser():
                         "work, fewer threads than cores keep each step from waiting on a busy core)")
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
                    help="bfloat16 autocast for the convolutions and the readout head (recurrences stay float32); "
-                        "auto: on where bfloat16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
+                        "auto: on where bfloat16 is native (GPUs from Ampere on, CPUs with AMX/AVX512-BF16), else "
+                        "float32")
     g.add_argument("--bptt-segment", default="auto", type=auto_or_int,
                    help="recompute the recurrence in segments of this many steps during backpropagation instead of "
                         "storing every step (saves memory, costs one more forward pass of the recurrence); 0 stores "
-                        f"all; auto: {AUTO_SEGMENT} when a batch's hidden sequence would exceed "
-                        f"{AUTO_SEGMENT_BYTES // 2**20} MiB, else 0 (default: auto)")
+                        f"all; auto: on the CPU {AUTO_SEGMENT} when a batch's hidden sequence would exceed "
+                        f"{AUTO_SEGMENT_BYTES // 2**20} MiB, else 0; on CUDA 0 where the stored steps fit in "
+                        f"1/{GPU_SHARE} of the GPU's memory, else the longest segment that does (default: auto)")
     g.add_argument("--no-fused", dest="fused", action="store_false",
                    help="run the NWM recurrence through autograd instead of its hand-written forward and backward "
                         "pass (models/nwm_fused.py; same numbers, faster, less memory)")
