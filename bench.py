@@ -255,8 +255,8 @@ def main(argv=None):
         print(format_row(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=str(device), device_name=device_name(device), torch=torch.__version__, threads=threads, batch_size=batch_size,
-                           steps=steps, results=results), f, indent=2)
+            json.dump(dict(device=str(device), device_name=device_name(device), torch=torch.__version__, threads=threads,
+                           batch_size=batch_size, steps=steps, results=results), f, indent=2)
 
 
 def format_row(row):

@@ -185,6 +185,7 @@ class GraphedTrainStep(TrainStep):
         try:
             self._capture(x, y, warmup)
         finally:
+            torch.cuda.synchronize()  # the side stream's steps are done (also after an error) before they are undone
             undo_steps(model, optimizer, model_state, optimizer_state)
 
     def _capture(self, x, y, warmup):

@@ -49,6 +49,7 @@ def fake_cuda_graphs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
     monkeypatch.setattr(torch.cuda, "graph", failing_capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
 
 
 # 1. resume: the generator state is read onto the CPU (Generator.set_state refuses a CUDA tensor)

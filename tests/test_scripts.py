@@ -335,7 +335,8 @@ def test_per_gpu_refuses_a_gpu_without_room_for_one_run(env, tmp_path):
     python = fake_python(tmp_path)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env["PATH"] = fake_nvidia_smi(tmp_path, 20_000)
-    result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
+    result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env,
+                  cwd=tmp_path)
     assert result.returncode == 1 and "GPU 0 has 19 GB free and a run takes about 28 GB" in result.stderr
     assert not (tmp_path / "calls.log").exists()  # nothing started
     result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--gpu-gb", "8", "--python", str(python),
