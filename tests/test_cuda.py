@@ -66,7 +66,7 @@ def metrics_without_seconds(run_dir):
 def test_killed_run_resumes_on_cuda_to_the_uninterrupted_metrics(tiny_dataset, tmp_path, monkeypatch):
     argv = ["--dataset", "tiny", "--device", "cuda", "--data-root", str(tiny_dataset), "--T", "8", "--c-mid", "8",
             "--readout-width", "16", "--batch-size", "16", "--epochs", "3", "--min-epochs", "0", "--amp", "off",
-            "--cuda-graph", "on", "--no-progress", "--run-name", "r"]
+            "--cuda-graph", "on", "--compile", "off", "--no-progress", "--run-name", "r"]
     reference = train.main(argv + ["--runs-root", str(tmp_path / "a")])
     real_epoch, calls = train.train_one_epoch, []
 
