@@ -34,11 +34,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
-from engine import GraphedTrainStep, TrainStep, bf16_supported, tune_cpu_allocator
+from engine import GraphedTrainStep, TrainStep, bf16_supported, set_backends, tune_cpu_allocator
 from models import build_model, head_cpu, is_recurrent, nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
-from settings import device_name, set_threads
+from settings import device_name, pick_device, set_threads
 
 
 def bench_config(name):
@@ -51,7 +51,8 @@ def build_project(name, batch_size, device):
     """The project's model as train.py builds it, --bptt-segment auto included."""
     model, config, size = bench_config(name)
     if is_recurrent(model):
-        config["bptt_segment"] = auto_bptt_segment(True, batch_size, config["T"], config["hidden_channels"], size)
+        config["bptt_segment"] = auto_bptt_segment(True, batch_size, config["T"], config["hidden_channels"], size,
+                                                   device)
     return build_model(model, **config).to(device)
 
 
@@ -203,8 +204,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=list(BENCH_CONFIGS),
                    help="configurations of configs.BENCH_CONFIGS (default: all)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--threads", type=int_at_least(1), default=None,
                    help="CPU threads of every measurement (default: the cores this process may use)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="images per step (default: 64, --quick: 8)")
@@ -212,33 +212,42 @@ def main(argv=None):
                    help="timed steps after one warm-up (default: 3, --quick: 1)")
     p.add_argument("--quick", action="store_true", help="batch 8, one timed step: about a minute on a CPU")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="time the project's steps only (eager, and graphed on CUDA), not the reference's")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     batch_size = args.batch_size or (8 if args.quick else 64)
     steps = args.steps or (1 if args.quick else 3)
     threads = set_threads(args.threads)
+    try:
+        device = pick_device(args.device)
+    except ValueError as e:
+        p.error(f"--device: {e}")
+    set_backends(device)  # as train.py does
 
     if args.worker:  # one measurement, in its own process
         config_name, impl = args.worker
         if impl == "project":
             tune_cpu_allocator()  # as train.py does
-        print(json.dumps(measure(config_name, impl, batch_size, steps, args.device)))
+        print(json.dumps(measure(config_name, impl, batch_size, steps, device)))
         return
 
-    hardware = dict(device=args.device, device_name=device_name(args.device), cpu=device_name("cpu"),
+    hardware = dict(device=str(device), device_name=device_name(device), cpu=device_name("cpu"),
                     cpu_features=nwm_cpu.cpu_features(), kernel_flags=nwm_cpu.compile_flags())
-    print(f"device {args.device} ({hardware['device_name']}), torch {torch.__version__}, {threads} CPU thread(s), "
+    print(f"device {device} ({hardware['device_name']}), torch {torch.__version__}, {threads} CPU thread(s), "
           f"batch {batch_size}, median of {steps} step(s); CPU features {' '.join(hardware['cpu_features'])}")
     results = []
     for name in args.configs:
         row = {"config": name, "batch_size": batch_size}
         if args.check:
-            row["check_output_err"], row["check_grad_err"] = check_equivalence(name, args.device)
-        impls = ("project", "graphed", "reference") if args.device.startswith("cuda") else ("project", "reference")
-        for impl in impls:
-            row[impl] = run_worker(name, impl, batch_size, steps, args.device, threads)
-        b = row["reference"]
+            row["check_output_err"], row["check_grad_err"] = check_equivalence(name, device)
+        impls = ("project", "graphed") if device.type == "cuda" else ("project",)
+        for impl in impls + (("reference",) if args.reference else ()):
+            row[impl] = run_worker(name, impl, batch_size, steps, str(device), threads)
+        if "error" not in row["project"] and "error" not in row.get("graphed", {"error": "not run"}):
+            row["graph_speedup"] = row["project"]["seconds_per_step"] / row["graphed"]["seconds_per_step"]
+        b = row.get("reference", {"error": "not run"})
         for impl, key in (("project", "speedup"), ("graphed", "speedup_graphed")):
             a = row.get(impl, {"error": "not run"})
             if "error" not in a and "error" not in b:
@@ -262,12 +271,11 @@ def format_row(row):
                 f"{r['peak_memory_bytes'] / 2**20:8.0f} MiB")
     ratios = (f"  speed x{row['speedup']:.2f}  memory /{row['memory_ratio']:.2f}" if "speedup" in row else "")
     ratios += f"  floor x{row['floor_ratio']:.2f}" if "floor_ratio" in row else ""
-    graphed = ""
-    if "graphed" in row:
-        graphed = f" | graphed {side(row['graphed'])}"
-        ratios += f"  graphed x{row['speedup_graphed']:.2f}" if "speedup_graphed" in row else ""
-    return (f"{row['config']:18s} project {side(row['project'])}{graphed} | reference {side(row['reference'])}"
-            f"{ratios}")
+    graphed = f" | graphed {side(row['graphed'])}" if "graphed" in row else ""
+    ratios += f"  graphed x{row['speedup_graphed']:.2f}" if "speedup_graphed" in row else ""
+    ratios += f"  graph/eager x{row['graph_speedup']:.2f}" if "graph_speedup" in row else ""
+    reference = f" | reference {side(row['reference'])}" if "reference" in row else ""
+    return f"{row['config']:18s} project {side(row['project'])}{graphed}{reference}{ratios}"
 
 
 if __name__ == "__main__":

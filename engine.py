@@ -86,16 +86,32 @@ def tune_cpu_allocator():
 
 
 def bf16_supported(device):
-    """Whether bfloat16 matrix products are fast here: CUDA, or a CPU with AVX512-BF16/AMX.
+    """Whether bfloat16 matrix products are fast here: a GPU that computes them natively (Ampere
+    and later), or a CPU with AVX512-BF16/AMX.
 
-    Elsewhere (e.g. AVX2-only CPUs) PyTorch emulates them, many times slower than float32.
+    Elsewhere (older GPUs, AVX2-only CPUs) PyTorch emulates them, many times slower than float32,
+    so --amp auto trains in float32 there.
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         return bf16_native_cpu()
     return False
+
+
+def precision(amp):
+    """What a run computes in, for its records."""
+    return "bf16 autocast" if amp else "float32"
+
+
+def set_backends(device):
+    """float32 computed in float32: TF32 off for cuDNN's convolutions and for matrix products (the
+    recurrences are float32 in every run, and TF32 rounds them to 10 bits); on CUDA, cuDNN picks the
+    fastest convolution algorithm for each shape, which pays off because every training step has one shape."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = torch.device(device).type == "cuda"
 
 
 def autocast(device, amp):
@@ -135,14 +151,31 @@ class TrainStep:
         return logits, loss
 
 
+@torch.no_grad()
+def undo_steps(model, optimizer, model_state, optimizer_state):
+    """Puts back the weights and optimizer state saved before some training steps, in place (a
+    captured graph holds these tensors). `optimizer_state` maps id(tensor) to its saved copy."""
+    for k, v in model.state_dict().items():
+        v.copy_(model_state[k])
+    for s in optimizer.state.values():
+        for t in s.values():
+            if not torch.is_tensor(t):
+                continue
+            if id(t) in optimizer_state:
+                t.copy_(optimizer_state[id(t)])
+            else:  # created by the undone steps: a fresh optimizer's state is all zeros
+                t.zero_()
+
+
 class GraphedTrainStep(TrainStep):
     """The same step captured in one CUDA graph and replayed: every batch is copied into
     fixed input buffers, and the graph re-runs forward, backward and the optimizer step
     (which must be built with capturable=True) on them.
 
     Capturing needs a few warm-up steps on a side stream (allocations, kernel choices);
-    they are undone afterwards, so the model and optimizer start from the state they
-    were in and the graphed run trains exactly as the eager one.
+    they are undone afterwards, also when the capture fails, so the model and optimizer
+    start from the state they were in and the graphed run (or the eager fallback) trains
+    exactly as the eager one.
     """
 
     def __init__(self, model, optimizer, amp, x, y, warmup=3):
@@ -150,6 +183,14 @@ class GraphedTrainStep(TrainStep):
         model_state = {k: v.clone() for k, v in model.state_dict().items()}
         optimizer_state = {id(t): t.clone() for s in optimizer.state.values() for t in s.values()
                            if torch.is_tensor(t)}
+        try:
+            self._capture(x, y, warmup)
+        finally:
+            torch.cuda.synchronize()  # the side stream's steps are done (also after an error) before they are undone
+            undo_steps(model, optimizer, model_state, optimizer_state)
+
+    def _capture(self, x, y, warmup):
+        model, optimizer, amp = self.model, self.optimizer, self.amp
         self.x, self.y = x.clone(), y.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -165,17 +206,6 @@ class GraphedTrainStep(TrainStep):
             self.loss = F.cross_entropy(self.logits.float(), self.y)
             self.loss.backward()
             optimizer.step()
-        with torch.no_grad():  # undo the warm-up and capture steps, in place (the graph holds these tensors)
-            for k, v in model.state_dict().items():
-                v.copy_(model_state[k])
-            for s in optimizer.state.values():
-                for t in s.values():
-                    if not torch.is_tensor(t):
-                        continue
-                    if id(t) in optimizer_state:
-                        t.copy_(optimizer_state[id(t)])
-                    else:  # created by the warm-up: a fresh optimizer's state is all zeros
-                        t.zero_()
 
     def __call__(self, x, y):
         self.x.copy_(x)
@@ -252,33 +282,39 @@ def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progre
 
 
 def maybe_compile(model, mode, device):
-    """torch.compile for --compile `mode` (auto: on for CUDA): a recurrent model's step (small
-    and repeated T times, so one compiled graph is reused instead of unrolling all T steps),
-    a feed-forward model whole."""
+    """torch.compile for --compile `mode` (auto: on for CUDA). A recurrent model is compiled in
+    parts: its encoders, its step (small and repeated T times, so one compiled graph is reused
+    instead of unrolling all T steps; the NWM's hand-written recurrence, models/nwm_fused.py,
+    stays as it is) and its readout head; a feed-forward model whole. The parts are compiled in
+    place, so the model's state_dict keeps its keys."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return model
     if model.recurrent:
+        model.initial_state = torch.compile(model.initial_state, dynamic=False)
         model.step = torch.compile(model.step, dynamic=False)
+        model.readout.head.compile(dynamic=False)
         return model
     return torch.compile(model, dynamic=False)
 
 
 def make_steps(model, optimizer, amp, train_split, batch_size, cuda_graph="auto"):
-    """(training step, graphed evaluation forward or None) for --cuda-graph `cuda_graph` (auto:
-    on for CUDA, falling back to eager steps if capture fails). The graphs are captured on
-    the first training batch's shape."""
+    """(training step, graphed evaluation forward or None, outcome) for --cuda-graph `cuda_graph`
+    (auto: on for CUDA, falling back to eager steps if capture fails). The graphs are captured
+    on the first training batch's shape. `outcome`, for the run's records: "captured", "off", or
+    "failed: <the error's first line>" (the fallback)."""
     eager = TrainStep(model, optimizer, amp)
     images, masks = train_split
     if cuda_graph == "off" or images.device.type != "cuda":
-        return eager, None
+        return eager, None, "off"
     x, y = images[:batch_size], masks[:batch_size]
     try:
         step = GraphedTrainStep(model, optimizer, amp, x, y)
         forward = GraphedForward(model.eval(), amp, x)
         model.train()
-        return step, forward
+        return step, forward, "captured"
     except RuntimeError as e:
         if cuda_graph == "on":
             raise
-        print(f"warning: CUDA graph capture failed ({e}); training with eager steps", file=sys.stderr)
-        return eager, None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"warning: CUDA graph capture failed ({reason}); training with eager steps", file=sys.stderr)
+        return eager, None, f"failed: {reason}"

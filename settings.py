@@ -63,15 +63,25 @@ def notebook_settings():
 
 
 def pick_device(name="auto"):
-    """A torch.device from cpu, cuda, cuda:N or auto; ValueError with what to use instead."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """A torch.device from cpu, cuda, cuda:N or auto; ValueError with what to use instead.
+
+    A GPU becomes the current CUDA device, so that streams and graphs, which are created on
+    the current device, are made on the one named."""
     try:
-        device = torch.device(name)
+        device = torch.device(name if name != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise ValueError(f"device {name} asked for, but this PyTorch sees no CUDA device; use cpu")
+    if device.index is None:  # the current device
+        return device
+    count = torch.cuda.device_count()
+    if device.index >= count:
+        raise ValueError(f"device {name} asked for, but this PyTorch sees {count} CUDA device(s): "
+                         f"use cuda:0 .. cuda:{count - 1}")
+    torch.cuda.set_device(device)
     return device
 
 

@@ -36,10 +36,10 @@ from configs import model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from engine import (Interrupted, NonFiniteLossError, StopSignals, bf16_supported, evaluate, make_steps,
-                    maybe_compile, train_one_epoch, tune_cpu_allocator)
+                    maybe_compile, precision, set_backends, train_one_epoch, tune_cpu_allocator)
 from metrics import background_only_metrics, format_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
-from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, auto_bptt_segment
+from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
 
 # What --quickstart changes: a CPU-sized Tetrominoes NWM run (see README, "Quickstart").
 QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_size=1000, val_size=250,
@@ -49,6 +49,8 @@ QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_si
 NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "restart", "progress", "compile",
                     "amp", "cpu_allocator", "bptt_segment", "fused", "quickstart", "threads", "cuda_graph",
                     "stop_after_minutes"}
+# What config.json records of how a run was computed, under a flag's name: --resume does not take them as flags.
+OUTCOMES = {"amp", "cuda_graph"}
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
 
 
@@ -117,12 +119,14 @@ def build_parser():
                         "work, fewer threads than cores keep each step from waiting on a busy core)")
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
                    help="bfloat16 autocast for the convolutions and the readout head (recurrences stay float32); "
-                        "auto: on where bfloat16 is fast (CUDA, CPUs with AMX/AVX512-BF16)")
+                        "auto: on where bfloat16 is native (GPUs from Ampere on, CPUs with AMX/AVX512-BF16), else "
+                        "float32")
     g.add_argument("--bptt-segment", default="auto", type=auto_or_int,
                    help="recompute the recurrence in segments of this many steps during backpropagation instead of "
                         "storing every step (saves memory, costs one more forward pass of the recurrence); 0 stores "
-                        f"all; auto: {AUTO_SEGMENT} when a batch's hidden sequence would exceed "
-                        f"{AUTO_SEGMENT_BYTES // 2**20} MiB, else 0 (default: auto)")
+                        f"all; auto: on the CPU {AUTO_SEGMENT} when a batch's hidden sequence would exceed "
+                        f"{AUTO_SEGMENT_BYTES // 2**20} MiB, else 0; on CUDA 0 where the stored steps fit in "
+                        f"1/{GPU_SHARE} of the GPU's memory, else the longest segment that does (default: auto)")
     g.add_argument("--no-fused", dest="fused", action="store_false",
                    help="run the NWM recurrence through autograd instead of its hand-written forward and backward "
                         "pass (models/nwm_fused.py; same numbers, faster, less memory)")
@@ -168,7 +172,7 @@ def parse_args(argv=None):
         except runs.DamagedFile as e:
             parser.error(f"--resume {args.resume}: {e}; restore it, or train the run again under its name with "
                          f"--restart")
-        parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args)})
+        parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k not in OUTCOMES})
         args = parser.parse_args(argv)
         args.run_name = stored["run_name"]
         args.runs_root = str(Path(args.resume).resolve().parents[len(Path(stored["run_name"]).parts) - 1])
@@ -183,9 +187,6 @@ def fill_model_defaults(args):
             setattr(args, key, value)
     if not is_recurrent(args.model):
         args.readout = None  # feed-forward models have no temporal readout
-    if args.bptt_segment == "auto":
-        args.bptt_segment = auto_bptt_segment(is_recurrent(args.model), args.batch_size, args.T,
-                                              args.hidden_channels, get_info(args.dataset).image_size)
     if args.run_name is None:
         args.run_name = runs.default_run_name(vars(args))
 
@@ -253,8 +254,10 @@ def run_model_config(args):
                                                      if hasattr(args, k)})
 
 
-def write_config(args, run_dir, model, device, amp, data):
-    config = dict(vars(args), **run_model_config(args))
+def write_config(args, run_dir, model, device, amp, data, computed):
+    """config.json: the settings, the data's fingerprint, and `computed` (how this invocation computes:
+    precision, TF32, the CUDA graph's outcome)."""
+    config = dict(vars(args), **run_model_config(args), **computed)
     config.update(
         data=data, num_params=count_parameters(model), device=str(device), amp=amp, git=runs.git_state(),
         device_name=settings.device_name(device),
@@ -290,15 +293,16 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
     info = get_info(args.dataset)
     torch.manual_seed(args.seed)
     model = build_model(args.model, **run_model_config(args)).to(device)
-    if status == "new":
-        write_config(args, run_dir, model, device, amp, data_fingerprint)
     capturable = args.cuda_graph != "off" and device.type == "cuda"  # Adam's state on the GPU, for graph capture
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=capturable)
     generator = torch.Generator().manual_seed(args.seed)  # batch order, saved for resuming
     state = dict(epoch=0, history=[], best_val_loss=math.inf, best_epoch=None, since_improvement=0)
     if status == "resume":
-        last = runs.load_torch(run_dir / runs.LAST, device)
+        # onto the CPU: the generator's state must be a CPU tensor; the model and optimizer copy to their device
+        last = runs.load_torch(run_dir / runs.LAST, "cpu")
         model.load_state_dict(last["model"])
+        for group in last["optimizer"]["param_groups"]:  # this run's flag, which the saved one would replace
+            group["capturable"] = capturable
         optimizer.load_state_dict(last["optimizer"])
         generator.set_state(last["generator"])
         state = last["state"]
@@ -307,10 +311,16 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
           f"training images, device {device} ({torch.get_num_threads()} CPU threads)"
           f"{', bf16 autocast' if amp else ''} -> {run_dir}")
     train_model = maybe_compile(model, args.compile, device)
-    step, graphed_eval = make_steps(train_model, optimizer, amp, data["train"], args.batch_size, args.cuda_graph)
+    step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, data["train"], args.batch_size,
+                                                   args.cuda_graph)
+    computed = dict(precision=precision(amp), tf32=False, cuda_graph=graph_outcome)  # set_backends: no TF32
+    if status == "new":
+        write_config(args, run_dir, model, device, amp, data_fingerprint, computed)
+    else:  # this invocation may run on another machine
+        runs.save_json(dict(runs.load_json(run_dir / runs.CONFIG), **computed), run_dir / runs.CONFIG)
     terminal = args.progress and sys.stderr.isatty()  # per-batch bars on a terminal only; in a log, a line per epoch
 
-    hardware = dict(device_name=settings.device_name(device), precision="bf16 autocast" if amp else "float32",
+    hardware = dict(device_name=settings.device_name(device), precision=precision(amp),
                     threads=torch.get_num_threads())
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
@@ -388,7 +398,11 @@ def run(argv, invoked):
         device = settings.pick_device(args.device)
     except ValueError as e:
         parser.error(f"--device: {e}")
+    set_backends(device)
     amp = args.amp == "on" or (args.amp == "auto" and bf16_supported(device))
+    if args.bptt_segment == "auto":
+        args.bptt_segment = auto_bptt_segment(is_recurrent(args.model), args.batch_size, args.T,
+                                              args.hidden_channels, get_info(args.dataset).image_size, device)
     ensure_quickstart_data(args)
     meta = check_settings(parser, args)
     check_memory(parser, args, meta, device)

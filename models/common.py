@@ -23,15 +23,26 @@ def conv_stack(c_in, c_mid, c_out, num_layers, final_activation=None):
 
 
 AUTO_SEGMENT, AUTO_SEGMENT_BYTES = 10, 2**28
+GPU_SHARE = 8  # of a GPU's memory for the stored steps: the rest holds encoders, head and other runs on it
+STORED_PER_STEP = 16  # hidden-state-sized tensors backpropagation keeps per step (the ConvLSTM's, the most)
 
 
-def auto_bptt_segment(recurrent, batch_size, T, hidden_channels, image_size):
-    """The `bptt_segment` of --bptt-segment auto: recompute the recurrence in segments of
-    AUTO_SEGMENT steps when a batch's float32 hidden sequence would exceed
-    AUTO_SEGMENT_BYTES, else store every step (0)."""
+def auto_bptt_segment(recurrent, batch_size, T, hidden_channels, image_size, device="cpu"):
+    """The `bptt_segment` of --bptt-segment auto (0: store every step).
+
+    CPU: segments of AUTO_SEGMENT steps when a batch's float32 hidden sequence would exceed
+    AUTO_SEGMENT_BYTES (what stays in cache), else 0. CUDA: 0 where every step's stored tensors
+    fit in 1/GPU_SHARE of the GPU's memory, else the longest segment whose steps do.
+    """
+    if not recurrent:
+        return 0
     H, W = image_size
-    sequence_bytes = batch_size * T * hidden_channels * H * W * 4
-    return AUTO_SEGMENT if recurrent and sequence_bytes > AUTO_SEGMENT_BYTES else 0
+    step_bytes = batch_size * hidden_channels * H * W * 4
+    if torch.device(device).type != "cuda":
+        return AUTO_SEGMENT if T * step_bytes > AUTO_SEGMENT_BYTES else 0
+    budget = torch.cuda.get_device_properties(torch.device(device)).total_memory // GPU_SHARE
+    fitting = budget // (STORED_PER_STEP * step_bytes)
+    return 0 if fitting >= T else max(1, fitting)
 
 
 def bf16_native_cpu():
@@ -76,7 +87,9 @@ def unroll(step, state, T, readout, bptt_segment=0, return_sequence=False):
             n = min(seg, T - t0)
             args = (step, readout, n, t0, return_sequence, state)
             if use_checkpoint:
-                state, partial, kept = checkpoint(_run_segment, *args, use_reentrant=False)
+                # no RNG state to keep (no model draws random numbers); reading it breaks CUDA-graph capture
+                state, partial, kept = checkpoint(_run_segment, *args, use_reentrant=False,
+                                                  preserve_rng_state=False)
             else:
                 state, partial, kept = _run_segment(*args)
             accumulated = readout.combine(accumulated, partial)

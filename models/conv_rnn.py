@@ -21,9 +21,11 @@ def circular_conv(c_in, c_out, bias=True):
 
 def pointwise(conv, x):
     """A 1x1 convolution as one contraction over channels: the same sums, but with these few
-    channels several times faster than a convolution call, forward and backward, on the CPU."""
+    channels several times faster than a convolution call, forward and backward, on the CPU.
+    Contiguous: the contraction returns a permuted layout, and a step whose inputs change layout
+    after the first step is compiled twice by torch.compile."""
     weight = conv.weight.view(conv.weight.shape[0], -1)
-    return torch.einsum("oc,bchw->bohw", weight, x) + conv.bias[:, None, None]
+    return (torch.einsum("oc,bchw->bohw", weight, x) + conv.bias[:, None, None]).contiguous()
 
 
 class ConvLSTMCell(nn.Module):

@@ -17,8 +17,8 @@
 #      --data-root and --stop-after-minutes M added: a run pauses after the epoch in which it
 #      passes M minutes, finishes (and is tested) when its budget is spent, and continues
 #      where it paused the next time (with --queue: what is left of M when it starts);
-#   3. packs the directories of the runs it touched into ARCHIVE.tar.gz.part-aa, -ab, ... of at
-#      most --part-mb MB each; unpack them with
+#   3. packs the directories of the runs it touched, and the runs' logs (<runs root>/logs/), into
+#      ARCHIVE.tar.gz.part-aa, -ab, ... of at most --part-mb MB each; unpack them with
 #      cat ARCHIVE.tar.gz.part-* | tar xzf - -C RUNS_ROOT
 #
 #   --minutes M          the slice: each run pauses after the epoch that passes M minutes (required)
@@ -28,7 +28,9 @@
 #                        A finished run is skipped at once, so the same command, run again each
 #                        session, always advances the first unfinished runs of the file.
 #   --min-start MIN      with --queue, the least time worth starting a run for (default 5)
-#   --per-gpu N          runs at once on each GPU (default 1; with no GPU, N at once on the CPU)
+#   --per-gpu N          runs at once on each GPU (default 1; with no GPU, N at once on the CPU;
+#                        fewer where a GPU's free memory holds fewer, see --gpu-gb)
+#   --gpu-gb G           GPU memory one run takes, in GB (default: 28 for Multi-MNIST NWM and LSTM runs, else 8)
 #   --runs-root DIR      where the runs live and continue (default: results/runs)
 #   --data-root DIR      where the datasets are made (default: $WAVES_DATA_ROOT, else ./data)
 #   --mnist-from-dir DIR the four MNIST files, for MNIST and Multi-MNIST
@@ -50,6 +52,7 @@ while (($#)); do
     --queue) queue=1 ;;
     --min-start) set_value min_start "$@"; shift ;;
     --per-gpu) set_count PER_GPU "$@"; shift ;;
+    --gpu-gb) set_count GPU_GB "$@"; shift ;;
     --runs-root) set_value runs_dir "$@"; shift ;;
     --data-root) set_value data_root "$@"; shift ;;
     --mnist-from-dir) set_value mnist_dir "$@"; shift ;;
@@ -134,7 +137,9 @@ done
 if [[ -n $archive && ${#touched[@]} -gt 0 ]]; then
   mkdir -p "$(dirname "$archive")"
   rm -f "$archive".tar.gz.part-*
-  tar czf - -C "$runs_dir" "${touched[@]}" | split -b "${part_mb}m" - "$archive.tar.gz.part-"
+  logs=()
+  [[ ! -d $runs_dir/logs ]] || logs=(logs)  # what each run printed, warnings included
+  tar czf - -C "$runs_dir" "${touched[@]}" "${logs[@]}" | split -b "${part_mb}m" - "$archive.tar.gz.part-"
   ls -l "$archive".tar.gz.part-*
   echo "unpack with: cat $archive.tar.gz.part-* | tar xzf - -C $runs_dir"
 fi

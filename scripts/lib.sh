@@ -8,9 +8,14 @@
 #                      non-zero if any (default: stop at the first failure)
 #   --per-gpu N        run N trainings at once on each GPU (default 1): these models leave
 #                      most of a large GPU idle. Here: N runs at a time on every GPU of
-#                      $CUDA_VISIBLE_DEVICES (else every GPU nvidia-smi lists; with none,
-#                      N at a time on the CPU), each with its output in <runs root>/logs/.
-#                      With --slurm: N runs packed into each array task, sharing its GPU.
+#                      $CUDA_VISIBLE_DEVICES (else every GPU nvidia-smi lists; set but empty:
+#                      none), fewer where a GPU's free memory holds fewer (see --gpu-gb); with
+#                      no GPU, N at a time on the CPU. Each run has its share of the CPU cores
+#                      and its output in <runs root>/logs/; runs whose CUDA graph could not be
+#                      captured are listed at the end. With --slurm: N runs packed into each
+#                      array task, sharing its GPU (memory not checked).
+#   --gpu-gb G         GPU memory one run takes, in GB, for --per-gpu (default: 28 for the
+#                      Multi-MNIST NWM and LSTM runs, else 8)
 #   --slurm            submit one SLURM job array, one task per run (or per N runs), instead
 #                      of running here. Writes <runs root>/slurm/<family>_<time>.commands (one
 #                      command a line) and .sbatch (task i runs its lines of the file); logs go
@@ -42,7 +47,7 @@ SYNOPSIS="$0 [options] [-- train.py ARGS...]"
 # from the repository root puts every run of every script in the same place.
 cd "$REPO"
 
-DRY_RUN=0 KEEP_GOING=0 SLURM=0 SEEDS="" PYTHON="" PER_GPU=1
+DRY_RUN=0 KEEP_GOING=0 SLURM=0 SEEDS="" PYTHON="" PER_GPU=1 GPU_GB=""
 PARTITION="" TIME_LIMIT="" GPUS=1 CPUS="" MEM="" ACCOUNT="" MAX_PARALLEL=""
 EXTRA_ARGS=() CONFIGS=()
 
@@ -86,6 +91,7 @@ parse_options() {
       --slurm) SLURM=1 ;;
       --seeds) set_count SEEDS "$@"; shift ;;
       --per-gpu) set_count PER_GPU "$@"; shift ;;
+      --gpu-gb) set_count GPU_GB "$@"; shift ;;
       --python) set_value PYTHON "$@"; shift ;;
       --partition) set_value PARTITION "$@"; slurm_only=$1; shift ;;
       --time) set_value TIME_LIMIT "$@"; slurm_only=$1; shift ;;
@@ -160,56 +166,95 @@ run_grid() {
   fi
 }
 
-# visible_gpus: the GPUs the runs may use, one id a line: $CUDA_VISIBLE_DEVICES if set, else
-# the GPUs nvidia-smi lists, else none.
+# visible_gpus: the GPUs the runs may use, one id a line: $CUDA_VISIBLE_DEVICES if set (empty:
+# none, as CUDA reads it), else the GPUs nvidia-smi lists, else none.
 visible_gpus() {
-  if [[ -n ${CUDA_VISIBLE_DEVICES-} ]]; then
-    tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES"
+  if [[ -n ${CUDA_VISIBLE_DEVICES+set} ]]; then
+    [[ -z $CUDA_VISIBLE_DEVICES ]] || tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES"
   elif command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true
   fi
 }
 
-# own_cores: the CPU cores this shell may run on (its affinity list, e.g. "0-3,8"), one a line.
-own_cores() {
-  local list part
-  list=$(taskset -cp $$ 2>/dev/null) || return 0
-  list=${list##*: }  # after "pid N's current affinity list: "
-  for part in ${list//,/ }; do
-    if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+# run_gpu_gb COMMANDS...: the GPU memory, in GB, the largest of the runs takes: --gpu-gb, else 28
+# when one trains a recurrent model on Multi-MNIST (16 channels of 128x128 at every step), else 8.
+run_gpu_gb() {
+  local cmd
+  if [[ -n $GPU_GB ]]; then echo "$GPU_GB"; return; fi
+  for cmd in "$@"; do
+    if [[ $cmd =~ --dataset[=\ ]multi_mnist && ! $cmd =~ --model[=\ ](unet|cnn) ]]; then echo 28; return; fi
+  done
+  echo 8
+}
+
+# gpu_slots GB GPUS...: the GPU of every slot, one a line, round robin: PER_GPU on each GPU, fewer
+# where its free memory (nvidia-smi) holds fewer runs of GB each; an error if one holds none.
+gpu_slots() {
+  local gb=$1 gpu free fits round
+  shift
+  declare -A per
+  for gpu in "$@"; do
+    per[$gpu]=$PER_GPU
+    free=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i "$gpu" 2>/dev/null) || free=""
+    if [[ ! $free =~ ^[0-9]+$ ]]; then
+      echo "GPU $gpu: free memory unknown (no answer from nvidia-smi): not checked" >&2
+      continue
+    fi
+    fits=$((free / (gb * 1024)))
+    if ((fits == 0)); then
+      echo "$0: error: GPU $gpu has $((free / 1024)) GB free and a run takes about $gb GB: free it, leave it" \
+        "out of CUDA_VISIBLE_DEVICES, or set --gpu-gb" >&2
+      return 1
+    fi
+    if ((fits < PER_GPU)); then
+      echo "GPU $gpu: $((free / 1024)) GB free, about $gb GB a run (--gpu-gb): $fits at a time instead of $PER_GPU" >&2
+      per[$gpu]=$fits
+    fi
+  done
+  for ((round = 0; round < PER_GPU; round++)); do
+    for gpu in "$@"; do ((round >= per[$gpu])) || echo "$gpu"; done
   done
 }
 
-# slot_cores K SLOTS: the cores of slot K when SLOTS runs share this shell's cores, as a taskset
-# list, e.g. "2,3"; nothing where cores cannot be pinned.
+# slot_cores K SLOTS: the CPU cores of slot K when SLOTS runs share this process's cores (its
+# affinity mask), as a taskset list, e.g. "2,3"; nothing where cores cannot be pinned.
 slot_cores() {
-  local cores=() per start
   command -v taskset >/dev/null || return 0
-  mapfile -t cores < <(own_cores)
-  ((${#cores[@]})) || return 0
+  local mask range i per cores=() slot=()
+  mask=$(taskset -cp $$ 2>/dev/null) || return 0
+  IFS=, read -ra mask <<<"${mask##*: }"  # e.g. 0-3,8
+  for range in "${mask[@]}"; do
+    for ((i = ${range%-*}; i <= ${range#*-}; i++)); do cores+=("$i"); done
+  done
   per=$((${#cores[@]} / $2))
-  ((per)) || per=1
-  start=$((($1 * per) % ${#cores[@]}))
-  local IFS=,
-  echo "${cores[*]:start:per}"
+  ((per > 0)) || per=1
+  for ((i = $1 * per; i < ($1 + 1) * per; i++)); do slot+=("${cores[i % ${#cores[@]}]}"); done
+  (IFS=,; echo "${slot[*]}")
 }
 
-# run_parallel COMMANDS...: PER_GPU runs at a time on each visible GPU (on the CPU when there
-# is none), each run's output in <runs root>/logs/<family>_<i>.log. Each slot is pinned to its
-# own share of the cores, so the runs' threads (train.py uses the cores it may run on) do not
-# fight over them. Without --keep-going no new run starts after a failure; the ones running finish.
+# run_parallel COMMANDS...: PER_GPU runs at a time on each visible GPU (fewer where its memory
+# holds fewer; on the CPU when there is none), each run's output in <runs root>/logs/<family>_<i>.log.
+# Each slot is pinned to its own share of the cores, so the runs' threads (train.py uses the cores
+# it may run on) do not fight over them. Without --keep-going no new run starts after a failure;
+# the ones running finish. Runs that fell back to eager steps (no CUDA graph) are listed at the end.
 run_parallel() {
-  local gpus=() pids=() slot_run=() failed=() cmds=("$@") n=$# next=0 k i gpu log status log_dir cores
+  local gpus=() slot_gpu=() pids=() slot_run=() failed=() logs=() eager=() cmds=("$@") n=$# next=0 k i gpu log
+  local status log_dir cores
   mapfile -t gpus < <(visible_gpus)
-  ((${#gpus[@]})) || gpus=("")
-  local slots=$((PER_GPU * ${#gpus[@]}))
+  if ((${#gpus[@]})); then
+    mapfile -t slot_gpu < <(gpu_slots "$(run_gpu_gb "$@")" "${gpus[@]}") && ((${#slot_gpu[@]})) || exit 1
+  else
+    for ((k = 0; k < PER_GPU; k++)); do slot_gpu+=(""); done
+  fi
+  local slots=${#slot_gpu[@]}
   log_dir=$(runs_root)/logs
   mkdir -p "$log_dir"
   echo "$n runs, $PER_GPU at a time on each of: ${gpus[*]:-the CPU}; logs in $log_dir/"
   while ((next < n || ${#pids[@]})); do
     for ((k = 0; k < slots && next < n; k++)); do
       [[ -z ${pids[k]-} ]] || continue
-      gpu=${gpus[k % ${#gpus[@]}]} log=$log_dir/$(family)_$((next + 1)).log cores=""
+      gpu=${slot_gpu[k]} log=$log_dir/$(family)_$((next + 1)).log cores=""
+      logs+=("$log")
       ((slots == 1)) || cores=$(slot_cores "$k" "$slots")
       echo "[$((next + 1))/$n] started${gpu:+ on GPU $gpu}${cores:+ on cores $cores}: ${cmds[next]}"
       (
@@ -235,6 +280,12 @@ run_parallel() {
       fi
     done
   done
+  mapfile -t eager < <(grep -l "CUDA graph capture failed" "${logs[@]}" 2>/dev/null)
+  if ((${#eager[@]})); then
+    echo "${#eager[@]} of $n runs trained with eager steps, their CUDA graph capture failed (why: the warning in" \
+      "each log, and cuda_graph in the run's config.json):"
+    printf '  %s\n' "${eager[@]}"
+  fi
   finish "$n" "${failed[@]}"
 }
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import dataset_config
+import settings
 from data_scripts import common
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +42,18 @@ def tiny_dataset(tmp_path, monkeypatch):
     request = common.describe(info, 0, sizes, [f"{name}.npy" for name in arrays], {"squares": "make_squares"})
     common.write_dataset(root / "tiny", arrays, request)
     return root
+
+
+@pytest.fixture(autouse=True)
+def cpu_tests_name_their_device(request, monkeypatch):
+    """Outside tests/test_cuda.py a tool asked for device "auto" fails the test: on a machine
+    with a GPU it would run there, so every CPU test passes --device cpu."""
+    if request.path.name == "test_cuda.py":
+        return
+    pick_device = settings.pick_device
+
+    def refuse_auto(name="auto"):
+        assert name != "auto", "a CPU test must pass --device cpu (auto picks a GPU where there is one)"
+        return pick_device(name)
+
+    monkeypatch.setattr(settings, "pick_device", refuse_auto)

@@ -1,8 +1,14 @@
-"""CUDA only (skipped without a GPU): the CUDA-graphed training step and evaluation compute
-exactly what the eager ones compute."""
+"""CUDA only (skipped without a GPU): the models run there, the CUDA-graphed training step and
+evaluation compute exactly what the eager ones compute, and a run killed on the GPU resumes to
+the metrics of an uninterrupted one. (tests/test_gpu_path.py checks the GPU path's rules on any machine.)"""
+import csv
+import json
+
 import pytest
 import torch
 
+import runs
+import train
 from engine import GraphedForward, GraphedTrainStep, TrainStep, evaluate
 from models import MODEL_NAMES, build_model
 
@@ -43,3 +49,40 @@ def test_graphed_evaluation_gives_the_eager_metrics(name):
     replayed = evaluate(model, images, masks, 4, batch_size=4, graphed=graphed)  # 4 + 4 graphed, 2 eager
     for key in ("acc", "loss", "iou_foreground", "miou"):
         assert replayed[key] == pytest.approx(eager[key], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_models_run_on_cuda(name):
+    model = build_model(name, in_channels=1, num_classes=3, T=6).cuda()
+    assert model(torch.rand(2, 1, 16, 16, device="cuda")).shape == (2, 3, 16, 16)
+
+
+def metrics_without_seconds(run_dir):
+    with open(run_dir / runs.METRICS) as f:
+        return [{k: float(v) for k, v in row.items() if k not in ("seconds", "device_name", "precision")}
+                for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_on_cuda_to_the_uninterrupted_metrics(tiny_dataset, tmp_path, monkeypatch):
+    argv = ["--dataset", "tiny", "--device", "cuda", "--data-root", str(tiny_dataset), "--T", "8", "--c-mid", "8",
+            "--readout-width", "16", "--batch-size", "16", "--epochs", "3", "--min-epochs", "0", "--amp", "off",
+            "--cuda-graph", "on", "--compile", "off", "--no-progress", "--run-name", "r"]
+    reference = train.main(argv + ["--runs-root", str(tmp_path / "a")])
+    real_epoch, calls = train.train_one_epoch, []
+
+    def killed_in_second_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(train, "train_one_epoch", killed_in_second_epoch)
+    with pytest.raises(SystemExit):
+        train.main(argv + ["--runs-root", str(tmp_path / "b")])
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    resumed = train.main(argv + ["--runs-root", str(tmp_path / "b")])
+    config = json.loads((tmp_path / "b" / "r" / runs.CONFIG).read_text())
+    assert config["cuda_graph"] == "captured" and config["tf32"] is False
+    for a, b in zip(metrics_without_seconds(tmp_path / "a" / "r"), metrics_without_seconds(tmp_path / "b" / "r")):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    assert resumed["iou_foreground"] == pytest.approx(reference["iou_foreground"], rel=1e-4, abs=1e-6)

@@ -25,8 +25,8 @@ from conftest import REPO
 from data_scripts import create_polygons, create_tetrominoes
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--hidden-channels", "2", "--epochs", "1", "--batch-size", "8",
-        "--min-epochs", "0", "--no-progress"]
+FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--hidden-channels", "2",
+        "--epochs", "1", "--batch-size", "8", "--min-epochs", "0", "--no-progress"]
 
 # -----------------------------------------------------------------------------
 # score tables
@@ -126,7 +126,7 @@ def figure_inputs(tmp_path_factory):
         train.main(FAST + ["--dataset", dataset, "--model", model, "--readout", readout,
                            "--data-root", str(data), "--runs-root", str(runs_root)])
     scores = root / "scores.csv"
-    produce_scores.main(["--runs-root", str(runs_root), "--out", str(scores), "--no-eval"])
+    produce_scores.main(["--device", "cpu", "--runs-root", str(runs_root), "--out", str(scores), "--no-eval"])
     return dict(root=root, data=data, runs=runs_root, scores=scores)
 
 

@@ -11,11 +11,16 @@ import train
 from conftest import REPO
 
 
+def predict_cpu(argv):
+    return predict.main(["--device", "cpu", *argv])
+
+
 @pytest.fixture
 def tiny_run(tiny_dataset, tmp_path):
-    train.main(["--dataset", "tiny", "--data-root", str(tiny_dataset), "--runs-root", str(tmp_path / "runs"),
-                "--T", "6", "--c-mid", "4", "--readout-width", "8", "--batch-size", "16", "--epochs", "1",
-                "--min-epochs", "0", "--amp", "off", "--no-progress", "--run-name", "r"])
+    train.main(["--dataset", "tiny", "--device", "cpu", "--data-root", str(tiny_dataset),
+                "--runs-root", str(tmp_path / "runs"), "--T", "6", "--c-mid", "4", "--readout-width", "8",
+                "--batch-size", "16", "--epochs", "1", "--min-epochs", "0", "--amp", "off", "--no-progress",
+                "--run-name", "r"])
     return tmp_path / "runs" / "r"
 
 
@@ -27,7 +32,7 @@ def squares_image(mode="RGB", size=16):
 
 def test_predict_writes_a_coloured_mask_per_image(tiny_run, tmp_path, capsys):
     squares_image().save(tmp_path / "mine.png")
-    predict.main([str(tmp_path / "mine.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"),
+    predict_cpu([str(tmp_path / "mine.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"),
                   "--save-ids", "--animate"])
     model = pretrained.load(tiny_run)
     x = torch.from_numpy(np.asarray(squares_image(), np.float32) / 255).permute(2, 0, 1)
@@ -50,7 +55,7 @@ def test_predict_converts_what_the_model_expects(tiny_run, tmp_path, capsys):
     sixteen = (np.asarray(squares_image("L"), np.uint16) * 257)
     Image.fromarray(sixteen).save(folder / "deep.png")  # 16-bit gray
     (folder / "notes.txt").write_text("not an image")  # folders: only PNG and JPEG files are taken
-    predict.main([str(folder), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
+    predict_cpu([str(folder), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "gray copied into 3 channels" in out and "transparency composited onto black" in out
     assert {p.name for p in (tmp_path / "out").glob("*_mask.png")} == \
@@ -64,17 +69,17 @@ def test_predict_refuses_what_it_cannot_convert_before_writing(tiny_run, tmp_pat
     squares_image(size=40).save(tmp_path / "large.png")
     (tmp_path / "fake.png").write_bytes(b"not a png")
     with pytest.raises(SystemExit) as exit_info:
-        predict.main([str(tmp_path / "large.png"), str(tmp_path / "fake.png"), "--model", str(tiny_run),
+        predict_cpu([str(tmp_path / "large.png"), str(tmp_path / "fake.png"), "--model", str(tiny_run),
                       "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "large.png: 40x40 pixels, but the model was trained on 16x16 images" in err and "--resize" in err
     assert "fake.png: cannot be read as an image" in err
     assert not (tmp_path / "out").exists()
-    predict.main([str(tmp_path / "large.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"), "--resize"])
+    predict_cpu([str(tmp_path / "large.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"), "--resize"])
     assert np.asarray(Image.open(tmp_path / "out" / "large_mask.png")).shape == (16, 16, 3)
     with pytest.raises(SystemExit):
-        predict.main([str(tmp_path / "large.png"), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
+        predict_cpu([str(tmp_path / "large.png"), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "is not a shipped model" in capsys.readouterr().err
 
 

@@ -9,8 +9,8 @@ import train
 from data_scripts import common
 
 # --amp off: the stored test metrics are float32, as produce_scores.py re-evaluates
-FAST = ["--dataset", "tiny", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress", "--amp", "off", "--batch-size", "16",
-        "--min-epochs", "0", "--epochs", "1"]
+FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
+        "--amp", "off", "--batch-size", "16", "--min-epochs", "0", "--epochs", "1"]
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def runs_root(tiny_dataset, tmp_path, monkeypatch):
 
 
 def score(runs_root, data_root, out, *extra):
-    return produce_scores.main(["--runs-root", str(runs_root), "--data-root", str(data_root),
+    return produce_scores.main(["--device", "cpu", "--runs-root", str(runs_root), "--data-root", str(data_root),
                                 "--out", str(out), *extra])
 
 
@@ -56,7 +56,7 @@ def test_rescoring_replaces_rows_instead_of_appending(runs_root, tiny_dataset, t
     assert out.read_text() == first
     # scoring a single run again keeps the other rows
     one = runs.find_runs(runs_root)[0]
-    produce_scores.main([str(one), "--data-root", str(tiny_dataset), "--out", str(out)])
+    produce_scores.main(["--device", "cpu", str(one), "--data-root", str(tiny_dataset), "--out", str(out)])
     assert out.read_text() == first
 
 

@@ -17,7 +17,7 @@ from data_scripts import create_tetrominoes
 from dataset_config import load_dataset
 from models import build_model
 
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
+FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
         "--batch-size", "16"]
 
 

@@ -68,7 +68,7 @@ def calls(tmp_path):
 
 def test_every_script_is_covered_and_executable():
     scripts = {str(p.relative_to(SCRIPTS)) for p in SCRIPTS.rglob("*.sh")}
-    assert scripts == set(FAMILIES) | {"lib.sh", "create_data.sh", "run_all.sh", "advance_runs.sh"}
+    assert scripts == set(FAMILIES) | {"lib.sh", "create_data.sh", "run_all.sh", "advance_runs.sh", "gpu_check.sh"}
     for script in scripts - {"lib.sh"}:  # lib.sh is sourced, not run
         assert os.access(SCRIPTS / script, os.X_OK), script
         assert "set -euo pipefail" in (SCRIPTS / script).read_text(), script
@@ -301,6 +301,77 @@ def test_per_gpu_without_a_gpu_shares_the_cpu_and_stops_after_a_failure(env, tmp
     assert "2 of 6 runs failed" in result.stderr
 
 
+def fake_nvidia_smi(tmp_path, free_mib):
+    """An nvidia-smi that lists GPUs 0 and 1, each with `free_mib` MiB free."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "nvidia-smi", f"""#!/bin/sh
+case "$*" in *memory.free*) echo {free_mib} ;; *) printf '0\\n1\\n' ;; esac
+""")
+    return f"{bin_dir}:{os.defpath}"
+
+
+def test_an_empty_cuda_visible_devices_means_no_gpu(env, tmp_path):
+    python = fake_python(tmp_path)
+    env.update(PATH=fake_nvidia_smi(tmp_path, 80_000), CUDA_VISIBLE_DEVICES="")
+    result = bash("mnist/lstm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "at a time on each of: the CPU" in result.stdout
+
+
+def test_per_gpu_packs_no_more_runs_than_the_gpu_memory_holds(env, tmp_path):
+    python = fake_python_recording_overlap(tmp_path)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["PATH"] = fake_nvidia_smi(tmp_path, 60_000)  # 58 GB free: two Multi-MNIST NWM runs of 28 GB each
+    result = bash("multi_mnist/nwm.sh", "--seeds", "6", "--per-gpu", "4", "--python", str(python), env=env,
+                  cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "GPU 0: 58 GB free, about 28 GB a run (--gpu-gb): 2 at a time instead of 4" in result.stderr
+    lines = calls(tmp_path)
+    assert len(lines) == 6 and most_at_once(lines, "0") == 2 and most_at_once(lines, "1") == 2
+
+
+def test_per_gpu_refuses_a_gpu_without_room_for_one_run(env, tmp_path):
+    python = fake_python(tmp_path)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["PATH"] = fake_nvidia_smi(tmp_path, 20_000)
+    result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env,
+                  cwd=tmp_path)
+    assert result.returncode == 1 and "GPU 0 has 19 GB free and a run takes about 28 GB" in result.stderr
+    assert not (tmp_path / "calls.log").exists()  # nothing started
+    result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--gpu-gb", "8", "--python", str(python),
+                  env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_per_gpu_runs_each_get_their_share_of_the_cores(env, tmp_path):
+    python = write_executable(tmp_path / "python", f"""#!/bin/sh
+echo "$(grep Cpus_allowed_list /proc/self/status | cut -f2) $*" >> "{tmp_path}/calls.log"
+""")
+    env["PATH"] = os.defpath  # no GPU: the runs share the CPU
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    result = bash("mnist/lstm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cores = sorted(os.sched_getaffinity(0))
+    half = len(cores) // 2
+    pinned = {line.split()[0] for line in calls(tmp_path)}
+    assert len(calls(tmp_path)) == 2 and len(pinned) == 2  # two runs, on different cores
+    for allowed in pinned:  # each on half of the cores
+        assert len(set().union(*(range(int(a), int(b or a) + 1) for a, _, b in
+                                 (part.partition("-") for part in allowed.split(","))))) == half
+
+
+def test_per_gpu_lists_the_runs_whose_cuda_graph_failed(env, tmp_path):
+    python = write_executable(tmp_path / "python", """#!/bin/sh
+case "$*" in *"--seed 0"*) echo "warning: CUDA graph capture failed (boom); training with eager steps" >&2 ;; esac
+""")
+    env["CUDA_VISIBLE_DEVICES"] = "0"
+    result = bash("mnist/lstm.sh", "--seeds", "2", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 of 4 runs trained with eager steps, their CUDA graph capture failed" in result.stdout
+
+
 def test_slurm_packs_n_runs_into_each_array_task(env, tmp_path):
     python = fake_python(tmp_path)
     result = bash("tetrominoes/cnn.sh", "--slurm", "--dry-run", "--seeds", "1", "--per-gpu", "2",
@@ -328,7 +399,7 @@ def small_tetrominoes(tmp_path):
 
 def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_path, small_tetrominoes):
     runs_root, archive = tmp_path / "slices", tmp_path / "out" / "runs"
-    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
+    tiny = "--device cpu --batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
     commands = tmp_path / "commands.txt"
     commands.write_text(f"# two runs\n{sys.executable} train.py --dataset tetrominoes --seed 0 {tiny}\n"
                         f"{sys.executable} train.py --dataset tetrominoes --seed 1 {tiny}\n")
@@ -349,12 +420,13 @@ def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_
     for seed in (0, 1):
         name = f"tetrominoes/nwm-linear-T6-h2-seed{seed}"
         assert (unpacked / name / "test_metrics.json").read_bytes() == (runs_root / name / "test_metrics.json").read_bytes()
+    assert len(list((unpacked / "logs").glob("*.log"))) == 2  # and what the runs printed
 
 
 def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_tetrominoes):
     (small_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
     commands = tmp_path / "commands.txt"
-    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --epochs 1\n")
+    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --device cpu --epochs 1\n")
     result = bash("advance_runs.sh", str(commands), "--minutes", "1", "--runs-root", str(tmp_path / "r"),
                   "--data-root", str(small_tetrominoes), "--python", sys.executable, env=env, cwd=tmp_path)
     assert result.returncode == 1 and "nothing was trained" in result.stderr
@@ -362,7 +434,7 @@ def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_t
 
 
 def test_advance_runs_queue_shares_one_slice_among_the_runs(env, tmp_path, small_tetrominoes):
-    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 1 --amp off"
+    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 1 --amp off --device cpu"
     commands = tmp_path / "commands.txt"
     commands.write_text("".join(f"{sys.executable} train.py --dataset tetrominoes --seed {seed} {tiny}\n"
                                 for seed in (0, 1, 2)))
@@ -379,3 +451,14 @@ def test_advance_runs_queue_shares_one_slice_among_the_runs(env, tmp_path, small
     result = bash("advance_runs.sh", *common, "--minutes", "30", env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("1/1 epochs, finished") == 3
+
+
+def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(env, tmp_path):
+    result = bash("gpu_check.sh", "--dry-run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    steps = re.findall(r"^  (\w+) +(\d+)s  ", result.stdout, re.MULTILINE)
+    assert [name for name, _ in steps] == ["data", "cuda_tests", "resume", "graph_nwm", "graph_lstm", "graph_unet",
+                                           "tf32", "bench", "per_gpu"]
+    assert sum(int(seconds) for _, seconds in steps) < 9 * 60
+    cpu = bash("gpu_check.sh", "--dry-run", "--device", "cpu", env=env, cwd=tmp_path)
+    assert "cuda_tests" in cpu.stdout and "skipped on the CPU: needs CUDA" in cpu.stdout

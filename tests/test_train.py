@@ -17,8 +17,8 @@ from engine import evaluate
 from metrics import METRIC_NAMES
 
 # float32 throughout (--amp off), so stored and re-computed metrics can be compared exactly on any CPU
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0", "--amp", "off",
-        "--batch-size", "16"]
+FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0",
+        "--amp", "off", "--batch-size", "16"]
 
 
 def run_train(data_root, runs_root, *extra):

@@ -1,0 +1,214 @@
+"""The CUDA path on the CPU: what needs a GPU (streams, graphs, device queries) is replaced by
+fakes, so each rule of the GPU path is checked on every machine. tests/test_cuda.py runs the
+real thing where a GPU is present."""
+import contextlib
+import json
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounter
+
+import engine
+import runs
+import settings
+import train
+from models import build_model, common
+
+FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
+        "--min-epochs", "0", "--amp", "off", "--batch-size", "16"]
+
+
+def run_train(data_root, runs_root, *extra):
+    return train.main([*FAST, "--data-root", str(data_root), "--runs-root", str(runs_root), *extra])
+
+
+def tiny_model(name="nwm"):
+    torch.manual_seed(0)
+    return build_model(name, in_channels=3, num_classes=3, T=6, c_mid=4, readout_width=8, depth=2, width=2)
+
+
+def tiny_batch():
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 16, 16, generator=generator), torch.randint(0, 3, (4, 16, 16), generator=generator)
+
+
+@pytest.fixture
+def fake_cuda_graphs(monkeypatch):
+    """torch.cuda's streams as no-ops and a graph capture that fails, as it may on a GPU."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    def failing_capture(graph):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+    monkeypatch.setattr(torch.cuda, "graph", failing_capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+
+
+# 1. resume: the generator state is read onto the CPU (Generator.set_state refuses a CUDA tensor)
+def test_resume_reads_the_run_state_onto_the_cpu(tiny_dataset, tmp_path, monkeypatch):
+    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r")
+    real_load, places = torch.load, []
+
+    def load(path, *args, map_location=None, **kwargs):
+        if str(path).endswith(runs.LAST):
+            places.append(map_location)
+        return real_load(path, *args, map_location=map_location, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    run_train(tiny_dataset, tmp_path, "--epochs", "2", "--run-name", "r")
+    assert places == ["cpu"]  # whatever the run's device: the model and optimizer copy to it
+
+
+# 2. a failed capture leaves the model and optimizer as they were before its warm-up steps
+@pytest.mark.parametrize("steps_before", [0, 1])
+def test_failed_capture_leaves_weights_and_optimizer_as_before(fake_cuda_graphs, steps_before):
+    x, y = tiny_batch()
+    results = []
+    for capture in (False, True):
+        model = tiny_model()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(steps_before):
+            engine.TrainStep(model, optimizer, False)(x, y)
+        if capture:
+            with pytest.raises(RuntimeError, match="capturing"):
+                engine.GraphedTrainStep(model, optimizer, False, x, y)
+        engine.TrainStep(model, optimizer, False)(x, y)  # the eager fallback's first step
+        results.append([p.detach().clone() for p in model.parameters()])
+    for eager, after_failed_capture in zip(*results):
+        torch.testing.assert_close(after_failed_capture, eager, rtol=0, atol=0)
+
+
+# 3. resume keeps the capturable flag this run's optimizer was built with
+def test_resume_keeps_the_capturable_flag_of_this_run(tiny_dataset, tmp_path):
+    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r")
+    last = torch.load(tmp_path / "r" / runs.LAST, weights_only=True)
+    for group in last["optimizer"]["param_groups"]:
+        group["capturable"] = True  # as a run saved by a CUDA-graphed run
+    torch.save(last, tmp_path / "r" / runs.LAST)
+    result = run_train(tiny_dataset, tmp_path, "--epochs", "2", "--run-name", "r")  # on the CPU: not capturable
+    assert result["epochs_run"] == 2
+
+
+# 4. --device cuda:N makes GPU N the current device before anything is allocated on it
+def test_a_named_gpu_becomes_the_current_device(monkeypatch):
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert settings.pick_device("cuda:1") == torch.device("cuda:1") and current == [torch.device("cuda:1")]
+    assert settings.pick_device("cuda") == torch.device("cuda") and len(current) == 1  # stays the current one
+    with pytest.raises(ValueError, match="cuda:0 .. cuda:1"):
+        settings.pick_device("cuda:2")
+
+
+# 5. the CPU tests name their device: on a machine with a GPU, "auto" would train them there
+def test_cpu_tests_refuse_the_automatic_device():
+    with pytest.raises(AssertionError, match="--device cpu"):
+        settings.pick_device("auto")
+
+
+# 6. and 11. float32 means float32 (no TF32), cudnn.benchmark for CUDA's fixed shapes; both recorded
+@pytest.fixture
+def backends():
+    """Puts the global backend flags back after the test."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = flags
+
+
+def test_runs_turn_tf32_off_and_record_precision(tiny_dataset, tmp_path, backends):
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r")
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    config = json.loads((tmp_path / "r" / runs.CONFIG).read_text())
+    assert config["tf32"] is False and config["precision"] == "float32" and config["cuda_graph"] == "off"
+
+
+def test_cuda_backends_benchmark_convolutions(backends):
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True
+    engine.set_backends(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
+
+
+# 7. a failed capture is recorded, not only warned about
+def test_make_steps_reports_a_failed_capture(monkeypatch):
+    def failing(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore lines")
+
+    monkeypatch.setattr(engine, "GraphedTrainStep", failing)
+    model = tiny_model()
+    split = mock.MagicMock(device=torch.device("cuda")), mock.MagicMock()  # stand for the training split on a GPU
+    optimizer = torch.optim.Adam(model.parameters())
+    step, forward, outcome = engine.make_steps(model, optimizer, False, split, 4, "auto")
+    assert type(step) is engine.TrainStep and forward is None
+    assert outcome == "failed: operation not permitted when stream is capturing"
+    with pytest.raises(RuntimeError):
+        engine.make_steps(model, optimizer, False, split, 4, "on")
+    assert engine.make_steps(model, optimizer, False, tiny_batch(), 4, "auto")[2] == "off"  # not on CUDA
+
+
+def test_segmented_backprop_saves_no_rng_state(monkeypatch):
+    # stashing the RNG state is refused inside a CUDA-graph capture (torch < 2.10); the models draw no random numbers
+    def refused():
+        raise RuntimeError("RNG state read during capture")
+
+    monkeypatch.setattr(torch, "get_rng_state", refused)
+    model = build_model("lstm", in_channels=3, num_classes=3, T=6, c_mid=4, readout_width=8, bptt_segment=2)
+    x, y = tiny_batch()
+    F.cross_entropy(model(x), y).backward()
+
+
+# 8. --compile compiles parts that the NWM's forward pass runs
+@pytest.mark.parametrize("name", ["nwm", "lstm"])
+def test_compile_reaches_what_the_forward_pass_runs(monkeypatch, name):
+    ran = []
+
+    def fake_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            ran.append(fn)
+            return fn(*args, **kw)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = engine.maybe_compile(tiny_model(name), "on", torch.device("cpu"))
+    model(tiny_batch()[0])
+    assert ran
+    assert set(model.state_dict()) == set(tiny_model(name).state_dict())  # checkpoints keep their keys
+
+
+# 9. the ConvLSTM's step is compiled once, not once per input layout
+def test_conv_lstm_step_compiles_once():
+    model = build_model("lstm", in_channels=3, num_classes=3, T=5, c_mid=4, readout_width=8)
+    counter = CompileCounter()
+    model.step = torch.compile(model.step, backend=counter, dynamic=False)
+    model(tiny_batch()[0]).sum().backward()
+    assert counter.frame_count == 1
+
+
+# 10. --amp auto: bfloat16 only where the GPU computes it natively
+def test_emulated_bfloat16_is_not_used(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert not engine.bf16_supported(torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert engine.bf16_supported(torch.device("cuda"))
+
+
+# 11. the automatic BPTT segment on CUDA: the whole sequence where it fits in the GPU's memory
+def test_automatic_segment_is_sized_for_gpu_memory(monkeypatch):
+    multi_mnist = dict(recurrent=True, batch_size=64, T=100, hidden_channels=16, image_size=(128, 128))
+    cpu = torch.device("cpu")
+    assert common.auto_bptt_segment(**multi_mnist, device=cpu) == common.AUTO_SEGMENT
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: mock.Mock(total_memory=141 * 2**30))
+    gpu = common.auto_bptt_segment(**multi_mnist, device=torch.device("cuda"))
+    assert common.AUTO_SEGMENT < gpu < 100
+    tetrominoes = dict(multi_mnist, batch_size=256, hidden_channels=2, image_size=(64, 64))
+    assert common.auto_bptt_segment(**tetrominoes, device=cpu) == common.AUTO_SEGMENT
+    assert common.auto_bptt_segment(**tetrominoes, device=torch.device("cuda")) == 0  # fits: store every step
