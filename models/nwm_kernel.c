@@ -240,67 +240,90 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0
     return 0;
 }
 
-/* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py): recomputes the
- * steps from (y_start, z_start), then runs them backwards. gy, gz (B x NC x H x W)
- * enter as the gradients after the last step and leave as those before the first; g_frames
- * (n x B x ..., float or, if half, bfloat16) are the gradients of the frames; g_dto, g_damp
- * (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. ys_out ((n + 1) x B x ...,
- * float or bfloat16, or NULL) receives y_0..y_n, for the gradient of the time basis. wadj:
- * the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1 without memory. */
+/* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py), image by image, in
+ * segments of about sqrt(n) steps: a first pass keeps (y, z) at the start of each segment, then
+ * each segment, last first, is recomputed (its y, z and tanh kept) and its adjoint steps run.
+ * So one image's history is ~3 sqrt(n) states instead of 3 n (it stays in cache for small
+ * images, and for large ones the memory per thread stays small), for one more forward pass.
+ * gy, gz (B x NC x H x W) enter as the gradients after the last step and leave as those before
+ * the first; g_frames (n x B x ..., float or, if half, bfloat16) are the gradients of the frames;
+ * g_dto, g_damp (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. ys_out
+ * ((n + 1) x B x ..., float or bfloat16, or NULL) receives y_0..y_n, for the gradient of the time
+ * basis. wadj: the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1
+ * without memory. */
 int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y_start,
                  const real *z_start, const real *dto, const real *damp, const real *w,
                  const real *wadj, double dt_, const void *g_frames, real *gy, real *gz,
                  real *g_dto, real *g_damp, real *g_w, void *ys_out, int half) {
     long S = NC * H * W, Wb = block_width(W);
+    long K = (long)ceil(sqrt((double)n)), segments = (n + K - 1) / K;
     real dt = (real)dt_;
     scratch s;
-    /* y and z before each step and after the last, tanh of each step */
-    real *ys = malloc(sizeof(real) * (3 * n + 2) * S);
-    if (!ys || scratch_init(&s, H, W)) {
-        free(ys);
+    /* (y, z) at the start of each segment; y and z before each step of a segment and after its
+     * last, tanh of each step */
+    real *checkpoints = malloc(sizeof(real) * (2 * segments + 3 * K + 2) * S);
+    if (!checkpoints || scratch_init(&s, H, W)) {
+        free(checkpoints);
         return -1;
     }
-    real *zs = ys + (n + 1) * S, *th = zs + (n + 1) * S;
+    real *ck_y = checkpoints, *ck_z = ck_y + segments * S, *ys = ck_z + segments * S;
+    real *zs = ys + (K + 1) * S, *th = zs + (K + 1) * S;
+    frame none = {NULL, NULL};
     for (long b = b0; b < b1; b++) {
         const real *om = dto + b * S, *dm = damp + b * S;
-        memcpy(zs, z_start + b * S, S * sizeof(real));
-        memcpy(ys, y_start + b * S, S * sizeof(real));
+        memcpy(ck_y, y_start + b * S, S * sizeof(real));
+        memcpy(ck_z, z_start + b * S, S * sizeof(real));
         frame y0_out = frame_at(ys_out, half, b * S);
         for (long p = 0; p < S; p++) {
-            if (y0_out.f) y0_out.f[p] = ys[p];
-            if (y0_out.h) y0_out.h[p] = to_bf16((float)ys[p]);
+            if (y0_out.f) y0_out.f[p] = ck_y[p];
+            if (y0_out.h) y0_out.h[p] = to_bf16((float)ck_y[p]);
         }
-        for (long i = 0; i < n; i++)
-            step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
-                 frame_at(ys_out, half, ((i + 1) * B + b) * S), om, dm, w, dt, H, W, &s);
+        for (long g = 0; g + 1 < segments; g++) {  /* the segments' starts */
+            const real *yc = ck_y + g * S, *zc = ck_z + g * S;
+            for (long i = 0; i < K; i++) {
+                real *yo = i == K - 1 ? ck_y + (g + 1) * S : ys + (i % 2) * S;
+                real *zo = i == K - 1 ? ck_z + (g + 1) * S : zs + (i % 2) * S;
+                step(yc, zc, yo, zo, NULL, none, om, dm, w, dt, H, W, &s);
+                yc = yo;
+                zc = zo;
+            }
+        }
         real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
         memset(s.gv, 0, sizeof(vec) * NC * NC * 9);
-        for (long i = n - 1; i >= 0; i--) {
-            const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
-            const real *gf = half ? NULL : (const real *)g_frames + (i * B + b) * S;
-            const bf16 *gh = half ? (const bf16 *)g_frames + (i * B + b) * S : NULL;
-            for (long row = 0; row < NC * H; row++) {
-                real *ga = s.ga + row * Wb;
+        for (long g = segments - 1; g >= 0; g--) {
+            long t0 = g * K, steps = n - t0 < K ? n - t0 : K;
+            memcpy(ys, ck_y + g * S, S * sizeof(real));
+            memcpy(zs, ck_z + g * S, S * sizeof(real));
+            for (long i = 0; i < steps; i++)
+                step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
+                     frame_at(ys_out, half, ((t0 + i + 1) * B + b) * S), om, dm, w, dt, H, W, &s);
+            for (long i = steps - 1; i >= 0; i--) {
+                const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
+                const real *gf = half ? NULL : (const real *)g_frames + ((t0 + i) * B + b) * S;
+                const bf16 *gh = half ? (const bf16 *)g_frames + ((t0 + i) * B + b) * S : NULL;
+                for (long row = 0; row < NC * H; row++) {
+                    real *ga = s.ga + row * Wb;
 #pragma omp simd
-                for (long j = 0; j < W; j++) {
-                    long p = row * W + j;
-                    real gyp = gyb[p] + (gh ? (real)from_bf16(gh[p]) : gf[p]);
-                    real gzp = gzb[p] + dt * gyp;  /* the total dL/dz_t */
-                    gdb[p] += gzp * zi[p];
-                    gob[p] -= gzp * yi[p];
-                    ga[j] = dt * (gzp - gzp * t[p] * t[p]);
-                    gyb[p] = gyp - om[p] * gzp;
-                    gzb[p] = gzp * dm[p];
+                    for (long j = 0; j < W; j++) {
+                        long p = row * W + j;
+                        real gyp = gyb[p] + (gh ? (real)from_bf16(gh[p]) : gf[p]);
+                        real gzp = gzb[p] + dt * gyp;  /* the total dL/dz_t */
+                        gdb[p] += gzp * zi[p];
+                        gob[p] -= gzp * yi[p];
+                        ga[j] = dt * (gzp - gzp * t[p] * t[p]);
+                        gyb[p] = gyp - om[p] * gzp;
+                        gzb[p] = gzp * dm[p];
+                    }
                 }
-            }
-            for (long r = 0; r < H; r++) {
-                advance_ring(s.ring, s.ga, H, W, Wb, r);
-                advance_ring(s.ring_y, yi, H, W, W, r);
-                conv_row(s.acc, s.ring, wadj, Wb, r);
-                for (long c = 0; c < NC; c++)
+                for (long r = 0; r < H; r++) {
+                    advance_ring(s.ring, s.ga, H, W, Wb, r);
+                    advance_ring(s.ring_y, yi, H, W, W, r);
+                    conv_row(s.acc, s.ring, wadj, Wb, r);
+                    for (long c = 0; c < NC; c++)
 #pragma omp simd
-                    for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
-                weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
+                        for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
+                    weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
+                }
             }
         }
         real *gwb = g_w + b * NC * NC * 9;
@@ -308,6 +331,6 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
             for (int l = 0; l < VL; l++) gwb[k] += s.gv[k][l];
     }
     scratch_free(&s);
-    free(ys);
+    free(checkpoints);
     return 0;
 }
