@@ -35,7 +35,7 @@ from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
 from engine import GraphedTrainStep, TrainStep, bf16_supported, tune_cpu_allocator
-from models import build_model, head_cpu, is_recurrent, nwm_cpu
+from models import build_model, cpu_kernels, head_cpu, is_recurrent
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
 from settings import device_name, set_threads
@@ -184,7 +184,7 @@ def measure(config_name, impl, batch_size, steps, device):
             step()
         result["matmul_seconds"] = time_matmuls(recorder.calls, max(steps, 5), device)
         result["matmul_calls"] = len(recorder.calls)
-        result["kernel_compile_seconds"] = sum(nwm_cpu.compile_seconds.values())
+        result["kernel_compile_seconds"] = sum(cpu_kernels.compile_seconds.values())
     return result
 
 
@@ -227,7 +227,7 @@ def main(argv=None):
         return
 
     hardware = dict(device=args.device, device_name=device_name(args.device), cpu=device_name("cpu"),
-                    cpu_features=nwm_cpu.cpu_features(), kernel_flags=nwm_cpu.compile_flags())
+                    cpu_features=cpu_kernels.cpu_features(), kernel_flags=cpu_kernels.compile_flags())
     print(f"device {args.device} ({hardware['device_name']}), torch {torch.__version__}, {threads} CPU thread(s), "
           f"batch {batch_size}, median of {steps} step(s); CPU features {' '.join(hardware['cpu_features'])}")
     results = []
