@@ -98,16 +98,16 @@ class ConvRNN(nn.Module):
         """x: B x in_channels x H x W -> logits B x classes x H x W (and u_1..u_T if asked)."""
         state = self.initial_state(x)
         projection = self.readout.projection()
-        fused = self.cell_type == "lstm" and projection is not None and not return_sequence
-        lib = convlstm_fused.kernel(full_precision(state[0])) if fused else None
-        if lib is not None:
-            # same numbers, the steps in a compiled CPU kernel with a hand-written backward (models/convlstm_fused.py)
-            half = bf16_projection(x.device)
-            with torch.autocast(x.device.type, enabled=False):
-                u, h, cell = (full_precision(s) for s in state)
-                projected = convlstm_fused.convlstm_projection(lib, u, h, cell, self.cell.gates, self.next_input,
-                                                               projection.to(u.dtype), half)
-            return self.readout.head(self.readout.finish(projected))
+        if self.cell_type == "lstm" and projection is not None and not return_sequence:
+            u, h, cell = (full_precision(s) for s in state)
+            lib = convlstm_fused.kernel(u)
+            if lib is not None:
+                # same numbers, the steps in a compiled CPU kernel, hand-written backward (models/convlstm_fused.py)
+                half = bf16_projection(x.device)
+                with torch.autocast(x.device.type, enabled=False):
+                    projected = convlstm_fused.convlstm_projection(lib, u, h, cell, self.cell.gates, self.next_input,
+                                                                   projection.to(u.dtype), half)
+                return self.readout.head(self.readout.finish(projected))
         features, sequence = unroll(self.step, state, self.T, self.readout, self.bptt_segment, return_sequence)
         logits = self.readout.head(features)
         return (logits, sequence) if return_sequence else logits

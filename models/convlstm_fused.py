@@ -17,8 +17,9 @@ gc = dL/dc_t through later steps:
     ga = [gc g i (1 - i), gc c_{t-1} f (1 - f), gh tanh(c_t) o (1 - o), gc i (1 - g^2)]   (dL/d(Wg * x + bg))
     dL/dc_{t-1} = gc f,   [dL/du_{t-1}; dL/dh_{t-1}] = Wg^T * ga   (Wg^T: the adjoint circular conv)
     dL/dWg += ga (x) x,  dL/dbg += ga,  dL/dW1 += gm (x) h_t,  dL/db1 += gm,  dL/dW2 += gu (x) m_t,  dL/db2 += gu
-The kernel recomputes each image's steps in the backward pass, so memory grows with the
-chunk of images (cpu_kernels.py), not with T.
+The kernel recomputes each image's steps in the backward pass, keeping one image's history
+per thread: memory grows with the chunk of images (cpu_kernels.py), and bptt_segment does
+not apply.
 """
 import ctypes
 

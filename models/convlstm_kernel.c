@@ -36,7 +36,7 @@ static inline __attribute__((always_inline)) void conv_row(real *restrict acc, c
                                                            const real *restrict w, int nin, int nout, long Wb,
                                                            long r) {
     for (long j = 0; j < Wb; j += VL * JB(nout)) {
-        vec a[NG][4];
+        vec a[NG][4]; /* JB(nout) <= 4: nout >= 2 */
 #pragma GCC unroll 32
         for (int co = 0; co < nout; co++)
             for (int b = 0; b < JB(nout); b++) a[co][b] = (vec){0};
@@ -62,35 +62,49 @@ static inline __attribute__((always_inline)) void conv_row(real *restrict acc, c
 }
 
 /* gv (NG x NI x 3 x 3 vectors, summed over lanes later) += the gates' weight gradient of
- * output row r: dL/da of the row (ga: NG x H rows of Wb) times the input rows the ring holds. */
+ * output row r: dL/da of the row (ga: NG x H rows of Wb) times the input rows the ring holds.
+ * Sums over the row stay in registers, for four output channels at a time. */
 static void weight_row(vec *restrict gv, const real *restrict ga, long H, const real *restrict ring, long Wb,
                        long r) {
-    for (int co = 0; co < NG; co++) {
-        const real *g = ga + ((long)co * H + r) * Wb;
+    for (int c0 = 0; c0 < NG; c0 += 4) {
+        const real *g = ga + ((long)c0 * H + r) * Wb;
         for (int ci = 0; ci < NI; ci++) {
             for (int di = 0; di < 3; di++) {
                 const real *p = slot(ring, NI, Wb, r, di, ci);
-                vec s0 = {0}, s1 = {0}, s2 = {0};
+                vec s[4][3];
+                for (int k = 0; k < 4; k++) s[k][0] = s[k][1] = s[k][2] = (vec){0};
                 for (long j = 0; j < Wb; j += VL) {
-                    vec gj = load(g + j);
-                    s0 += gj * load(p + j);
-                    s1 += gj * load(p + j + 1);
-                    s2 += gj * load(p + j + 2);
+                    vec x0 = load(p + j), x1 = load(p + j + 1), x2 = load(p + j + 2);
+                    for (int k = 0; k < 4; k++) {
+                        vec gk = load(g + k * H * Wb + j);
+                        s[k][0] += gk * x0;
+                        s[k][1] += gk * x1;
+                        s[k][2] += gk * x2;
+                    }
                 }
-                vec *acc = gv + ((co * NI + ci) * 3 + di) * 3;
-                acc[0] += s0;
-                acc[1] += s1;
-                acc[2] += s2;
+                for (int k = 0; k < 4; k++) {
+                    vec *acc = gv + (((c0 + k) * NI + ci) * 3 + di) * 3;
+                    acc[0] += s[k][0];
+                    acc[1] += s[k][1];
+                    acc[2] += s[k][2];
+                }
             }
         }
     }
 }
 
-/* sum_j a[j] b[j] over a row of Wb (b NULL: sum_j a[j]), as a vector of partial sums */
-static inline vec dot_row(const real *a, const real *b, long Wb) {
-    vec s = {0};
-    for (long j = 0; j < Wb; j += VL) s += load(a + j) * (b ? load(b + j) : (vec){0} + 1);
-    return s;
+/* *sum += sum_j a[j] and dots[k] += sum_j a[j] b[k * stride + j] (k < nb) over a row of Wb, as
+ * vectors of partial sums */
+static inline void row_sums(vec *sum, vec *dots, const real *a, const real *b, long stride, int nb, long Wb) {
+    vec s = {0}, d[NI];
+    for (int k = 0; k < nb; k++) d[k] = (vec){0};
+    for (long j = 0; j < Wb; j += VL) {
+        vec x = load(a + j);
+        s += x;
+        for (int k = 0; k < nb; k++) d[k] += x * load(b + k * stride + j);
+    }
+    *sum += s;
+    for (int k = 0; k < nb; k++) dots[k] += d[k];
 }
 
 static inline real sigmoid(real x) { return 1 / (1 + EXP(-x)); }
@@ -123,7 +137,7 @@ static int scratch_init(scratch *s, long H, long W, long n, int backward) {
     s->kept = s->acc + NG * Wb;
     s->wadj = s->kept + NA * Wb;
     s->s = s->wadj + NI * NG * 9;
-    s->a = s->s + (n + 1) * NS * plane;
+    s->a = backward ? s->s + (n + 1) * NS * plane : NULL;
     s->gs = s->s + states;
     s->ga = s->gs + NS * plane;
     s->gu = s->ga + NG * plane;
@@ -136,7 +150,7 @@ static void scratch_free(scratch *s) {
     free(s->ring);
 }
 
-/* rows of W (`from` rows) <-> rows of Wb */
+/* `rows` rows of W columns into rows of Wb, and back */
 static void widen(real *dst, const real *src, long rows, long W, long Wb) {
     for (long i = 0; i < rows; i++) memcpy(dst + i * Wb, src + i * W, W * sizeof(real));
 }
@@ -283,18 +297,12 @@ int convlstm_backward(long b0, long b1, long B, long H, long W, long n, const re
                         gc_[j] = gc * f;
                     }
                 }
-                /* the MLP's gradients: sums over the row */
-                for (int c = 0; c < NC; c++) {
-                    sc.gv[B2 + c] += dot_row(gu + c * Wb, NULL, Wb);
-                    for (int k = 0; k < NI; k++)
-                        sc.gv[W2 + c * NI + k] += dot_row(gu + c * Wb, ar + (NG + k) * plane, Wb);
-                }
-                for (int k = 0; k < NI; k++) {
-                    sc.gv[B1 + k] += dot_row(gm + k * Wb, NULL, Wb);
-                    for (int c = 0; c < NC; c++)
-                        sc.gv[W1 + k * NC + c] += dot_row(gm + k * Wb, nr + (NC + c) * plane, Wb);
-                }
-                for (int k = 0; k < NG; k++) sc.gv[BG + k] += dot_row(ga + k * plane, NULL, Wb);
+                /* the biases' and the MLP's weights' gradients: sums over the row */
+                for (int c = 0; c < NC; c++)
+                    row_sums(sc.gv + B2 + c, sc.gv + W2 + c * NI, gu + c * Wb, ar + NG * plane, plane, NI, Wb);
+                for (int k = 0; k < NI; k++)
+                    row_sums(sc.gv + B1 + k, sc.gv + W1 + k * NC, gm + k * Wb, nr + NC * plane, plane, NC, Wb);
+                for (int k = 0; k < NG; k++) row_sums(sc.gv + BG + k, NULL, ga + k * plane, NULL, 0, 0, Wb);
             }
             /* dL/d[u; h] before the step through the adjoint convolution, and the gates' weight gradient */
             for (long r = 0; r < H; r++) {
