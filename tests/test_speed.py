@@ -102,7 +102,8 @@ def test_fused_nwm_matches_autograd_in_float32():
 
 @needs_compiler
 @pytest.mark.parametrize("channels, batch, size, readout", [(1, 3, 16, "linear"), (2, 3, (17, 13), "fft"),
-                                                            (3, 5, (9, 15), "last"), (2, 1, 16, "mean_time")])
+                                                            (3, 5, (9, 15), "last"), (2, 1, 16, "mean_time"),
+                                                            (2, 2, (2, 3), "linear")])
 def test_convlstm_cpu_kernel_matches_autograd(channels, batch, size, readout, monkeypatch):
     # odd sizes and channel counts, and batches the threads and the chunks split unevenly
     monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)  # chunks of one image per thread
