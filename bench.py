@@ -35,7 +35,7 @@ from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
 from engine import GraphedTrainStep, TrainStep, bf16_supported, set_backends, tune_cpu_allocator
-from models import build_model, head_cpu, is_recurrent, nwm_cpu
+from models import build_model, cpu_kernels, head_cpu, is_recurrent
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
 from settings import device_name, pick_device, set_threads
@@ -185,7 +185,7 @@ def measure(config_name, impl, batch_size, steps, device):
             step()
         result["matmul_seconds"] = time_matmuls(recorder.calls, max(steps, 5), device)
         result["matmul_calls"] = len(recorder.calls)
-        result["kernel_compile_seconds"] = sum(nwm_cpu.compile_seconds.values())
+        result["kernel_compile_seconds"] = sum(cpu_kernels.compile_seconds.values())
     return result
 
 
@@ -234,7 +234,7 @@ def main(argv=None):
         return
 
     hardware = dict(device=str(device), device_name=device_name(device), cpu=device_name("cpu"),
-                    cpu_features=nwm_cpu.cpu_features(), kernel_flags=nwm_cpu.compile_flags())
+                    cpu_features=cpu_kernels.cpu_features(), kernel_flags=cpu_kernels.compile_flags())
     print(f"device {device} ({hardware['device_name']}), torch {torch.__version__}, {threads} CPU thread(s), "
           f"batch {batch_size}, median of {steps} step(s); CPU features {' '.join(hardware['cpu_features'])}")
     results = []

@@ -51,6 +51,13 @@ def bf16_native_cpu():
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def bf16_projection(device):
+    """Whether a fused recurrence projects its frames in bfloat16: inside a bfloat16 autocast
+    region on a CPU with bfloat16 matrix units, where the head's products run too."""
+    return device.type == "cpu" and torch.is_autocast_enabled("cpu") and bf16_native_cpu() \
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
 def full_precision(t):
     """float32 for half-precision tensors (from an autocast region), else unchanged."""
     return t.to(torch.promote_types(t.dtype, torch.float32))

@@ -4,12 +4,15 @@ The image is encoded once into the first input map u_0 (and the initial hidden s
 and for the LSTM the cell state c_0). Each step feeds u and h to a convolutional cell
 (3x3 kernels, circular padding), and the next input is a per-pixel MLP of the new
 hidden state:  h_t = cell(u_{t-1}, h_{t-1});  u_t = MLP(h_t).
-The readout sees u_1..u_T. The paper's LSTM runs use T = 20.
+The readout sees u_1..u_T. The paper's LSTM runs use T = 20. On the CPU the ConvLSTM's
+steps and their projection on the readout's time basis run in a compiled kernel where one
+can be built (models/convlstm_fused.py); the eager steps are its fallback.
 """
 import torch
 import torch.nn as nn
 
-from .common import conv_stack, unroll
+from . import convlstm_fused
+from .common import bf16_projection, conv_stack, full_precision, unroll
 from .readouts import TemporalReadout
 
 CELLS = ("lstm", "gru", "rnn")
@@ -95,7 +98,18 @@ class ConvRNN(nn.Module):
 
     def forward(self, x, return_sequence=False):
         """x: B x in_channels x H x W -> logits B x classes x H x W (and u_1..u_T if asked)."""
-        features, sequence = unroll(self.step, self.initial_state(x), self.T, self.readout,
-                                    self.bptt_segment, return_sequence)
+        state = self.initial_state(x)
+        projection = self.readout.projection()
+        if self.cell_type == "lstm" and projection is not None and not return_sequence:
+            u, h, cell = (full_precision(s) for s in state)
+            lib = convlstm_fused.kernel(u)
+            if lib is not None:
+                # same numbers, the steps in a compiled CPU kernel, hand-written backward (models/convlstm_fused.py)
+                half = bf16_projection(x.device)
+                with torch.autocast(x.device.type, enabled=False):
+                    projected = convlstm_fused.convlstm_projection(lib, u, h, cell, self.cell.gates, self.next_input,
+                                                                   projection.to(u.dtype), half)
+                return self.readout.head(self.readout.finish(projected))
+        features, sequence = unroll(self.step, state, self.T, self.readout, self.bptt_segment, return_sequence)
         logits = self.readout.head(features)
         return (logits, sequence) if return_sequence else logits

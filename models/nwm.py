@@ -19,7 +19,7 @@ against.
 import torch
 import torch.nn as nn
 
-from .common import bf16_native_cpu, conv_stack, full_precision, unroll
+from .common import bf16_projection, conv_stack, full_precision, unroll
 from .nwm_fused import wave_recurrence_projection
 from .readouts import TemporalReadout
 
@@ -85,8 +85,7 @@ class NWM(nn.Module):
         if self.fused and projection is not None and not return_sequence:
             # same numbers, hand-written backward (models/nwm_fused.py); under bfloat16 autocast on a CPU
             # with bfloat16 matrix units the projection's products run there too, like the head's
-            half = x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and bf16_native_cpu() \
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            half = bf16_projection(x.device)
             with torch.autocast(x.device.type, enabled=False):
                 projected = wave_recurrence_projection(y, dt_omega, damping, self.coupling.weight,
                                                        projection.to(y.dtype), self.dt, self.bptt_segment or self.T,

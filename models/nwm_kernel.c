@@ -7,70 +7,17 @@
  * r+1 of the input), so the state itself is never copied into a padded tensor.
  * Arithmetic as in models/nwm_fused.py; only the summation order differs.
  *
- * Compiled with -DREAL=float|double -DNC=<channels>, and -DMVEC where the C library has
- * vector tanh (glibc's libmvec), which lets the compiler vectorise the tanh of a row.
+ * Compiled with -DNC=<channels> and models/cpu_kernels.h's flags.
  */
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-typedef REAL real;
-#if defined(MVEC)
-#pragma omp declare simd notinbranch
-float tanhf(float);
-#pragma omp declare simd notinbranch
-double tanh(double);
-#endif
-#define TANH(x) (sizeof(real) == sizeof(float) ? tanhf(x) : tanh(x))
+#include "cpu_kernels.h"
 
 /* The stencils work on blocks of BW columns held in JB vectors of VL lanes per channel:
  * for few channels several vectors, so that enough independent sums are in flight. */
-#if defined(__AVX512F__)
-#define VBYTES 64
-#elif defined(__AVX__)
-#define VBYTES 32
-#else
-#define VBYTES 16
-#endif
-#define VL (VBYTES / (int)sizeof(real))
 #define JB (NC >= 8 ? 1 : 8 / NC)
 #define BW (VL * JB)
-typedef real vec __attribute__((vector_size(VBYTES)));
-/* the same vector at any address of a real: loads and stores in one instruction each */
-typedef real uvec __attribute__((vector_size(VBYTES), aligned(sizeof(real)), may_alias));
-static inline vec load(const real *p) { return *(const uvec *)p; }
-static inline void store(real *p, vec v) { *(uvec *)p = v; }
 
 /* Rows in the workspace are Wb = W rounded up to whole blocks wide (zeros beyond W). */
 static long block_width(long W) { return (W + BW - 1) / BW * BW; }
-
-/* Copy input row `row` of every channel of x (NC x H x rows of `stride`) into ring slot
- * `slot`, with one wrapped column on each side. */
-static void fill_slot(real *ring, const real *x, long H, long W, long stride, long row, int slot) {
-    long Wb = block_width(W);
-    row = (row + H) % H;
-    for (int c = 0; c < NC; c++) {
-        real *dst = ring + ((long)slot * NC + c) * (Wb + 2);
-        const real *src = x + ((long)c * H + row) * stride;
-        memcpy(dst + 1, src, W * sizeof(real));
-        dst[0] = src[W - 1];
-        dst[W + 1] = src[0];
-    }
-}
-
-/* Make the ring hold the rows r-1, r, r+1 of x in slots (r-1+di) mod 3, given that it
- * held those of row r-1. */
-static void advance_ring(real *ring, const real *x, long H, long W, long stride, long r) {
-    if (r == 0) {
-        fill_slot(ring, x, H, W, stride, -1, 2);
-        fill_slot(ring, x, H, W, stride, 0, 0);
-    }
-    fill_slot(ring, x, H, W, stride, r + 1, (int)((r + 1) % 3));
-}
-
-static const real *slot(const real *ring, long Wb, long r, int di, int c) {
-    return ring + (((r + 2 + di) % 3) * NC + c) * (Wb + 2);
-}
 
 /* acc (NC rows of Wb) = the 3x3 circular convolution with w (NC x NC x 3 x 3) at output
  * row r of the image whose rows r-1, r, r+1 the ring holds. */
@@ -81,7 +28,7 @@ static void conv_row(real *restrict acc, const real *restrict ring, const real *
             for (int b = 0; b < JB; b++) a[co][b] = (vec){0};
         for (int ci = 0; ci < NC; ci++) {
             for (int di = 0; di < 3; di++) {
-                const real *p = slot(ring, Wb, r, di, ci) + j;
+                const real *p = slot(ring, NC, Wb, r, di, ci) + j;
                 for (int b = 0; b < JB; b++) {
                     vec x0 = load(p + b * VL), x1 = load(p + b * VL + 1), x2 = load(p + b * VL + 2);
 #pragma GCC unroll 16
@@ -108,7 +55,7 @@ static void weight_row(vec *restrict gv, const real *restrict ga, long H, const 
         const real *g = ga + ((long)c0 * H + r) * Wb;
         for (int ci = 0; ci < NC; ci++) {
             for (int di = 0; di < 3; di++) {
-                const real *p = slot(ring, Wb, r, di, ci);
+                const real *p = slot(ring, NC, Wb, r, di, ci);
                 vec s[G][3];
                 for (int k = 0; k < G; k++) s[k][0] = s[k][1] = s[k][2] = (vec){0};
                 for (long j = 0; j < Wb; j += VL) {
@@ -160,33 +107,12 @@ static void scratch_free(scratch *s) {
     free(s->ring);
 }
 
-/* bfloat16 as the upper half of a float's bits, rounded to nearest even (the frames and
- * their gradients where the projection on the time basis runs in bfloat16) */
-typedef unsigned short bf16;
-static inline bf16 to_bf16(float f) {
-    unsigned u;
-    memcpy(&u, &f, sizeof u);
-    return (bf16)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-static inline float from_bf16(bf16 h) {
-    unsigned u = (unsigned)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* Where a step's y also goes: a float frame, a bfloat16 frame, or nowhere (NULL). */
-typedef struct {
-    real *f;
-    bf16 *h;
-} frame;
-
 /* One step of one image: y_out = y + dt z_out, z_out = damping z - dt_omega y + dt tanh(W * y);
  * tanh(W * y) goes to th if th is not NULL, y_out also to `copy`. z_out may be z; y_out may not be y. */
 static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, frame copy, const real *dto,
                  const real *damp, const real *w, real dt, long H, long W, scratch *s) {
     for (long r = 0; r < H; r++) {
-        advance_ring(s->ring, y, H, W, W, r);
+        advance_ring(s->ring, NC, y, H, W, s->Wb, W, r);
         conv_row(s->acc, s->ring, w, s->Wb, r);
         for (int c = 0; c < NC; c++) {
             long o = ((long)c * H + r) * W;
@@ -200,18 +126,10 @@ static void step(const real *y, const real *z, real *y_out, real *z_out, real *t
                 z_out[o + j] = zn;
                 y_out[o + j] = yn;
                 if (th) th[o + j] = t;
-                if (copy.f) copy.f[o + j] = yn;
-                if (copy.h) copy.h[o + j] = to_bf16((float)yn);
+                put_frame(copy, o + j, yn);
             }
         }
     }
-}
-
-static frame frame_at(void *frames, int bf16_frames, long offset) {
-    frame f = {NULL, NULL};
-    if (frames && bf16_frames) f.h = (bf16 *)frames + offset;
-    else if (frames) f.f = (real *)frames + offset;
-    return f;
 }
 
 /* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
@@ -243,18 +161,17 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0
 /* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py), image by image, in
  * segments of about sqrt(n) steps: a first pass keeps (y, z) at the start of each segment, then
  * each segment, last first, is recomputed (its y, z and tanh kept) and its adjoint steps run.
- * So one image's history is ~3 sqrt(n) states instead of 3 n (it stays in cache for small
- * images, and for large ones the memory per thread stays small), for one more forward pass.
- * gy, gz (B x NC x H x W) enter as the gradients after the last step and leave as those before
- * the first; g_frames (n x B x ..., float or, if half, bfloat16) are the gradients of the frames;
- * g_dto, g_damp (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. ys_out
- * ((n + 1) x B x ..., float or bfloat16, or NULL) receives y_0..y_n, for the gradient of the time
- * basis. wadj: the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1
- * without memory. */
+ * So one image's history is ~3 sqrt(n) states instead of 3 n (in cache for small images, and
+ * little memory per thread for large ones), for one more forward pass. gy, gz (B x NC x H x W)
+ * enter as the gradients after the last step and leave as those before the first; g_frames
+ * (n x B x ..., float or, if half, bfloat16) are the gradients of the frames; g_dto, g_damp
+ * (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. frames (n x B x ..., float
+ * or bfloat16, or NULL) receives y_1..y_n, for the gradient of the time basis. wadj:
+ * the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1 without memory. */
 int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y_start,
                  const real *z_start, const real *dto, const real *damp, const real *w,
                  const real *wadj, double dt_, const void *g_frames, real *gy, real *gz,
-                 real *g_dto, real *g_damp, real *g_w, void *ys_out, int half) {
+                 real *g_dto, real *g_damp, real *g_w, void *frames, int half) {
     long S = NC * H * W, Wb = block_width(W);
     long K = (long)ceil(sqrt((double)n)), segments = (n + K - 1) / K;
     real dt = (real)dt_;
@@ -273,11 +190,6 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
         const real *om = dto + b * S, *dm = damp + b * S;
         memcpy(ck_y, y_start + b * S, S * sizeof(real));
         memcpy(ck_z, z_start + b * S, S * sizeof(real));
-        frame y0_out = frame_at(ys_out, half, b * S);
-        for (long p = 0; p < S; p++) {
-            if (y0_out.f) y0_out.f[p] = ck_y[p];
-            if (y0_out.h) y0_out.h[p] = to_bf16((float)ck_y[p]);
-        }
         for (long g = 0; g + 1 < segments; g++) {  /* the segments' starts */
             const real *yc = ck_y + g * S, *zc = ck_z + g * S;
             for (long i = 0; i < K; i++) {
@@ -296,7 +208,7 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
             memcpy(zs, ck_z + g * S, S * sizeof(real));
             for (long i = 0; i < steps; i++)
                 step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
-                     frame_at(ys_out, half, ((t0 + i + 1) * B + b) * S), om, dm, w, dt, H, W, &s);
+                     frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, w, dt, H, W, &s);
             for (long i = steps - 1; i >= 0; i--) {
                 const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
                 const real *gf = half ? NULL : (const real *)g_frames + ((t0 + i) * B + b) * S;
@@ -306,7 +218,7 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
 #pragma omp simd
                     for (long j = 0; j < W; j++) {
                         long p = row * W + j;
-                        real gyp = gyb[p] + (gh ? (real)from_bf16(gh[p]) : gf[p]);
+                        real gyp = gyb[p] + get_frame(gf, gh, p);
                         real gzp = gzb[p] + dt * gyp;  /* the total dL/dz_t */
                         gdb[p] += gzp * zi[p];
                         gob[p] -= gzp * yi[p];
@@ -316,8 +228,8 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
                     }
                 }
                 for (long r = 0; r < H; r++) {
-                    advance_ring(s.ring, s.ga, H, W, Wb, r);
-                    advance_ring(s.ring_y, yi, H, W, W, r);
+                    advance_ring(s.ring, NC, s.ga, H, W, Wb, Wb, r);
+                    advance_ring(s.ring_y, NC, yi, H, W, Wb, W, r);
                     conv_row(s.acc, s.ring, wadj, Wb, r);
                     for (long c = 0; c < NC; c++)
 #pragma omp simd

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import autocast
-from models import MODEL_NAMES, READOUTS, build_model, head_cpu, is_recurrent, nwm_cpu
+from models import MODEL_NAMES, READOUTS, build_model, convlstm_fused, cpu_kernels, head_cpu, is_recurrent, nwm_cpu
 from models.nwm_fused import wave_recurrence_projection
 from models.readouts import PixelMLP
 
@@ -17,11 +17,16 @@ def eager_recurrence(monkeypatch):
     monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
 
 
-def outputs_and_gradients(name, dtype=torch.float64, amp=False, size=16, **config):
+needs_compiler = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")),
+                                    reason="no C compiler: the kernels cannot be built here")
+
+
+def outputs_and_gradients(name, dtype=torch.float64, amp=False, size=16, batch=3, T=12, **config):
     torch.manual_seed(0)
-    model = build_model(name, in_channels=3, num_classes=4, T=12, **config).to(dtype)
-    x = torch.rand(3, 3, size, size, dtype=dtype)
-    target = torch.randint(0, 4, (3, size, size))
+    model = build_model(name, in_channels=3, num_classes=4, T=T, **config).to(dtype)
+    height, width = (size, size) if isinstance(size, int) else size
+    x = torch.rand(batch, 3, height, width, dtype=dtype)
+    target = torch.randint(0, 4, (batch, height, width))
     with autocast("cpu", amp):
         logits = model(x)
     F.cross_entropy(logits.float(), target).backward()
@@ -61,12 +66,11 @@ def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7):
     return out.detach(), grads
 
 
+@needs_compiler
 @pytest.mark.parametrize("channels, batch, H, W", [(2, 3, 16, 16), (16, 3, 5, 7), (3, 1, 2, 3), (2, 2, 1, 1)])
 def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
     # odd sizes and channel counts, and a batch the threads and the chunks split unevenly
-    monkeypatch.setattr(nwm_cpu, "CHUNK_BYTES", 1)  # chunks of one image per thread
-    if not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler: the kernel cannot be built here")
+    monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)  # chunks of one image per thread
     assert nwm_cpu.kernel(torch.empty(batch, channels, H, W, dtype=torch.float64)) is not None
     fast = recurrence_and_gradients(channels, batch, H, W)
     monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
@@ -79,7 +83,7 @@ def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
 def test_cpu_kernel_falls_back_without_a_compiler(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("WAVES_KERNEL_CACHE", str(tmp_path))
-    nwm_cpu._load.cache_clear()
+    cpu_kernels.load.cache_clear()
     try:
         assert nwm_cpu.kernel(torch.empty(1, 5, 4, 4)) is None
         assert "using the eager recurrence" in capsys.readouterr().err
@@ -87,7 +91,7 @@ def test_cpu_kernel_falls_back_without_a_compiler(tmp_path, monkeypatch, capsys)
         fused = outputs_and_gradients("nwm", fused=True, hidden_channels=5)
         assert_same(fused, plain, rtol=1e-9, atol=1e-12)
     finally:
-        nwm_cpu._load.cache_clear()
+        cpu_kernels.load.cache_clear()
 
 
 def test_fused_nwm_matches_autograd_in_float32():
@@ -96,8 +100,45 @@ def test_fused_nwm_matches_autograd_in_float32():
     assert_same(fused, plain, rtol=1e-4, atol=1e-6)
 
 
+@needs_compiler
+@pytest.mark.parametrize("channels, batch, size, readout", [(1, 3, 16, "linear"), (2, 3, (17, 13), "fft"),
+                                                            (3, 5, (9, 15), "last"), (2, 1, 16, "mean_time"),
+                                                            (2, 2, (2, 3), "linear")])
+def test_convlstm_cpu_kernel_matches_autograd(channels, batch, size, readout, monkeypatch):
+    # odd sizes and channel counts, and batches the threads and the chunks split unevenly
+    monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)  # chunks of one image per thread
+    assert convlstm_fused.kernel(torch.empty(batch, channels, 4, 4, dtype=torch.float64)) is not None
+    config = dict(hidden_channels=channels, size=size, batch=batch, readout=readout, T=7)
+    fast = outputs_and_gradients("lstm", **config)
+    monkeypatch.setattr(convlstm_fused, "kernel", lambda u: None)
+    plain = outputs_and_gradients("lstm", **config)
+    assert_same(fast, plain, rtol=1e-9, atol=1e-12)
+
+
+@needs_compiler
+def test_convlstm_cpu_kernel_matches_autograd_in_float32(monkeypatch):
+    fast = outputs_and_gradients("lstm", dtype=torch.float32, T=10)
+    monkeypatch.setattr(convlstm_fused, "kernel", lambda u: None)
+    plain = outputs_and_gradients("lstm", dtype=torch.float32, T=10)
+    assert_same(fast, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_convlstm_falls_back_without_a_compiler(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("WAVES_KERNEL_CACHE", str(tmp_path))
+    cpu_kernels.load.cache_clear()
+    try:
+        assert convlstm_fused.kernel(torch.empty(1, 5, 4, 4)) is None
+        assert "using the eager recurrence" in capsys.readouterr().err
+        logits, grads = outputs_and_gradients("lstm", hidden_channels=5, T=6)
+        assert torch.isfinite(logits).all() and all(torch.isfinite(g).all() for g in grads.values())
+    finally:
+        cpu_kernels.load.cache_clear()
+
+
 @pytest.mark.parametrize("name", [m for m in MODEL_NAMES if is_recurrent(m)])
-def test_recomputed_segments_match_stored_steps(name):
+def test_recomputed_segments_match_stored_steps(name, monkeypatch):
+    monkeypatch.setattr(convlstm_fused, "kernel", lambda u: None)  # the eager steps, which the segments apply to
     extra = {"fused": False} if name == "nwm" else {}
     stored = outputs_and_gradients(name, bptt_segment=0, **extra)
     recomputed = outputs_and_gradients(name, bptt_segment=5, **extra)
@@ -158,10 +199,9 @@ def test_fused_cpu_head_matches_the_autocast_layers(depth, monkeypatch):
     assert_same(fused, plain, rtol=2e-2, atol=2e-2 * fused[0].abs().max().item())
 
 
+@needs_compiler
 def test_cpu_kernel_projects_in_bfloat16_close_to_float32(monkeypatch):
     # half=True: the same recurrence, its frames and the products with the basis rounded to bfloat16
-    if not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler: the kernel cannot be built here")
     torch.manual_seed(0)
     shape, T = (3, 2, 16, 16), 12
     inputs = [torch.randn(shape), 0.1 * torch.rand(shape), 1 - 0.1 * torch.rand(shape),
