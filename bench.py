@@ -178,7 +178,9 @@ def measure(config_name, impl, batch_size, steps, device):
         times.append(time.perf_counter() - start)
     times.sort()
     seconds = times[len(times) // 2]
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes() - base
+    # Linux syncs a thread's RSS count in batches of up to 64 pages: a step that allocates nothing new
+    # can read as a few hundred KiB below zero
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else max(peak_rss_bytes() - base, 0)
     result = dict(seconds_per_step=seconds, images_per_second=batch_size / seconds, peak_memory_bytes=peak, amp=amp)
     if impl == "project":
         with RecordMatmuls() as recorder:
