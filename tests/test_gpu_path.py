@@ -14,7 +14,7 @@ import engine
 import runs
 import settings
 import train
-from models import build_model, common
+from models import build_model, common, convlstm_fused
 
 FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
         "--min-epochs", "0", "--amp", "off", "--batch-size", "16"]
@@ -185,7 +185,8 @@ def test_compile_reaches_what_the_forward_pass_runs(monkeypatch, name):
 
 
 # 9. the ConvLSTM's step is compiled once, not once per input layout
-def test_conv_lstm_step_compiles_once():
+def test_conv_lstm_step_compiles_once(monkeypatch):
+    monkeypatch.setattr(convlstm_fused, "kernel", lambda u: None)  # the step-by-step path, as on a GPU
     model = build_model("lstm", in_channels=3, num_classes=3, T=5, c_mid=4, readout_width=8)
     counter = CompileCounter()
     model.step = torch.compile(model.step, backend=counter, dynamic=False)

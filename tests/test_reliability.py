@@ -21,7 +21,7 @@ from conftest import REPO
 from data_scripts import create_tetrominoes
 
 FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
-        "--batch-size", "16", "--no-progress"]
+        "--batch-size", "16", "--no-progress", "--device", "cpu"]
 
 
 def run_train(data_root, runs_root, *extra):
@@ -141,7 +141,7 @@ def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, t
     if name == "config.json":
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_info:
-            train.main(["--resume", str(paused_run)])
+            train.main(["--resume", str(paused_run), "--device", "cpu"])
         assert exit_info.value.code == 2 and says in capsys.readouterr().err
 
 
@@ -274,7 +274,8 @@ def test_scores_go_under_the_runs_root_given(tiny_dataset, tmp_path, monkeypatch
     monkeypatch.delenv("WAVES_SCORES", raising=False)
     monkeypatch.delenv("WAVES_RUNS_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    produce_scores.main(["--runs-root", str(tmp_path / "R"), "--data-root", str(tiny_dataset), "--no-progress"])
+    produce_scores.main(["--runs-root", str(tmp_path / "R"), "--data-root", str(tiny_dataset), "--no-progress",
+                        "--device", "cpu"])
     assert len(pd.read_csv(tmp_path / "R" / "scores.csv")) == 1
     assert not (tmp_path / "runs").exists()
 
@@ -286,10 +287,11 @@ def test_a_truncated_checkpoint_is_called_damaged_by_predict_and_produce_scores(
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "mine.png")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        predict.main([str(tmp_path / "mine.png"), "--model", str(run_dir), "--out", str(tmp_path / "out")])
+        predict.main([str(tmp_path / "mine.png"), "--model", str(run_dir), "--out", str(tmp_path / "out"),
+                      "--device", "cpu"])
     assert exit_info.value.code == 2 and "checkpoint.pt is damaged" in capsys.readouterr().err
     _, skipped = produce_scores.main(["--runs-root", str(tmp_path / "runs"), "--data-root", str(tiny_dataset),
-                                      "--out", str(tmp_path / "scores.csv"), "--no-progress"])
+                                      "--out", str(tmp_path / "scores.csv"), "--no-progress", "--device", "cpu"])
     assert [(d, "checkpoint.pt is damaged" in why) for d, why in skipped] == [(run_dir, True)]
 
 
@@ -300,7 +302,7 @@ def test_an_image_too_large_to_decode_safely_is_refused(tiny_dataset, tmp_path, 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(tmp_path / "huge.png"), "--model", str(tmp_path / "runs" / "r"),
-                      "--out", str(tmp_path / "out")])
+                      "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "huge.png: too large to decode safely" in err and "Traceback" not in err
