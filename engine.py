@@ -73,7 +73,7 @@ def tune_cpu_allocator():
     A training step allocates and frees tensors of hundreds of MB. By default glibc maps
     each large one fresh from the OS and unmaps it when freed, so the kernel zeroes every
     page again on first touch; on a 2-core test machine that was a quarter to a third of
-    a CPU training step (bench.py, README "Speed"). Serving large blocks from the heap and
+    a CPU training step (bench.py, docs/speed.md). Serving large blocks from the heap and
     never trimming it removes that cost, for a higher peak resident size (freed blocks
     stay with the process). Returns whether it could be applied (glibc only).
     """
