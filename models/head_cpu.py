@@ -21,9 +21,10 @@ def applies_anywhere():
 
 def applies(x):
     """Whether the head's input `x` is on the CPU inside a bfloat16 autocast region, where
-    the fused head runs."""
+    the fused head runs (not under torch.compile, which fuses the plain head itself)."""
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == BF16 and applies_anywhere())
+            and torch.get_autocast_dtype("cpu") == BF16 and applies_anywhere()
+            and not torch.compiler.is_compiling())
 
 
 def _linear(x, weight, bias, activation):

@@ -216,3 +216,18 @@ def test_cpu_kernel_projects_in_bfloat16_close_to_float32(monkeypatch):
     assert out.dtype == torch.bfloat16
     for full, half in zip(results[False], results[True]):
         assert (half - full).norm() <= 0.02 * full.norm()
+
+
+@pytest.mark.skipif(not head_cpu.applies_anywhere(), reason="no oneDNN fused matrix products in this PyTorch")
+def test_fused_cpu_head_stays_out_of_compiled_code():
+    # torch.compile cannot lower oneDNN's fused products and fuses the plain head itself
+    seen = []
+
+    def head_input(x):
+        seen.append(head_cpu.applies(x))
+        return x + 1
+
+    with autocast("cpu", True):
+        assert head_cpu.applies(torch.ones(2))  # outside compiled code it runs
+        torch.compile(head_input, backend="eager")(torch.ones(2))
+    assert seen == [False]
