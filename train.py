@@ -245,7 +245,7 @@ def ensure_quickstart_data(args):
         print(f"creating the Tetrominoes dataset under {settings.data_root(args.data_root)} (under a minute)")
         script = Path(__file__).resolve().parent / "data_scripts" / "create_tetrominoes.py"
         root = [] if args.data_root is None else ["--data-root", str(args.data_root)]
-        subprocess.run([sys.executable, str(script), *root], check=True)
+        subprocess.run([sys.executable, str(script), *root, *([] if args.progress else ["--no-progress"])], check=True)
 
 
 def run_model_config(args):

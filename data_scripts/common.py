@@ -38,11 +38,35 @@ def make_parser(info, doc, generated=True):
                              f"{origin})")
     parser.add_argument("--force", action="store_true",
                         help="re-create the dataset even if the output folder already holds one (any recipe)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bars (they are shown on a terminal only; in a log, one line per split)")
     if generated:
         for split, size in zip(info.splits, info.paper_split_sizes):
             parser.add_argument(f"--{split}", type=int_at_least(1), default=size,
                                 help=f"number of {split} images (default: {size}, the paper's)")
     return parser
+
+
+_bars = True  # --no-progress of the program running
+
+
+def parse_args(parser, argv=None):
+    """parser.parse_args, with its --no-progress applied to the program's progress bars."""
+    global _bars
+    args = parser.parse_args(argv)
+    _bars = args.progress
+    return args
+
+
+def progress(iterable, desc, unit):
+    """`iterable` with a progress bar on a terminal; elsewhere (a log) one plain line when it is done."""
+    if _bars and sys.stderr.isatty():
+        yield from tqdm(iterable, desc=desc, unit=unit)
+        return
+    count = 0
+    for count, item in enumerate(iterable, 1):
+        yield item
+    print(f"{desc}: {count} {unit}", flush=True)
 
 
 def output_dir(args, info):
@@ -78,7 +102,7 @@ def generate_splits(make_sample, sizes, seed, desc):
     arrays, infos, redrawn, seen = {}, {}, {}, set()
     for split, rng in split_rngs(seed).items():
         images, masks, infos[split], redrawn[split], digests = None, None, [], 0, set()
-        for i in tqdm(range(sizes[split]), desc=f"{desc} {split}", unit="img"):
+        for i in progress(range(sizes[split]), f"{desc} {split}", "img"):
             image, mask, info = make_sample(rng)
             while split != "train" and image_digest(image) in seen:
                 redrawn[split] += 1

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from data_scripts import common
 from data_scripts.mnist_files import MNIST_MD5, load_digits, raw_dir_of
@@ -62,7 +61,7 @@ def generate(digits, labels, sizes, seed):
         masks = np.zeros((n, SIZE, SIZE), np.uint8)
         placed = np.full((n, MAX_DIGITS), -1, np.int32)
         counts = np.zeros(n, np.uint8)
-        for k in tqdm(range(n), desc=f"multi_mnist {split}", unit="img"):
+        for k in common.progress(range(n), f"multi_mnist {split}", "img"):
             for _ in range(rng.randint(1, MAX_DIGITS)):
                 index = rng.randint(0, len(digits) - 1)
                 if index not in glyphs:
@@ -85,7 +84,7 @@ def generate(digits, labels, sizes, seed):
 
 def main(argv=None, checksums=MNIST_MD5):
     parser = common.make_parser(INFO, __doc__)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     out_dir = common.output_dir(args, INFO)
     raw_dir = raw_dir_of(args.data_root)
     if not raw_dir.is_dir():

@@ -93,7 +93,7 @@ def make_sample(rng):
 
 def main(argv=None):
     parser = common.make_parser(INFO, __doc__)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     out_dir = common.output_dir(args, INFO)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     recipe = {"polygons_per_image": [1, MAX_POLYGONS], "sides": list(SIDES), "circumradius": list(RADIUS),

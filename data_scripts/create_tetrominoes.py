@@ -33,7 +33,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
 import numpy as np
-from tqdm import tqdm
 
 from data_scripts import common
 from dataset_config import get_info
@@ -91,7 +90,7 @@ def generate(sizes, seed):
         images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
         masks = np.zeros((n, SIZE, SIZE), np.uint8)
         pieces = np.zeros(n, np.uint8)
-        for i in tqdm(range(n), desc=f"tetrominoes {split}", unit="img"):
+        for i in common.progress(range(n), f"tetrominoes {split}", "img"):
             pieces[i] = draw_image(rs, images[i], masks[i])
         arrays.update({f"{split}_images": images, f"{split}_masks": masks, f"{split}_pieces": pieces})
     return arrays
@@ -99,7 +98,7 @@ def generate(sizes, seed):
 
 def main(argv=None):
     parser = common.make_parser(INFO, __doc__)
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     out_dir = common.output_dir(args, INFO)
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     recipe = {"generator": "the paper's: one np.random.RandomState(seed) for train, then val, then test",

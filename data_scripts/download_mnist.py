@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from data_scripts import common
 from data_scripts.mnist_files import MNIST_MD5, fetch_raw, load_digits, raw_dir_of
@@ -59,7 +58,7 @@ def segmentation_view(digits, labels, desc):
     """uint8 images round(255 x resized) and uint8 masks (digit + 1 where resized > 0.5), in float32."""
     images = np.zeros((len(digits),) + VIEW_SIZE, np.uint8)
     masks = np.zeros((len(digits),) + VIEW_SIZE, np.uint8)
-    for start in tqdm(range(0, len(digits), CHUNK), desc=f"mnist {desc}", unit="chunk"):
+    for start in common.progress(range(0, len(digits), CHUNK), f"mnist {desc}", "chunk"):
         x = torch.from_numpy(np.array(digits[start:start + CHUNK])).float().div(255)[:, None]
         resized = F.interpolate(x, size=VIEW_SIZE, mode="bilinear", align_corners=False)[:, 0].numpy()
         images[start:start + CHUNK] = np.rint(resized * 255)
@@ -101,7 +100,7 @@ def main(argv=None, checksums=MNIST_MD5):
     parser.add_argument("--from-dir", default=None, metavar="DIR",
                         help="take the four MNIST files from DIR instead of downloading them (any source; "
                              "gzip'd as name.gz or not; their decompressed content is checked)")
-    args = parser.parse_args(argv)
+    args = common.parse_args(parser, argv)
     out_dir = common.output_dir(args, INFO)
     # checking first means a complete dataset needs neither the network nor the raw files
     if common.already_done(out_dir, describe(args.seed, checksums), args.force, keep=("raw",)):

@@ -594,3 +594,14 @@ def test_sample_grid(tmp_path, tetro_root):
     show_samples.main(["--dataset", "tetrominoes", "--n", "4", "--data-root", str(tetro_root),
                        "--out", str(tmp_path / "cli.png")])
     assert (tmp_path / "cli.png").is_file()
+
+
+def test_data_scripts_write_plain_lines_in_a_log(tmp_path):
+    # bars are for terminals: in a log (here a pipe), one line per split and no carriage returns
+    result = subprocess.run([sys.executable, "data_scripts/create_tetrominoes.py", "--data-root", str(tmp_path),
+                             "--train", "8", "--val", "4", "--test", "4"], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    output = result.stdout + result.stderr
+    assert "\r" not in output
+    assert [line for line in output.splitlines() if line.startswith("tetrominoes ")] == [
+        "tetrominoes train: 8 img", "tetrominoes val: 4 img", "tetrominoes test: 4 img"]

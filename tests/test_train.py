@@ -272,3 +272,11 @@ def test_metrics_of_a_run_continued_by_newer_code_keep_every_row(tmp_path):
     rows = runs.load_metrics(tmp_path)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert rows[0]["device_name"] == "" and rows[1]["threads"] == "2"
+
+
+def test_the_quickstarts_data_step_gets_no_progress_too(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(train.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    _, args = train.parse_args(["--quickstart", "--no-progress", "--data-root", str(tmp_path), "--device", "cpu"])
+    train.ensure_quickstart_data(args)
+    assert len(commands) == 1 and commands[0][-1] == "--no-progress"
