@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the GPU path in under 9 minutes on a machine with a GPU and nothing prepared but this
-# repository, its requirements and the four MNIST files. Every step runs under its own timeout, so
-# one hang cannot eat the rest; each writes its log (and its JSON) into one folder, which is packed
-# into one archive at the end (datasets and checkpoints left out).
+# repository, its requirements and the four MNIST files (or the internet to download them). Every
+# step runs under its own timeout, so one hang cannot eat the rest; each writes its log (and its
+# JSON) into one folder, which is packed into one archive at the end (datasets and checkpoints left
+# out).
 #
 #   bash scripts/gpu_check.sh [--mnist-from-dir DIR] [--out DIR]   # on the GPU machine
 #   bash scripts/gpu_check.sh --dry-run                             # every step with its timeout
@@ -10,7 +11,7 @@
 #
 #   --device D           cuda (default), cuda:N, or cpu: tiny sizes, and the steps that need CUDA skipped
 #   --dry-run            print the steps and their timeouts, run nothing
-#   --mnist-from-dir DIR the four MNIST files (default: ../shared/mnist, else ../mnist, next to the repository)
+#   --mnist-from-dir DIR the four MNIST files, any form (default: downloaded, as data_scripts/download_mnist.py does)
 #   --out DIR            where the logs, JSON and OUT.tar.gz go (default: runs/gpu_check_<time>)
 #   --python PATH        interpreter (default: the repo's .venv/bin/python if present, else python3)
 #   -h, --help           this text
@@ -34,7 +35,7 @@ SYNOPSIS="$0 [--device D] [--dry-run] [--mnist-from-dir DIR] [--out DIR] [--pyth
 
 # name, timeout in seconds, what it does; the timeouts add up to 9 minutes
 STEPS=(
-  "data 40 Tetrominoes and Multi-MNIST, small, made from scratch (MNIST from --mnist-from-dir)"
+  "data 40 Tetrominoes and Multi-MNIST, small, made from scratch (MNIST downloaded or --mnist-from-dir)"
   "cuda_tests 60 pytest tests/test_cuda.py (graphed = eager, models on CUDA, kill and resume)"
   "resume 45 a tiny NWM run killed after its first epoch and resumed, against it uninterrupted"
   "graph_nwm 60 one epoch of the Multi-MNIST NWM, --cuda-graph auto --compile on"
@@ -47,7 +48,6 @@ STEPS=(
 CUDA_ONLY=" cuda_tests "  # nothing to run on a CPU (the tests skip themselves)
 
 device=cuda dry_run=0 out="" mnist_dir=""
-for dir in ../shared/mnist ../mnist; do [[ -n $mnist_dir || ! -d $dir ]] || mnist_dir=$dir; done
 step_name=""
 while (($#)); do
   case $1 in
@@ -107,8 +107,7 @@ EOF
 
 step_data() {
   "$PYTHON" data_scripts/create_tetrominoes.py --data-root "$data" "${splits[@]}"
-  [[ -d $mnist_dir ]] || { echo "error: no MNIST files in '$mnist_dir': give --mnist-from-dir DIR" >&2; exit 1; }
-  "$PYTHON" data_scripts/download_mnist.py --data-root "$data" --from-dir "$mnist_dir"
+  "$PYTHON" data_scripts/download_mnist.py --data-root "$data" ${mnist_dir:+--from-dir "$mnist_dir"}
   "$PYTHON" data_scripts/create_multi_mnist.py --data-root "$data" "${splits[@]}"
 }
 
@@ -280,7 +279,7 @@ for entry in "${STEPS[@]}"; do
     code=0
     seconds=$((seconds * slower))
     timeout --kill-after=10 "$seconds" bash "$SCRIPT" --step "$name" --device "$device" --out "$out" \
-      --mnist-from-dir "$mnist_dir" --python "$PYTHON" >"$out/$name.log" 2>&1 || code=$?
+      ${mnist_dir:+--mnist-from-dir "$mnist_dir"} --python "$PYTHON" >"$out/$name.log" 2>&1 || code=$?
     took=$(awk -v b="$begin" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - b }')
     case $code in
       0) result=ok ;;
