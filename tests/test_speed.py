@@ -80,18 +80,22 @@ def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_cpu_kernel_falls_back_without_a_compiler(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def no_compiler(tmp_path, monkeypatch):
+    """A machine where no kernel can be built: a missing compiler and an empty kernel cache."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("WAVES_KERNEL_CACHE", str(tmp_path))
     cpu_kernels.load.cache_clear()
-    try:
-        assert nwm_cpu.kernel(torch.empty(1, 5, 4, 4)) is None
-        assert "using the eager recurrence" in capsys.readouterr().err
-        plain = outputs_and_gradients("nwm", fused=False, hidden_channels=5)
-        fused = outputs_and_gradients("nwm", fused=True, hidden_channels=5)
-        assert_same(fused, plain, rtol=1e-9, atol=1e-12)
-    finally:
-        cpu_kernels.load.cache_clear()
+    yield
+    cpu_kernels.load.cache_clear()
+
+
+def test_cpu_kernel_falls_back_without_a_compiler(no_compiler, capsys):
+    assert nwm_cpu.kernel(torch.empty(1, 5, 4, 4)) is None
+    assert "using the eager recurrence" in capsys.readouterr().err
+    plain = outputs_and_gradients("nwm", fused=False, hidden_channels=5)
+    fused = outputs_and_gradients("nwm", fused=True, hidden_channels=5)
+    assert_same(fused, plain, rtol=1e-9, atol=1e-12)
 
 
 def test_fused_nwm_matches_autograd_in_float32():
@@ -123,17 +127,11 @@ def test_convlstm_cpu_kernel_matches_autograd_in_float32(monkeypatch):
     assert_same(fast, plain, rtol=1e-4, atol=1e-6)
 
 
-def test_convlstm_falls_back_without_a_compiler(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setenv("WAVES_KERNEL_CACHE", str(tmp_path))
-    cpu_kernels.load.cache_clear()
-    try:
-        assert convlstm_fused.kernel(torch.empty(1, 5, 4, 4)) is None
-        assert "using the eager recurrence" in capsys.readouterr().err
-        logits, grads = outputs_and_gradients("lstm", hidden_channels=5, T=6)
-        assert torch.isfinite(logits).all() and all(torch.isfinite(g).all() for g in grads.values())
-    finally:
-        cpu_kernels.load.cache_clear()
+def test_convlstm_falls_back_without_a_compiler(no_compiler, capsys):
+    assert convlstm_fused.kernel(torch.empty(1, 5, 4, 4)) is None
+    assert "using the eager recurrence" in capsys.readouterr().err
+    logits, grads = outputs_and_gradients("lstm", hidden_channels=5, T=6)
+    assert torch.isfinite(logits).all() and all(torch.isfinite(g).all() for g in grads.values())
 
 
 @pytest.mark.parametrize("name", [m for m in MODEL_NAMES if is_recurrent(m)])
