@@ -14,9 +14,7 @@ and are read once, at the end of the epoch, where a non-finite loss is caught.
 import contextlib
 import ctypes
 import math
-import signal
 import sys
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -28,43 +26,6 @@ from models.common import bf16_native_cpu
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-class Interrupted(Exception):
-    """A stop was asked for (Ctrl-C, SIGTERM); `signum` says which."""
-
-    def __init__(self, signum):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class StopSignals:
-    """While active, SIGINT and SIGTERM (what SLURM sends before pre-emption) only ask the
-    training loop to stop at its next safe point, between two batches; a second signal
-    stops at once. Use as a context manager; `check()` raises Interrupted once asked."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum, self.previous = None, {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:  # asked twice: do not wait for the safe point
-            raise Interrupted(signum)
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def check(self):
-        if self.signum is not None:
-            raise Interrupted(self.signum)
 
 
 def tune_cpu_allocator():

@@ -35,11 +35,12 @@ from cli import HelpFormatter, float_at_least, int_at_least, positive_float
 from configs import model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
-from engine import (Interrupted, NonFiniteLossError, StopSignals, bf16_supported, evaluate, make_steps,
-                    maybe_compile, precision, set_backends, train_one_epoch, tune_cpu_allocator)
+from engine import (NonFiniteLossError, bf16_supported, evaluate, make_steps, maybe_compile, precision,
+                    set_backends, train_one_epoch, tune_cpu_allocator)
 from metrics import background_only_metrics, format_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
 from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
+from signals import EXIT_STATUS, Interrupted, StopSignals
 
 # What --quickstart changes: a CPU-sized Tetrominoes NWM run (see README, "Quickstart").
 QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_size=1000, val_size=250,
@@ -51,7 +52,6 @@ NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "r
                     "stop_after_minutes"}
 # What config.json records of how a run was computed, under a flag's name: --resume does not take them as flags.
 OUTCOMES = {"amp", "cuda_graph"}
-EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report it
 
 
 def auto_or_int(text):
