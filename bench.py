@@ -34,11 +34,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from dataset_config import get_info
-from engine import GraphedTrainStep, TrainStep, bf16_supported, set_backends, tune_cpu_allocator
+from engine import GraphedTrainStep, TrainStep, set_backends
 from models import build_model, cpu_kernels, head_cpu, is_recurrent
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
-from settings import device_name, pick_device, set_threads
+from settings import bf16_supported, device_name, pick_device, set_threads, tune_cpu_allocator
 
 
 def bench_config(name):

@@ -12,7 +12,6 @@ Nothing inside an epoch waits for the GPU: losses and metrics accumulate on the 
 and are read once, at the end of the epoch, where a non-finite loss is caught.
 """
 import contextlib
-import ctypes
 import math
 import sys
 
@@ -21,44 +20,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from metrics import SegmentationMetrics
-from models.common import bf16_native_cpu
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def tune_cpu_allocator():
-    """Let freed CPU memory be reused instead of handed back to the OS after every tensor.
-
-    A training step allocates and frees tensors of hundreds of MB. By default glibc maps
-    each large one fresh from the OS and unmaps it when freed, so the kernel zeroes every
-    page again on first touch; on a 2-core test machine that was a quarter to a third of
-    a CPU training step (bench.py, docs/speed.md). Serving large blocks from the heap and
-    never trimming it removes that cost, for a higher peak resident size (freed blocks
-    stay with the process). Returns whether it could be applied (glibc only).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-def bf16_supported(device):
-    """Whether bfloat16 matrix products are fast here: a GPU that computes them natively (Ampere
-    and later), or a CPU with AVX512-BF16/AMX.
-
-    Elsewhere (older GPUs, AVX2-only CPUs) PyTorch emulates them, many times slower than float32,
-    so --amp auto trains in float32 there.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return bf16_native_cpu()
-    return False
 
 
 def precision(amp):

@@ -13,8 +13,10 @@ repository root, where git ignores ./data and ./runs):
 So nothing a tool writes lands in the committed results/ folder unless it is named
 explicitly (the README's command that regenerates the shipped evidence does that).
 The device is `auto` (CUDA when available) unless named; CPU threads default to the
-cores this process may use.
+cores this process may use. Also here: what the device computes fast (bfloat16) and the
+process-wide CPU memory allocator setting.
 """
+import ctypes
 import os
 import platform
 from pathlib import Path
@@ -127,3 +129,33 @@ def set_threads(threads=None):
     threads = threads or available_cores()
     torch.set_num_threads(threads)
     return threads
+
+
+def bf16_supported(device):
+    """Whether bfloat16 matrix products are fast here: a GPU that computes them natively (Ampere
+    and later), or a CPU with AVX512-BF16/AMX.
+
+    Elsewhere (older GPUs, AVX2-only CPUs) PyTorch emulates them, many times slower than float32,
+    so --amp auto trains in float32 there.
+    """
+    from models.common import bf16_native_cpu  # keeps `import settings` light
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bf16_native_cpu()
+    return False
+
+
+def tune_cpu_allocator():
+    """Let freed CPU memory be reused instead of handed back to the OS after every tensor, which
+    costs a higher peak resident size. Why: glibc maps each large tensor afresh, and the kernel
+    zeroes its pages again on first touch (docs/speed.md, "Notes moved from the code"). Returns
+    whether it could be applied (glibc only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -35,8 +35,7 @@ from cli import HelpFormatter, float_at_least, int_at_least, positive_float
 from configs import model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
-from engine import (NonFiniteLossError, bf16_supported, evaluate, make_steps, maybe_compile, precision,
-                    set_backends, train_one_epoch, tune_cpu_allocator)
+from engine import NonFiniteLossError, evaluate, make_steps, maybe_compile, precision, set_backends, train_one_epoch
 from metrics import background_only_metrics, format_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
 from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
@@ -137,7 +136,7 @@ def build_parser():
                         "for CUDA, falling back to eager steps if capture fails")
     g.add_argument("--cpu-allocator", default="tuned", choices=["tuned", "system"],
                    help="tuned: keep freed memory for reuse instead of returning it to the OS after every tensor "
-                        "(glibc; much faster CPU steps, see engine.tune_cpu_allocator)")
+                        "(glibc; much faster CPU steps, see settings.tune_cpu_allocator)")
 
     g = p.add_argument_group("run directory")
     g.add_argument("--runs-root", default=None,
@@ -392,14 +391,14 @@ def main(argv=None):
 def run(argv, invoked):
     parser, args = parse_args(argv)
     if args.cpu_allocator == "tuned":
-        tune_cpu_allocator()
+        settings.tune_cpu_allocator()
     settings.set_threads(args.threads)
     try:
         device = settings.pick_device(args.device)
     except ValueError as e:
         parser.error(f"--device: {e}")
     set_backends(device)
-    amp = args.amp == "on" or (args.amp == "auto" and bf16_supported(device))
+    amp = args.amp == "on" or (args.amp == "auto" and settings.bf16_supported(device))
     if args.bptt_segment == "auto":
         args.bptt_segment = auto_bptt_segment(is_recurrent(args.model), args.batch_size, args.T,
                                               args.hidden_channels, get_info(args.dataset).image_size, device)

@@ -1,6 +1,6 @@
 """The CUDA path on the CPU: what needs a GPU (streams, graphs, device queries) is replaced by
 fakes, so each rule of the GPU path is checked on every machine. tests/test_cuda.py runs the
-real thing where a GPU is present."""
+real thing where a GPU is present. Rule 10 (bfloat16 detection) is checked in tests/test_settings.py."""
 import contextlib
 import json
 from unittest import mock
@@ -192,14 +192,6 @@ def test_conv_lstm_step_compiles_once(monkeypatch):
     model.step = torch.compile(model.step, backend=counter, dynamic=False)
     model(tiny_batch()[0]).sum().backward()
     assert counter.frame_count == 1
-
-
-# 10. --amp auto: bfloat16 only where the GPU computes it natively
-def test_emulated_bfloat16_is_not_used(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert not engine.bf16_supported(torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert engine.bf16_supported(torch.device("cuda"))
 
 
 # 11. the automatic BPTT segment on CUDA: the whole sequence where it fits in the GPU's memory
