@@ -33,8 +33,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli import HelpFormatter, int_at_least
 from configs import BENCH_CONFIGS, model_config
+from cuda_graphs import GraphedTrainStep
 from dataset_config import get_info
-from engine import GraphedTrainStep, TrainStep, set_backends
+from engine import TrainStep, set_backends
 from models import build_model, cpu_kernels, head_cpu, is_recurrent
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights

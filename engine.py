@@ -5,15 +5,13 @@ by index: the datasets are small, and no worker processes means nothing to tune.
 the paper's loader, the last partial training batch of each epoch is dropped, so every
 training step has the same shape; evaluation covers every image.
 
-A training step is forward, cross-entropy, backward and Adam step (`TrainStep`). On CUDA
-it can be captured once in a CUDA graph and replayed for every batch (`GraphedTrainStep`,
-train.py --cuda-graph), which removes the launch overhead of thousands of small kernels.
-Nothing inside an epoch waits for the GPU: losses and metrics accumulate on the device
-and are read once, at the end of the epoch, where a non-finite loss is caught.
+A training step is forward, cross-entropy, backward and Adam step (`TrainStep`; on CUDA,
+cuda_graphs.py replays it from a captured graph, train.py --cuda-graph). Nothing inside an
+epoch waits for the GPU: losses and metrics accumulate on the device and are read once, at
+the end of the epoch, where a non-finite loss is caught.
 """
 import contextlib
 import math
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +77,8 @@ class TrainStep:
 
 @torch.no_grad()
 def undo_steps(model, optimizer, model_state, optimizer_state):
-    """Puts back the weights and optimizer state saved before some training steps, in place (a
-    captured graph holds these tensors). `optimizer_state` maps id(tensor) to its saved copy."""
+    """Puts back the weights and optimizer state saved before some training steps, in place, so that
+    whatever holds these tensors sees the saved values. `optimizer_state` maps id(tensor) to its saved copy."""
     for k, v in model.state_dict().items():
         v.copy_(model_state[k])
     for s in optimizer.state.values():
@@ -91,74 +89,6 @@ def undo_steps(model, optimizer, model_state, optimizer_state):
                 t.copy_(optimizer_state[id(t)])
             else:  # created by the undone steps: a fresh optimizer's state is all zeros
                 t.zero_()
-
-
-class GraphedTrainStep(TrainStep):
-    """The same step captured in one CUDA graph and replayed: every batch is copied into
-    fixed input buffers, and the graph re-runs forward, backward and the optimizer step
-    (which must be built with capturable=True) on them.
-
-    Capturing needs a few warm-up steps on a side stream (allocations, kernel choices);
-    they are undone afterwards, also when the capture fails, so the model and optimizer
-    start from the state they were in and the graphed run (or the eager fallback) trains
-    exactly as the eager one.
-    """
-
-    def __init__(self, model, optimizer, amp, x, y, warmup=3):
-        super().__init__(model, optimizer, amp)
-        model_state = {k: v.clone() for k, v in model.state_dict().items()}
-        optimizer_state = {id(t): t.clone() for s in optimizer.state.values() for t in s.values()
-                           if torch.is_tensor(t)}
-        try:
-            self._capture(x, y, warmup)
-        finally:
-            torch.cuda.synchronize()  # the side stream's steps are done (also after an error) before they are undone
-            undo_steps(model, optimizer, model_state, optimizer_state)
-
-    def _capture(self, x, y, warmup):
-        model, optimizer, amp = self.model, self.optimizer, self.amp
-        self.x, self.y = x.clone(), y.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                super().__call__(self.x, self.y)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        optimizer.zero_grad(set_to_none=True)  # the graph then allocates the gradients itself
-        with torch.cuda.graph(self.graph):
-            with autocast(x.device, amp):
-                self.logits = model(self.x)
-            self.loss = F.cross_entropy(self.logits.float(), self.y)
-            self.loss.backward()
-            optimizer.step()
-
-    def __call__(self, x, y):
-        self.x.copy_(x)
-        self.y.copy_(y)
-        self.graph.replay()
-        return self.logits, self.loss
-
-
-class GraphedForward:
-    """Evaluation forward passes of one batch shape, captured in a CUDA graph (model in eval mode)."""
-
-    def __init__(self, model, amp, x):
-        self.x = x.clone()
-        with torch.no_grad():
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), autocast(x.device, amp):
-                model(self.x)
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), autocast(x.device, amp):
-                self.logits = model(self.x)
-
-    def __call__(self, x):
-        self.x.copy_(x)
-        self.graph.replay()
-        return self.logits
 
 
 def train_one_epoch(step, images, masks, num_classes, batch_size, generator, progress=True, desc="train",
@@ -189,8 +119,8 @@ def train_one_epoch(step, images, masks, num_classes, batch_size, generator, pro
 @torch.no_grad()
 def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progress=False, desc="eval",
              graphed=None, stop=None):
-    """Metrics (metrics.py) of `model` on a whole split, in eval mode. `graphed` (a
-    GraphedForward for this batch size) runs the full batches; a smaller last batch runs
+    """Metrics (metrics.py) of `model` on a whole split, in eval mode. `graphed` (a forward pass
+    for this batch size, cuda_graphs.GraphedForward) runs the full batches; a smaller last batch runs
     eagerly, so every image counts exactly once. `stop` (a StopSignals) is checked between batches."""
     model.eval()
     metrics = SegmentationMetrics(num_classes, images.device)
@@ -221,26 +151,3 @@ def maybe_compile(model, mode, device):
         model.readout.head.compile(dynamic=False)
         return model
     return torch.compile(model, dynamic=False)
-
-
-def make_steps(model, optimizer, amp, train_split, batch_size, cuda_graph="auto"):
-    """(training step, graphed evaluation forward or None, outcome) for --cuda-graph `cuda_graph`
-    (auto: on for CUDA, falling back to eager steps if capture fails). The graphs are captured
-    on the first training batch's shape. `outcome`, for the run's records: "captured", "off", or
-    "failed: <the error's first line>" (the fallback)."""
-    eager = TrainStep(model, optimizer, amp)
-    images, masks = train_split
-    if cuda_graph == "off" or images.device.type != "cuda":
-        return eager, None, "off"
-    x, y = images[:batch_size], masks[:batch_size]
-    try:
-        step = GraphedTrainStep(model, optimizer, amp, x, y)
-        forward = GraphedForward(model.eval(), amp, x)
-        model.train()
-        return step, forward, "captured"
-    except RuntimeError as e:
-        if cuda_graph == "on":
-            raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"warning: CUDA graph capture failed ({reason}); training with eager steps", file=sys.stderr)
-        return eager, None, f"failed: {reason}"

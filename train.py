@@ -35,7 +35,8 @@ from cli import HelpFormatter, float_at_least, int_at_least, positive_float
 from configs import model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
-from engine import NonFiniteLossError, evaluate, make_steps, maybe_compile, precision, set_backends, train_one_epoch
+from cuda_graphs import make_steps
+from engine import NonFiniteLossError, evaluate, maybe_compile, precision, set_backends, train_one_epoch
 from metrics import background_only_metrics, format_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
 from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment

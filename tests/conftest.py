@@ -1,12 +1,14 @@
-"""Shared fixtures: a tiny 16x16 dataset registered like the real ones."""
+"""Shared fixtures: a tiny 16x16 dataset registered like the real ones, a tiny model and batch."""
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import dataset_config
 import settings
 from data_scripts import common
+from models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,6 +25,18 @@ def make_squares(n, rng, size=16):
         images[i, r:r + side, c:c + side] = rng.integers(120, 256)
         masks[i, r:r + side, c:c + side] = label
     return images, masks
+
+
+def tiny_model(name="nwm"):
+    """Model `name` for the tiny dataset's images, small and seeded."""
+    torch.manual_seed(0)
+    return build_model(name, in_channels=3, num_classes=3, T=6, c_mid=4, readout_width=8, depth=2, width=2)
+
+
+def tiny_batch():
+    """Four random 16x16 RGB images and masks of three classes, the same each call."""
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(4, 3, 16, 16, generator=generator), torch.randint(0, 3, (4, 16, 16), generator=generator)
 
 
 @pytest.fixture

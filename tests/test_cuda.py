@@ -9,7 +9,8 @@ import torch
 
 import runs
 import train
-from engine import GraphedForward, GraphedTrainStep, TrainStep, evaluate
+from cuda_graphs import GraphedForward, GraphedTrainStep
+from engine import TrainStep, evaluate
 from models import MODEL_NAMES, build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

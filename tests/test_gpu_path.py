@@ -1,7 +1,7 @@
-"""The CUDA path on the CPU: what needs a GPU (streams, graphs, device queries) is replaced by
+"""The CUDA path on the CPU: what needs a GPU (streams, device queries, compilation) is replaced by
 fakes, so each rule of the GPU path is checked on every machine. tests/test_cuda.py runs the
-real thing where a GPU is present. Rule 10 (bfloat16 detection) is checked in tests/test_settings.py."""
-import contextlib
+real thing where a GPU is present. Rules 2 and 7 (graph capture) are checked in
+tests/test_cuda_graphs.py, rule 10 (bfloat16 detection) in tests/test_settings.py."""
 import json
 from unittest import mock
 
@@ -14,6 +14,7 @@ import engine
 import runs
 import settings
 import train
+from conftest import tiny_batch, tiny_model
 from models import build_model, common, convlstm_fused
 
 FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
@@ -22,34 +23,6 @@ FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "
 
 def run_train(data_root, runs_root, *extra):
     return train.main([*FAST, "--data-root", str(data_root), "--runs-root", str(runs_root), *extra])
-
-
-def tiny_model(name="nwm"):
-    torch.manual_seed(0)
-    return build_model(name, in_channels=3, num_classes=3, T=6, c_mid=4, readout_width=8, depth=2, width=2)
-
-
-def tiny_batch():
-    generator = torch.Generator().manual_seed(1)
-    return torch.rand(4, 3, 16, 16, generator=generator), torch.randint(0, 3, (4, 16, 16), generator=generator)
-
-
-@pytest.fixture
-def fake_cuda_graphs(monkeypatch):
-    """torch.cuda's streams as no-ops and a graph capture that fails, as it may on a GPU."""
-    class Stream:
-        def wait_stream(self, other):
-            pass
-
-    def failing_capture(graph):
-        raise RuntimeError("operation not permitted when stream is capturing")
-
-    monkeypatch.setattr(torch.cuda, "Stream", Stream)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: Stream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
-    monkeypatch.setattr(torch.cuda, "graph", failing_capture)
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
 
 
 # 1. resume: the generator state is read onto the CPU (Generator.set_state refuses a CUDA tensor)
@@ -65,25 +38,6 @@ def test_resume_reads_the_run_state_onto_the_cpu(tiny_dataset, tmp_path, monkeyp
     monkeypatch.setattr(torch, "load", load)
     run_train(tiny_dataset, tmp_path, "--epochs", "2", "--run-name", "r")
     assert places and set(places) == {"cpu"}  # whatever the run's device: the model and optimizer copy to it
-
-
-# 2. a failed capture leaves the model and optimizer as they were before its warm-up steps
-@pytest.mark.parametrize("steps_before", [0, 1])
-def test_failed_capture_leaves_weights_and_optimizer_as_before(fake_cuda_graphs, steps_before):
-    x, y = tiny_batch()
-    results = []
-    for capture in (False, True):
-        model = tiny_model()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(steps_before):
-            engine.TrainStep(model, optimizer, False)(x, y)
-        if capture:
-            with pytest.raises(RuntimeError, match="capturing"):
-                engine.GraphedTrainStep(model, optimizer, False, x, y)
-        engine.TrainStep(model, optimizer, False)(x, y)  # the eager fallback's first step
-        results.append([p.detach().clone() for p in model.parameters()])
-    for eager, after_failed_capture in zip(*results):
-        torch.testing.assert_close(after_failed_capture, eager, rtol=0, atol=0)
 
 
 # 3. resume keeps the capturable flag this run's optimizer was built with
@@ -136,23 +90,6 @@ def test_cuda_backends_benchmark_convolutions(backends):
     torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = False, True
     engine.set_backends(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
-
-
-# 7. a failed capture is recorded, not only warned about
-def test_make_steps_reports_a_failed_capture(monkeypatch):
-    def failing(*args, **kwargs):
-        raise RuntimeError("operation not permitted when stream is capturing\nmore lines")
-
-    monkeypatch.setattr(engine, "GraphedTrainStep", failing)
-    model = tiny_model()
-    split = mock.MagicMock(device=torch.device("cuda")), mock.MagicMock()  # stand for the training split on a GPU
-    optimizer = torch.optim.Adam(model.parameters())
-    step, forward, outcome = engine.make_steps(model, optimizer, False, split, 4, "auto")
-    assert type(step) is engine.TrainStep and forward is None
-    assert outcome == "failed: operation not permitted when stream is capturing"
-    with pytest.raises(RuntimeError):
-        engine.make_steps(model, optimizer, False, split, 4, "on")
-    assert engine.make_steps(model, optimizer, False, tiny_batch(), 4, "auto")[2] == "off"  # not on CUDA
 
 
 def test_segmented_backprop_saves_no_rng_state(monkeypatch):
