@@ -5,8 +5,7 @@
     python produce_scores.py runs/tetrominoes/nwm-linear-T100-h2-seed0 --no-eval
     python produce_scores.py --runs-root results/runs --out results/scores.csv   # the shipped table
 
-Re-evaluating takes a while on a CPU (on two cores: 8 s for the quickstart run, about 35 s
-for the shipped Polygons NWM, 1,000 test images each): --no-eval is instant.
+Re-evaluating takes a while on a CPU (times in docs/speed.md): --no-eval is instant.
 
 Each finished run's best checkpoint is evaluated again on the test split, in float32
 (--no-eval reads the test metrics the run stored instead). A run is only re-evaluated on
