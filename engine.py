@@ -24,11 +24,6 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-def precision(amp):
-    """What a run computes in, for its records."""
-    return "bf16 autocast" if amp else "float32"
-
-
 def set_backends(device):
     """float32 computed in float32: TF32 off for cuDNN's convolutions and for matrix products (the
     recurrences are float32 in every run, and TF32 rounds them to 10 bits); on CUDA, cuDNN picks the

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+import settings
+
 CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS, LOCK = (
     "config.json", "metrics.csv", "checkpoint.pt", "last.pt", "test_metrics.json", ".lock")
 # the settings that may change when a run is continued: how long it trains, not what
@@ -136,10 +138,20 @@ def save_metrics(history, path):
     save_text(buffer.getvalue(), path)
 
 
+def precision(amp):
+    """What a run computes in, for its records (config.json, metrics.csv)."""
+    return "bf16 autocast" if amp else "float32"
+
+
+def hardware(device, amp):
+    """What an epoch runs on, for its row of metrics.csv: the device's name, the precision and the
+    CPU threads (the slices of one run may run on different machines)."""
+    return dict(device_name=settings.device_name(device), precision=precision(amp), threads=torch.get_num_threads())
+
+
 def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None):
     """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds, whether it
-    improved, and what it ran on (`hardware`: device name, precision, threads), since the slices of
-    one run may run on different machines."""
+    improved, and what it ran on (`hardware`, see hardware())."""
     from metrics import METRIC_NAMES  # keeps `import runs` light
 
     row = {"epoch": epoch}
@@ -148,6 +160,19 @@ def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None):
     row.update(lr=lr, seconds=round(seconds, 3), best=int(improved))
     row.update(hardware or {})
     return row
+
+
+def save_epoch(run_dir, state, model, optimizer, generator, val, improved):
+    """Writes what a finished epoch leaves: last.pt (everything a resume needs, with the training
+    `state` whose history holds the epoch's row), checkpoint.pt when the epoch `improved` (with its
+    `val` metrics), and metrics.csv. last.pt goes first: a run stopped after it resumes from it, and
+    it can restore the other two (open_run)."""
+    run_dir = Path(run_dir)
+    save_torch(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state(),
+                    state=state), run_dir / LAST)
+    if improved:
+        save_torch({"model": model.state_dict(), "epoch": state["epoch"], "val": val}, run_dir / CHECKPOINT)
+    save_metrics(state["history"], run_dir / METRICS)
 
 
 def is_finished(run_dir):

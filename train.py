@@ -36,7 +36,7 @@ from configs import model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from cuda_graphs import make_steps
-from engine import NonFiniteLossError, evaluate, maybe_compile, precision, set_backends, train_one_epoch
+from engine import NonFiniteLossError, evaluate, maybe_compile, set_backends, train_one_epoch
 from metrics import background_only_metrics, format_metrics
 from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
 from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
@@ -313,15 +313,14 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
     train_model = maybe_compile(model, args.compile, device)
     step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, data["train"], args.batch_size,
                                                    args.cuda_graph)
-    computed = dict(precision=precision(amp), tf32=False, cuda_graph=graph_outcome)  # set_backends: no TF32
+    computed = dict(precision=runs.precision(amp), tf32=False, cuda_graph=graph_outcome)  # set_backends: no TF32
     if status == "new":
         write_config(args, run_dir, model, device, amp, data_fingerprint, computed)
     else:  # this invocation may run on another machine
         runs.save_json(dict(runs.load_json(run_dir / runs.CONFIG), **computed), run_dir / runs.CONFIG)
     terminal = args.progress and sys.stderr.isatty()  # per-batch bars on a terminal only; in a log, a line per epoch
 
-    hardware = dict(device_name=settings.device_name(device), precision=precision(amp),
-                    threads=torch.get_num_threads())
+    hardware = runs.hardware(device, amp)
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
     while (reason := stop_reason(args, state, invoked, first_epoch)) is None:
@@ -348,12 +347,7 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
         state["epoch"] = epoch
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
                                           time.perf_counter() - start, improved, hardware))
-        # last.pt first: a run stopped after it resumes from it, and it can restore the other two (runs.open_run)
-        runs.save_torch(dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                             generator=generator.get_state(), state=state), run_dir / runs.LAST)
-        if improved:
-            runs.save_torch({"model": model.state_dict(), "epoch": epoch, "val": val}, run_dir / runs.CHECKPOINT)
-        runs.save_metrics(state["history"], run_dir / runs.METRICS)
+        runs.save_epoch(run_dir, state, model, optimizer, generator, val, improved)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
