@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -269,9 +270,41 @@ def write_config(args, run_dir, model, device, amp, data, computed):
     runs.save_json(config, run_dir / runs.CONFIG)
 
 
-def stop_reason(args, state, invoked, first_epoch):
+def new_state():
+    """The training state of a run before its first epoch (last.pt keeps it between invocations)."""
+    return dict(epoch=0, history=[], best_val_loss=math.inf, best_epoch=None, since_improvement=0)
+
+
+@dataclass
+class Run:
+    """One invocation of a run: its settings, directory, device and precision, its data (on the
+    device), the stop signal and when the invocation started, and `state`, how far the run has come
+    (new_state's keys: epochs run, the per-epoch history of metrics.csv, the best epoch and its
+    validation loss, epochs since the last improvement), which last.pt keeps."""
+    args: argparse.Namespace
+    dir: Path
+    device: torch.device
+    amp: bool
+    data: dict  # split -> (images, masks) on the device
+    data_fingerprint: dict
+    stop: StopSignals
+    invoked: float  # time.perf_counter() when this invocation started
+    state: dict = field(default_factory=new_state)
+
+    @property
+    def num_classes(self):
+        return get_info(self.args.dataset).num_classes
+
+    @property
+    def terminal(self):
+        """Per-batch bars on a terminal only; in a log, a line per epoch."""
+        return self.args.progress and sys.stderr.isatty()
+
+
+def stop_reason(run, first_epoch):
     """Why training ends before the next epoch, or None: checked before every epoch
     (`first_epoch`: the first epoch of this invocation, which always runs unless the run is done)."""
+    args, state = run.args, run.state
     if state["epoch"] >= args.epochs:
         return "max_epochs"
     if state["epoch"] >= args.min_epochs and state["since_improvement"] >= args.patience:
@@ -279,7 +312,7 @@ def stop_reason(args, state, invoked, first_epoch):
     if args.max_minutes is not None and sum(r["seconds"] for r in state["history"]) > 60 * args.max_minutes:
         return "time_budget"
     if (args.stop_after_minutes is not None and state["epoch"] > first_epoch
-            and time.perf_counter() - invoked > 60 * args.stop_after_minutes):
+            and time.perf_counter() - run.invoked > 60 * args.stop_after_minutes):
         return "paused"
     return None
 
@@ -288,53 +321,61 @@ ENDINGS = {"max_epochs": "reached --epochs", "early_stopping": "early stopping (
            "time_budget": "time budget (--max-minutes) spent"}
 
 
-def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invoked):
-    """The epoch loop, then the test of the kept checkpoint; returns the test metrics (None when paused)."""
-    info = get_info(args.dataset)
+def start(run, status):
+    """The model, optimizer and batch-order generator of `run`: new, or as last.pt left them
+    (`status` "resume", which also restores run.state)."""
+    args, device = run.args, run.device
     torch.manual_seed(args.seed)
     model = build_model(args.model, **run_model_config(args)).to(device)
     capturable = args.cuda_graph != "off" and device.type == "cuda"  # Adam's state on the GPU, for graph capture
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=capturable)
     generator = torch.Generator().manual_seed(args.seed)  # batch order, saved for resuming
-    state = dict(epoch=0, history=[], best_val_loss=math.inf, best_epoch=None, since_improvement=0)
     if status == "resume":
         # onto the CPU: the generator's state must be a CPU tensor; the model and optimizer copy to their device
-        last = runs.load_torch(run_dir / runs.LAST, "cpu")
+        last = runs.load_torch(run.dir / runs.LAST, "cpu")
         model.load_state_dict(last["model"])
         for group in last["optimizer"]["param_groups"]:  # this run's flag, which the saved one would replace
             group["capturable"] = capturable
         optimizer.load_state_dict(last["optimizer"])
         generator.set_state(last["generator"])
-        state = last["state"]
-        print(f"resuming {run_dir} after epoch {state['epoch']}")
-    print(f"{args.model} on {args.dataset}: {count_parameters(model):,} parameters, {len(data['train'][0]):,} "
+        run.state = last["state"]
+        print(f"resuming {run.dir} after epoch {run.state['epoch']}")
+    return model, optimizer, generator
+
+
+def fit(run, status):
+    """The epoch loop of `run` (`status`: "new" or "resume", from runs.open_run) until stop_reason
+    gives a reason; every finished epoch is saved (runs.save_epoch). Returns the model and the reason."""
+    args, device, amp = run.args, run.device, run.amp
+    model, optimizer, generator = start(run, status)
+    state = run.state  # updated in place, and saved in last.pt after every epoch
+    print(f"{args.model} on {args.dataset}: {count_parameters(model):,} parameters, {len(run.data['train'][0]):,} "
           f"training images, device {device} ({torch.get_num_threads()} CPU threads)"
-          f"{', bf16 autocast' if amp else ''} -> {run_dir}")
+          f"{', bf16 autocast' if amp else ''} -> {run.dir}")
     train_model = maybe_compile(model, args.compile, device)
-    step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, data["train"], args.batch_size,
+    step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, run.data["train"], args.batch_size,
                                                    args.cuda_graph)
     computed = dict(precision=runs.precision(amp), tf32=False, cuda_graph=graph_outcome)  # set_backends: no TF32
     if status == "new":
-        write_config(args, run_dir, model, device, amp, data_fingerprint, computed)
+        write_config(args, run.dir, model, device, amp, run.data_fingerprint, computed)
     else:  # this invocation may run on another machine
-        runs.save_json(dict(runs.load_json(run_dir / runs.CONFIG), **computed), run_dir / runs.CONFIG)
-    terminal = args.progress and sys.stderr.isatty()  # per-batch bars on a terminal only; in a log, a line per epoch
+        runs.save_json(dict(runs.load_json(run.dir / runs.CONFIG), **computed), run.dir / runs.CONFIG)
 
     hardware = runs.hardware(device, amp)
-    bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not terminal, dynamic_ncols=True)
+    bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
-    while (reason := stop_reason(args, state, invoked, first_epoch)) is None:
-        epoch, start = state["epoch"] + 1, time.perf_counter()
+    while (reason := stop_reason(run, first_epoch)) is None:
+        epoch, started = state["epoch"] + 1, time.perf_counter()
         try:
-            train_metrics = train_one_epoch(step, *data["train"], info.num_classes, args.batch_size, generator,
-                                            terminal, f"epoch {epoch}", stop)
-            stop.check()
-            val = evaluate(train_model, *data["val"], info.num_classes, args.batch_size, amp, graphed=graphed_eval)
+            train_metrics = train_one_epoch(step, *run.data["train"], run.num_classes, args.batch_size, generator,
+                                            run.terminal, f"epoch {epoch}", run.stop)
+            run.stop.check()
+            val = evaluate(train_model, *run.data["val"], run.num_classes, args.batch_size, amp, graphed=graphed_eval)
             if not math.isfinite(val["loss"]):
                 raise NonFiniteLossError(f"the validation loss became {val['loss']}")
         except NonFiniteLossError as e:
             kept = (f"the best checkpoint so far (epoch {state['best_epoch']}, val loss {state['best_val_loss']:.4f}) "
-                    f"is kept in {run_dir / runs.CHECKPOINT}" if state["best_epoch"] else
+                    f"is kept in {run.dir / runs.CHECKPOINT}" if state["best_epoch"] else
                     "no epoch finished, so there is no checkpoint")
             print(f"error: training stopped in epoch {epoch}: {e}; {kept}. Try a lower --lr, or another --seed.",
                   file=sys.stderr)
@@ -346,44 +387,50 @@ def train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invo
             state["since_improvement"] += 1
         state["epoch"] = epoch
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
-                                          time.perf_counter() - start, improved, hardware))
-        runs.save_epoch(run_dir, state, model, optimizer, generator, val, improved)
+                                               time.perf_counter() - started, improved, hardware))
+        runs.save_epoch(run.dir, state, model, optimizer, generator, val, improved)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
-                   f"  {time.perf_counter() - start:.1f}s{'  *' if improved else ''}")
+                   f"  {time.perf_counter() - started:.1f}s{'  *' if improved else ''}")
     bar.close()
     if reason == "paused":
         print(f"paused after epoch {state['epoch']} (--stop-after-minutes {args.stop_after_minutes}); "
-              f"run the same command to continue {run_dir}")
-        return None
+              f"run the same command to continue {run.dir}")
+    return model, reason
 
+
+def test_best(run, model, reason):
+    """Tests the kept checkpoint of `run` (loaded into `model`) on the test split after training ended
+    for `reason`; writes and returns the test metrics."""
+    state, test_split = run.state, run.data["test"]
     print(f"training ended after epoch {state['epoch']}: {ENDINGS[reason]}; testing the best checkpoint "
           f"(epoch {state['best_epoch']})")
-    best = runs.load_torch(run_dir / runs.CHECKPOINT, device)
+    best = runs.load_torch(run.dir / runs.CHECKPOINT, run.device)
     model.load_state_dict(best["model"])
-    test = evaluate(model, *data["test"], info.num_classes, args.batch_size, amp, terminal, desc="test", stop=stop)
-    background = background_only_metrics(data["test"][1].cpu(), info.num_classes)
+    test = evaluate(model, *test_split, run.num_classes, run.args.batch_size, run.amp, run.terminal, desc="test",
+                    stop=run.stop)
+    background = background_only_metrics(test_split[1].cpu(), run.num_classes)
     test.update(best_epoch=state["best_epoch"], epochs_run=state["epoch"], stop_reason=reason,
                 best_val_loss=state["best_val_loss"], background_only=background)
-    runs.save_json(test, run_dir / runs.TEST_METRICS)
-    print(f"test ({len(data['test'][0])} images, best epoch {state['best_epoch']}):\n"
+    runs.save_json(test, run.dir / runs.TEST_METRICS)
+    print(f"test ({len(test_split[0])} images, best epoch {state['best_epoch']}):\n"
           f"  model            {format_metrics(test)}\n"
           f"  background only  {format_metrics(background)}\n"
-          f"written to {run_dir}")
+          f"written to {run.dir}")
     return test
 
 
 def main(argv=None):
     invoked = time.perf_counter()
     try:
-        return run(argv, invoked)
-    except KeyboardInterrupt:  # before the run started (its own Ctrl-C is handled in run)
+        return run_command(argv, invoked)
+    except KeyboardInterrupt:  # before the run started (its own Ctrl-C is handled in run_command)
         print("\ninterrupted before training started", file=sys.stderr)
         sys.exit(EXIT_STATUS[signal.SIGINT])
 
 
-def run(argv, invoked):
+def run_command(argv, invoked):
     parser, args = parse_args(argv)
     if args.cpu_allocator == "tuned":
         settings.tune_cpu_allocator()
@@ -420,7 +467,9 @@ def run(argv, invoked):
                       f"--restart.")
                 return test
             with StopSignals() as stop:
-                test = train(args, data, data_fingerprint, run_dir, status, device, amp, stop, invoked)
+                run = Run(args, run_dir, device, amp, data, data_fingerprint, stop, invoked)
+                model, reason = fit(run, status)
+                test = None if reason == "paused" else test_best(run, model, reason)
     except runs.RunConflict as e:
         parser.error(str(e))
     except runs.WriteError as e:
