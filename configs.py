@@ -8,25 +8,42 @@ shell scripts in scripts/ run GRID (tests/test_scripts.py checks that they do).
 from dataset_config import get_info
 from models import READOUTS, is_recurrent, model_config_keys
 
-# The settings shared by every experiment (the paper's values)
+# The settings shared by every experiment (the paper's values), and where they differ
 DEFAULTS = dict(c_mid=16, dt=0.1, T=100, hidden_channels=2, readout="linear", readout_width=256, readout_depth=3,
                 depth=8, width=4)
-WIDE_DATASETS = ("multi_mnist", "polygons")  # 16 wave channels; the NWM with a small 32-wide, 5-deep head
-CONV_RNNS = ("lstm", "gru", "rnn")  # run for T = 20 steps
+CONV_RNNS = ("lstm", "gru", "rnn")
+CONV_RNN = dict(T=20)  # the conv recurrent baselines run fewer steps
+WIDE_DATASETS = ("multi_mnist", "polygons")
+WIDE = dict(hidden_channels=16)  # more wave channels on the wide datasets
+WIDE_NWM = dict(readout_width=32, readout_depth=5)  # and there the NWM has a small head
 
 
 def paper_settings(dataset, model):
     """Every model setting of `model` on `dataset` as the paper trained it."""
     settings = dict(DEFAULTS)
     if model in CONV_RNNS:
-        settings["T"] = 20
+        settings.update(CONV_RNN)
     if dataset in WIDE_DATASETS:
-        settings["hidden_channels"] = 16
+        settings.update(WIDE)
         if model == "nwm":
-            settings.update(readout_width=32, readout_depth=5)
+            settings.update(WIDE_NWM)
     if not is_recurrent(model):
         settings["readout"] = None  # feed-forward models have no temporal readout
     return settings
+
+
+def default_help(key):
+    """The paper's value of model setting `key` in words, for train.py --help, e.g.
+    "(default: 20 for lstm/gru/rnn, else 100)", with the range GRID varies it over."""
+    wide = " and ".join(WIDE_DATASETS)
+    rules = [f"{CONV_RNN[key]} for {'/'.join(CONV_RNNS)}"] if key in CONV_RNN else []
+    rules += [f"{WIDE[key]} on {wide}"] if key in WIDE else []
+    rules += [f"{WIDE_NWM[key]} for the NWM on {wide}"] if key in WIDE_NWM else []
+    text = ", ".join(rules + [f"else {DEFAULTS[key]}"]) if rules else str(DEFAULTS[key])
+    varied = [value for setting, values, _ in GRID.values() if setting == key for value in values]
+    if varied:
+        text += f"; paper: {min(varied)}-{max(varied)}"
+    return f"(default: {text})"
 
 
 def model_config(dataset, model, **overrides):

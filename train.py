@@ -33,13 +33,14 @@ from tqdm import tqdm
 import runs
 import settings
 from cli import HelpFormatter, float_at_least, int_at_least, positive_float
-from configs import model_config, paper_settings
+from configs import default_help, model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from cuda_graphs import make_steps
 from engine import NonFiniteLossError, evaluate, maybe_compile, set_backends, train_one_epoch
 from metrics import background_only_metrics, format_metrics
-from models import MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, model_config_keys
+from models import CONFIG_KEYS, MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, \
+    model_config_keys
 from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
 from signals import EXIT_STATUS, Interrupted, StopSignals
 
@@ -57,6 +58,11 @@ OUTCOMES = {"amp", "cuda_graph"}
 
 def auto_or_int(text):
     return text if text == "auto" else int_at_least(0)(text)
+
+
+def model_help(key):
+    """A model flag's help, written once: what it sets (models.CONFIG_KEYS) and the paper's value (configs.py)."""
+    return f"{CONFIG_KEYS[key]} {default_help(key)}"
 
 
 def build_parser():
@@ -78,21 +84,14 @@ def build_parser():
                         "unet: non-local baseline")
     g.add_argument("--readout", default="linear", choices=READOUTS,
                    help="temporal readout of the recurrent models (the CNN always uses its linear head)")
-    g.add_argument("--T", type=int_at_least(1), default=None,
-                   help="recurrent steps; the CNN makes T/2-1 features per channel "
-                        "(default: 20 for lstm/gru/rnn, else 100)")
-    g.add_argument("--dt", type=positive_float, default=None, help="NWM step size (default: 0.1)")
-    g.add_argument("--c-mid", type=int_at_least(1), default=None, help="encoder width (default: 16)")
-    g.add_argument("--hidden-channels", type=int_at_least(1), default=None,
-                   help="hidden (wave) channels (default: 16 on multi_mnist and polygons, else 2)")
-    g.add_argument("--readout-width", type=int_at_least(1), default=None,
-                   help="units per hidden layer of the per-pixel MLP head (default: 32 for the NWM on multi_mnist "
-                        "and polygons, else 256)")
-    g.add_argument("--readout-depth", type=int_at_least(0), default=None,
-                   help="hidden layers of the MLP head (default: 5 for the NWM on multi_mnist and polygons, else 3)")
-    g.add_argument("--depth", type=int_at_least(1), default=None,
-                   help="CNN depth: number of 3x3 convs (default: 8; paper: 2-32)")
-    g.add_argument("--width", type=int_at_least(1), default=None, help="U-Net base width (default: 4; paper: 2-5)")
+    g.add_argument("--T", type=int_at_least(1), default=None, help=model_help("T"))
+    g.add_argument("--dt", type=positive_float, default=None, help=model_help("dt"))
+    g.add_argument("--c-mid", type=int_at_least(1), default=None, help=model_help("c_mid"))
+    g.add_argument("--hidden-channels", type=int_at_least(1), default=None, help=model_help("hidden_channels"))
+    g.add_argument("--readout-width", type=int_at_least(1), default=None, help=model_help("readout_width"))
+    g.add_argument("--readout-depth", type=int_at_least(0), default=None, help=model_help("readout_depth"))
+    g.add_argument("--depth", type=int_at_least(1), default=None, help=model_help("depth"))
+    g.add_argument("--width", type=int_at_least(1), default=None, help=model_help("width"))
 
     g = p.add_argument_group("training (docs/methods.md, \"Training\")")
     g.add_argument("--epochs", type=int_at_least(1), default=300, help="maximum number of epochs")
