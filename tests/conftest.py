@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny 16x16 dataset registered like the real ones, a tiny model and batch."""
+"""Shared fixtures: a tiny 16x16 dataset registered like the real ones, a fast training run on
+it (FAST, run_train), a tiny model and batch."""
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,12 @@ from data_scripts import common
 from models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
+
+# train.py flags of a fast CPU run: a small model, float32 throughout (--amp off), so that stored and
+# re-computed metrics can be compared exactly on any CPU, and no floor on early stopping. What a test
+# varies (epochs, run name, sizes, --no-progress for a subprocess) it adds after these.
+FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
+        "--batch-size", "16"]
 
 
 def make_squares(n, rng, size=16):
@@ -56,6 +63,18 @@ def tiny_dataset(tmp_path, monkeypatch):
     request = common.describe(info, 0, sizes, [f"{name}.npy" for name in arrays], {"squares": "make_squares"})
     common.write_dataset(root / "tiny", arrays, request)
     return root
+
+
+@pytest.fixture
+def run_train(tiny_dataset):
+    """run_train(runs_root, *extra): train.py on the tiny dataset with FAST's flags, no progress bars,
+    then `extra`; returns what train.main returns (the test metrics, None when paused)."""
+    import train  # here, not at the top: only the tests that train need it
+
+    def run(runs_root, *extra):
+        return train.main(["--dataset", "tiny", "--data-root", str(tiny_dataset), "--runs-root", str(runs_root),
+                           "--no-progress", *FAST, *extra])
+    return run
 
 
 @pytest.fixture(autouse=True)

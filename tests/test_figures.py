@@ -21,12 +21,10 @@ import train
 from analysis import __main__ as analysis_cli
 from analysis import receptive_fields, squares, tables
 from analysis.animation import make_animation
-from conftest import REPO
+from conftest import FAST, REPO
 from data_scripts import create_polygons, create_tetrominoes
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--hidden-channels", "2",
-        "--epochs", "1", "--batch-size", "8", "--min-epochs", "0", "--no-progress"]
 
 # -----------------------------------------------------------------------------
 # score tables
@@ -123,8 +121,9 @@ def figure_inputs(tmp_path_factory):
         create.main(["--data-root", str(data), "--train", "32", "--val", "8", "--test", "8"])
     for dataset, model, readout in (("tetrominoes", "nwm", "linear"), ("tetrominoes", "lstm", "linear"),
                                     ("tetrominoes", "nwm", "fft"), ("polygons", "nwm", "linear")):
-        train.main(FAST + ["--dataset", dataset, "--model", model, "--readout", readout,
-                           "--data-root", str(data), "--runs-root", str(runs_root)])
+        train.main([*FAST, "--hidden-channels", "2", "--epochs", "1", "--batch-size", "8", "--no-progress",
+                    "--dataset", dataset, "--model", model, "--readout", readout,
+                    "--data-root", str(data), "--runs-root", str(runs_root)])
     scores = root / "scores.csv"
     produce_scores.main(["--device", "cpu", "--runs-root", str(runs_root), "--out", str(scores), "--no-eval"])
     return dict(root=root, data=data, runs=runs_root, scores=scores)

@@ -13,21 +13,13 @@ from torch._dynamo.testing import CompileCounter
 import engine
 import runs
 import settings
-import train
 from conftest import tiny_batch, tiny_model
 from models import build_model, common, convlstm_fused
 
-FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
-        "--min-epochs", "0", "--amp", "off", "--batch-size", "16"]
-
-
-def run_train(data_root, runs_root, *extra):
-    return train.main([*FAST, "--data-root", str(data_root), "--runs-root", str(runs_root), *extra])
-
 
 # 1. resume: the generator state is read onto the CPU (Generator.set_state refuses a CUDA tensor)
-def test_resume_reads_the_run_state_onto_the_cpu(tiny_dataset, tmp_path, monkeypatch):
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r")
+def test_resume_reads_the_run_state_onto_the_cpu(run_train, tmp_path, monkeypatch):
+    run_train(tmp_path, "--epochs", "1", "--run-name", "r")
     real_load, places = torch.load, []
 
     def load(path, *args, map_location=None, **kwargs):
@@ -36,18 +28,18 @@ def test_resume_reads_the_run_state_onto_the_cpu(tiny_dataset, tmp_path, monkeyp
         return real_load(path, *args, map_location=map_location, **kwargs)
 
     monkeypatch.setattr(torch, "load", load)
-    run_train(tiny_dataset, tmp_path, "--epochs", "2", "--run-name", "r")
+    run_train(tmp_path, "--epochs", "2", "--run-name", "r")
     assert places and set(places) == {"cpu"}  # whatever the run's device: the model and optimizer copy to it
 
 
 # 3. resume keeps the capturable flag this run's optimizer was built with
-def test_resume_keeps_the_capturable_flag_of_this_run(tiny_dataset, tmp_path):
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r")
+def test_resume_keeps_the_capturable_flag_of_this_run(run_train, tmp_path):
+    run_train(tmp_path, "--epochs", "1", "--run-name", "r")
     last = torch.load(tmp_path / "r" / runs.LAST, weights_only=True)
     for group in last["optimizer"]["param_groups"]:
         group["capturable"] = True  # as a run saved by a CUDA-graphed run
     torch.save(last, tmp_path / "r" / runs.LAST)
-    result = run_train(tiny_dataset, tmp_path, "--epochs", "2", "--run-name", "r")  # on the CPU: not capturable
+    result = run_train(tmp_path, "--epochs", "2", "--run-name", "r")  # on the CPU: not capturable
     assert result["epochs_run"] == 2
 
 
@@ -78,9 +70,9 @@ def backends():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = flags
 
 
-def test_runs_turn_tf32_off_and_record_precision(tiny_dataset, tmp_path, backends):
+def test_runs_turn_tf32_off_and_record_precision(run_train, tmp_path, backends):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r")
+    run_train(tmp_path, "--epochs", "1", "--run-name", "r")
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     config = json.loads((tmp_path / "r" / runs.CONFIG).read_text())
     assert config["tf32"] is False and config["precision"] == "float32" and config["cuda_graph"] == "off"

@@ -8,22 +8,18 @@ import runs
 import train
 from data_scripts import common
 
-# --amp off: the stored test metrics are float32, as produce_scores.py re-evaluates
-FAST = ["--dataset", "tiny", "--device", "cpu", "--T", "6", "--readout-width", "8", "--c-mid", "4", "--no-progress",
-        "--amp", "off", "--batch-size", "16", "--min-epochs", "0", "--epochs", "1"]
-
 
 @pytest.fixture
-def runs_root(tiny_dataset, tmp_path, monkeypatch):
+def runs_root(run_train, tmp_path, monkeypatch):
+    # one epoch each, in float32 (conftest.FAST: --amp off), as produce_scores.py re-evaluates
     root = tmp_path / "runs"
-    common = FAST + ["--data-root", str(tiny_dataset), "--runs-root", str(root)]
-    train.main(common + ["--seed", "0"])
-    train.main(common + ["--seed", "1"])
-    train.main(common + ["--model", "cnn", "--depth", "2"])
+    run_train(root, "--epochs", "1", "--seed", "0")
+    run_train(root, "--epochs", "1", "--seed", "1")
+    run_train(root, "--epochs", "1", "--model", "cnn", "--depth", "2")
     # a run killed during its first epoch: config.json but no test metrics
     monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(SystemExit):
-        train.main(common + ["--seed", "2"])
+        run_train(root, "--epochs", "1", "--seed", "2")
     return root
 
 
@@ -44,7 +40,7 @@ def test_one_row_per_finished_run_and_unfinished_runs_listed(runs_root, tiny_dat
         assert column in csv.columns
     cnn = csv[csv["model"] == "cnn"].iloc[0]
     assert cnn["depth"] == 2 and pd.isna(cnn["readout"])
-    assert [d.name for d, _ in skipped] == ["nwm-linear-T6-h2-seed2"]
+    assert [d.name for d, _ in skipped] == ["nwm-linear-T8-h2-seed2"]
     assert "unfinished" in capsys.readouterr().out
 
 

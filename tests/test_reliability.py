@@ -17,27 +17,20 @@ import predict
 import produce_scores
 import runs
 import train
-from conftest import REPO
+from conftest import FAST, REPO
 from data_scripts import create_tetrominoes
-
-FAST = ["--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
-        "--batch-size", "16", "--no-progress", "--device", "cpu"]
-
-
-def run_train(data_root, runs_root, *extra):
-    return train.main(["--dataset", "tiny", "--data-root", str(data_root), "--runs-root", str(runs_root),
-                       "--run-name", "r", *FAST, *extra])
 
 
 def metrics_rows(run_dir):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.load_metrics(run_dir)]
 
 
-def refused(capsys, *command, code=2):
-    """The stderr of a train.py command that must end with `code` (2: refused by argparse) and no traceback."""
+def refused(capsys, run_train, runs_root, *extra, code=2):
+    """The stderr of run_train(runs_root, *extra) (run "r"), which must end with `code` (2: refused by
+    argparse) and no traceback."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run_train(*command)
+        run_train(runs_root, "--run-name", "r", *extra)
     assert exit_info.value.code == code
     return capsys.readouterr().err
 
@@ -50,10 +43,10 @@ RUN = ("--epochs", "4", "--tolerance", "100")  # only epoch 1 improves, so check
 
 
 @pytest.fixture
-def paused_run(tiny_dataset, tmp_path):
+def paused_run(run_train, tmp_path):
     """A run of RUN paused after epoch 2, its best epoch 1: config.json, metrics.csv, checkpoint.pt, last.pt."""
     for _ in range(2):
-        run_train(tiny_dataset, tmp_path, *RUN, "--stop-after-minutes", "1e-9")  # one epoch per invocation
+        run_train(tmp_path, "--run-name", "r", *RUN, "--stop-after-minutes", "1e-9")  # one epoch per invocation
     return tmp_path / "r"
 
 # -----------------------------------------------------------------------------
@@ -70,7 +63,7 @@ def tetrominoes_root(tmp_path_factory):
 def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_runs_lock_does_not_block(
         tetrominoes_root, tmp_path):
     command = [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(tetrominoes_root),
-               "--runs-root", str(tmp_path), "--run-name", "r", "--epochs", "500", *FAST]
+               "--runs-root", str(tmp_path), "--run-name", "r", "--epochs", "500", "--no-progress", *FAST]
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -93,12 +86,12 @@ def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_runs_lock_
     assert not list((tmp_path / "r").glob("*.tmp"))
 
 
-def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(run_train, tmp_path, capsys, monkeypatch):
     def no_locks(*args):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
     monkeypatch.setattr(runs.fcntl, "flock", no_locks)
-    assert run_train(tiny_dataset, tmp_path, "--epochs", "1")["epochs_run"] == 1
+    assert run_train(tmp_path, "--run-name", "r", "--epochs", "1")["epochs_run"] == 1
     assert f"warning: cannot lock {tmp_path / 'r' / runs.LOCK}" in capsys.readouterr().err
 
 
@@ -130,12 +123,12 @@ def truncate(path):
     ("checkpoint.pt", truncate, "checkpoint.pt is damaged"),
     ("checkpoint.pt", lambda path: path.unlink(), "no checkpoint.pt"),
 ])
-def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, tiny_dataset, tmp_path, capsys,
+def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, run_train, tmp_path, capsys,
                                                                     monkeypatch, name, damage, says):
     damage(paused_run / name)
     before = (paused_run / runs.METRICS).read_text()
     monkeypatch.setattr(train, "train_one_epoch", no_training)
-    err = refused(capsys, tiny_dataset, tmp_path, *RUN)
+    err = refused(capsys, run_train, tmp_path, *RUN)
     assert says in err and "--restart" in err and "Traceback" not in err
     assert (paused_run / runs.METRICS).read_text() == before
     if name == "config.json":
@@ -146,39 +139,40 @@ def test_a_damaged_or_missing_resume_file_is_named_before_training(paused_run, t
 
 
 @pytest.mark.parametrize("damage", [truncate, lambda path: path.unlink()])
-def test_a_checkpoint_behind_last_pt_is_written_again_from_it(tiny_dataset, tmp_path, damage):
-    reference = run_train(tiny_dataset, tmp_path / "whole", *RUN)
-    run_train(tiny_dataset, tmp_path / "cut", *RUN, "--stop-after-minutes", "1e-9")  # epoch 1: the best, in last.pt
+def test_a_checkpoint_behind_last_pt_is_written_again_from_it(run_train, tmp_path, damage):
+    reference = run_train(tmp_path / "whole", "--run-name", "r", *RUN)
+    cut = (tmp_path / "cut", "--run-name", "r", *RUN)
+    run_train(*cut, "--stop-after-minutes", "1e-9")  # epoch 1: the best, in last.pt
     damage(tmp_path / "cut" / "r" / runs.CHECKPOINT)  # as if the run had stopped before writing it
-    assert run_train(tiny_dataset, tmp_path / "cut", *RUN) == reference
+    assert run_train(*cut) == reference
 
 
-def test_a_damaged_test_metrics_file_is_made_again(tiny_dataset, tmp_path):
-    finished = run_train(tiny_dataset, tmp_path, "--epochs", "1")
+def test_a_damaged_test_metrics_file_is_made_again(run_train, tmp_path):
+    finished = run_train(tmp_path, "--run-name", "r", "--epochs", "1")
     truncate(tmp_path / "r" / runs.TEST_METRICS)
-    assert run_train(tiny_dataset, tmp_path, "--epochs", "1") == finished
+    assert run_train(tmp_path, "--run-name", "r", "--epochs", "1") == finished
 
 
 @pytest.mark.parametrize("change", [[], ["--lr", "0.01"]])
-def test_finished_epochs_without_last_pt_are_not_overwritten_unless_restart(paused_run, tiny_dataset, tmp_path,
+def test_finished_epochs_without_last_pt_are_not_overwritten_unless_restart(paused_run, run_train, tmp_path,
                                                                             capsys, monkeypatch, change):
     (paused_run / runs.LAST).unlink()
     before = {name: (paused_run / name).read_bytes() for name in (runs.CONFIG, runs.METRICS, runs.CHECKPOINT)}
     real_epoch = train.train_one_epoch
     monkeypatch.setattr(train, "train_one_epoch", no_training)
-    err = refused(capsys, tiny_dataset, tmp_path, *RUN, *change)
+    err = refused(capsys, run_train, tmp_path, *RUN, *change)
     assert "2 finished epochs (checkpoint.pt, config.json, metrics.csv)" in err and "no last.pt" in err
     assert "--restart" in err and {name: (paused_run / name).read_bytes() for name in before} == before
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    assert run_train(tiny_dataset, tmp_path, *RUN, "--restart", *change)["epochs_run"] == 4
+    assert run_train(tmp_path, "--run-name", "r", *RUN, "--restart", *change)["epochs_run"] == 4
 
 # -----------------------------------------------------------------------------
 # write errors: a full disk, a read-only runs root
 
 
 @pytest.mark.parametrize("name", [runs.LAST, runs.CHECKPOINT, runs.METRICS])
-def test_a_full_disk_stops_the_run_keeping_the_last_good_files(tiny_dataset, tmp_path, capsys, monkeypatch, name):
-    reference = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "3")
+def test_a_full_disk_stops_the_run_keeping_the_last_good_files(run_train, tmp_path, capsys, monkeypatch, name):
+    reference = run_train(tmp_path / "whole", "--run-name", "r", "--epochs", "3")
     real_write, writes = runs._write_bytes, []
 
     def disk_full_at_the_second_write_of_name(path, data):
@@ -189,22 +183,22 @@ def test_a_full_disk_stops_the_run_keeping_the_last_good_files(tiny_dataset, tmp
         real_write(path, data)
 
     monkeypatch.setattr(runs, "_write_bytes", disk_full_at_the_second_write_of_name)
-    err = refused(capsys, tiny_dataset, tmp_path / "full", "--epochs", "3", code=1)
+    err = refused(capsys, run_train, tmp_path / "full", "--epochs", "3", code=1)
     run_dir = tmp_path / "full" / "r"
     assert f"cannot write {run_dir / name}" in err and "No space left on device" in err and "MiB free" in err
     assert "Traceback" not in err and not list(run_dir.glob("*.tmp"))
     assert len(runs.load_metrics(run_dir)) == 1
     monkeypatch.setattr(runs, "_write_bytes", real_write)  # space freed: the same command resumes
-    assert run_train(tiny_dataset, tmp_path / "full", "--epochs", "3") == reference
+    assert run_train(tmp_path / "full", "--run-name", "r", "--epochs", "3") == reference
     assert metrics_rows(run_dir) == metrics_rows(tmp_path / "whole" / "r")
 
 
-def test_a_read_only_runs_root_is_refused_with_its_path(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_a_read_only_runs_root_is_refused_with_its_path(run_train, tmp_path, capsys, monkeypatch):
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
     monkeypatch.setattr(os, "mkdir", read_only)
-    err = refused(capsys, tiny_dataset, tmp_path / "runs", "--epochs", "1", code=1)
+    err = refused(capsys, run_train, tmp_path / "runs", "--epochs", "1", code=1)
     assert f"cannot create {tmp_path / 'runs' / 'r'}" in err and "Read-only file system" in err
     assert "--runs-root" in err and "Traceback" not in err
 
@@ -212,9 +206,9 @@ def test_a_read_only_runs_root_is_refused_with_its_path(tiny_dataset, tmp_path, 
 # a signal during the final test
 
 
-def test_sigterm_during_the_final_test_stops_the_run_and_the_same_command_tests_it(tiny_dataset, tmp_path,
+def test_sigterm_during_the_final_test_stops_the_run_and_the_same_command_tests_it(run_train, tmp_path,
                                                                                     capsys, monkeypatch):
-    reference = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "2")
+    reference = run_train(tmp_path / "whole", "--run-name", "r", "--epochs", "2")
     real_evaluate = train.evaluate
 
     def sigterm_during_test(*args, desc="eval", **kwargs):
@@ -223,22 +217,22 @@ def test_sigterm_during_the_final_test_stops_the_run_and_the_same_command_tests_
         return real_evaluate(*args, desc=desc, **kwargs)
 
     monkeypatch.setattr(train, "evaluate", sigterm_during_test)
-    err = refused(capsys, tiny_dataset, tmp_path / "term", "--epochs", "2", code=143)
+    err = refused(capsys, run_train, tmp_path / "term", "--epochs", "2", code=143)
     assert "interrupted (SIGTERM) after epoch 2" in err and "run the same command to resume" in err
     assert not runs.is_finished(tmp_path / "term" / "r")
     monkeypatch.setattr(train, "evaluate", real_evaluate)
-    assert run_train(tiny_dataset, tmp_path / "term", "--epochs", "2") == reference
+    assert run_train(tmp_path / "term", "--run-name", "r", "--epochs", "2") == reference
 
 # -----------------------------------------------------------------------------
 # data
 
 
-def test_arrays_changed_behind_dataset_json_are_refused_with_the_rebuild_command(tiny_dataset, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_arrays_changed_behind_dataset_json_are_refused_with_the_rebuild_command(tiny_dataset, run_train, tmp_path,
+                                                                                capsys, monkeypatch):
     path = tiny_dataset / "tiny" / "train_images.npy"
     np.save(path, 255 - np.load(path))  # same shape and dtype, dataset.json untouched
     monkeypatch.setattr(train, "train_one_epoch", no_training)
-    err = refused(capsys, tiny_dataset, tmp_path, "--epochs", "1")
+    err = refused(capsys, run_train, tmp_path, "--epochs", "1")
     assert "train_images.npy" in err and "SHA-256" in err and "--force" in err
     assert not (tmp_path / "r").exists()
 
@@ -256,12 +250,12 @@ def test_arrays_changed_behind_dataset_json_are_refused_with_the_rebuild_command
     (["--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["--seed", str(2**64)], f"argument --seed: must be at most {2**64 - 1}, got {2**64}"),
 ])
-def test_numeric_flags_refuse_nan_inf_and_their_range_by_name(tiny_dataset, tmp_path, capsys, args, message):
-    assert message in refused(capsys, tiny_dataset, tmp_path, *args)
+def test_numeric_flags_refuse_nan_inf_and_their_range_by_name(run_train, tmp_path, capsys, args, message):
+    assert message in refused(capsys, run_train, tmp_path, *args)
 
 
-def test_a_model_too_large_for_the_machine_is_refused_with_an_estimate(tiny_dataset, tmp_path, capsys):
-    err = refused(capsys, tiny_dataset, tmp_path, "--hidden-channels", "100000")
+def test_a_model_too_large_for_the_machine_is_refused_with_an_estimate(run_train, tmp_path, capsys):
+    err = refused(capsys, run_train, tmp_path, "--hidden-channels", "100000")
     assert "needs at least" in err and "GiB" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
 
@@ -269,8 +263,8 @@ def test_a_model_too_large_for_the_machine_is_refused_with_an_estimate(tiny_data
 # produce_scores.py and predict.py
 
 
-def test_scores_go_under_the_runs_root_given(tiny_dataset, tmp_path, monkeypatch):
-    run_train(tiny_dataset, tmp_path / "R", "--epochs", "1")
+def test_scores_go_under_the_runs_root_given(tiny_dataset, run_train, tmp_path, monkeypatch):
+    run_train(tmp_path / "R", "--run-name", "r", "--epochs", "1")
     monkeypatch.delenv("WAVES_SCORES", raising=False)
     monkeypatch.delenv("WAVES_RUNS_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -280,8 +274,9 @@ def test_scores_go_under_the_runs_root_given(tiny_dataset, tmp_path, monkeypatch
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_truncated_checkpoint_is_called_damaged_by_predict_and_produce_scores(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1")
+def test_a_truncated_checkpoint_is_called_damaged_by_predict_and_produce_scores(tiny_dataset, run_train, tmp_path,
+                                                                                capsys):
+    run_train(tmp_path / "runs", "--run-name", "r", "--epochs", "1")
     run_dir = tmp_path / "runs" / "r"
     truncate(run_dir / runs.CHECKPOINT)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "mine.png")
@@ -295,8 +290,8 @@ def test_a_truncated_checkpoint_is_called_damaged_by_predict_and_produce_scores(
     assert [(d, "checkpoint.pt is damaged" in why) for d, why in skipped] == [(run_dir, True)]
 
 
-def test_an_image_too_large_to_decode_safely_is_refused(tiny_dataset, tmp_path, capsys, monkeypatch):
-    run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1")
+def test_an_image_too_large_to_decode_safely_is_refused(run_train, tmp_path, capsys, monkeypatch):
+    run_train(tmp_path / "runs", "--run-name", "r", "--epochs", "1")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "huge.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 256 pixels now count as a decompression bomb
     capsys.readouterr()

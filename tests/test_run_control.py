@@ -11,19 +11,10 @@ import torch
 
 import engine
 import runs
-import train
-from conftest import REPO
+from conftest import FAST, REPO
 from data_scripts import create_tetrominoes
 from dataset_config import load_dataset
 from models import build_model
-
-FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
-        "--batch-size", "16"]
-
-
-def run_train(data_root, runs_root, *extra):
-    return train.main(["--dataset", "tiny", "--data-root", str(data_root), "--runs-root", str(runs_root),
-                       "--no-progress", *FAST, *extra])
 
 
 def metrics_rows(run_dir):
@@ -87,11 +78,11 @@ def test_a_log_gets_one_line_per_epoch_and_why_the_run_ended(tetrominoes_root, t
 # time slices and continuing
 
 
-def test_a_run_advanced_in_slices_ends_exactly_where_an_uninterrupted_run_ends(tiny_dataset, tmp_path):
-    whole = run_train(tiny_dataset, tmp_path / "whole", "--epochs", "4", "--run-name", "r")
+def test_a_run_advanced_in_slices_ends_exactly_where_an_uninterrupted_run_ends(run_train, tmp_path):
+    whole = run_train(tmp_path / "whole", "--epochs", "4", "--run-name", "r")
     slices = 0
     while not runs.is_finished(tmp_path / "sliced" / "r"):
-        result = run_train(tiny_dataset, tmp_path / "sliced", "--epochs", "4", "--run-name", "r",
+        result = run_train(tmp_path / "sliced", "--epochs", "4", "--run-name", "r",
                            "--stop-after-minutes", "1e-9")  # one epoch per invocation
         slices += 1
         assert (result is None) == (slices < 4)
@@ -100,10 +91,10 @@ def test_a_run_advanced_in_slices_ends_exactly_where_an_uninterrupted_run_ends(t
     assert result == whole
 
 
-def test_a_finished_run_continues_when_only_its_budget_grows(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, tmp_path / "a", "--epochs", "2", "--run-name", "r")
-    longer = run_train(tiny_dataset, tmp_path / "a", "--epochs", "4", "--run-name", "r")
-    straight = run_train(tiny_dataset, tmp_path / "b", "--epochs", "4", "--run-name", "r")
+def test_a_finished_run_continues_when_only_its_budget_grows(run_train, tmp_path, capsys):
+    run_train(tmp_path / "a", "--epochs", "2", "--run-name", "r")
+    longer = run_train(tmp_path / "a", "--epochs", "4", "--run-name", "r")
+    straight = run_train(tmp_path / "b", "--epochs", "4", "--run-name", "r")
     assert longer["epochs_run"] == 4 and longer == straight  # tested again at its new end
     assert metrics_rows(tmp_path / "a" / "r") == metrics_rows(tmp_path / "b" / "r")
     config = runs.load_json(tmp_path / "a" / "r" / runs.CONFIG)
@@ -113,7 +104,7 @@ def test_a_finished_run_continues_when_only_its_budget_grows(tiny_dataset, tmp_p
     capsys.readouterr()
     for change in (["--lr", "0.01"], ["--T", "6"], ["--epochs", "3"]):
         with pytest.raises(SystemExit) as exit_info:
-            run_train(tiny_dataset, tmp_path / "a", "--epochs", "4", "--run-name", "r", *change)
+            run_train(tmp_path / "a", "--epochs", "4", "--run-name", "r", *change)
         assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lr: 0.001 there, 0.01 now" in err and "T: 8 there, 6 now" in err
@@ -163,16 +154,16 @@ def test_evaluation_counts_every_image_once_whatever_the_batch_size(tiny_dataset
     (["--lr", "0"], "argument --lr: must be positive, got 0"),
     (["--threads", "0"], "argument --threads: must be at least 1, got 0"),
 ])
-def test_settings_are_refused_by_flag_before_a_run_directory_exists(tiny_dataset, tmp_path, capsys, args, message):
+def test_settings_are_refused_by_flag_before_a_run_directory_exists(run_train, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        run_train(tiny_dataset, tmp_path / "runs", *args)
+        run_train(tmp_path / "runs", *args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 
-def test_config_records_the_commit_data_and_threads(tiny_dataset, tmp_path):
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "r", "--threads", "1")
+def test_config_records_the_commit_data_and_threads(run_train, tmp_path):
+    run_train(tmp_path, "--epochs", "1", "--run-name", "r", "--threads", "1")
     config = json.loads((tmp_path / "r" / runs.CONFIG).read_text())
     assert set(config["git"]) == {"commit", "dirty"}
     if (REPO / ".git").exists():

@@ -16,15 +16,6 @@ from data_scripts import common
 from engine import evaluate
 from metrics import METRIC_NAMES
 
-# float32 throughout (--amp off), so stored and re-computed metrics can be compared exactly on any CPU
-FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--no-progress", "--min-epochs", "0",
-        "--amp", "off", "--batch-size", "16"]
-
-
-def run_train(data_root, runs_root, *extra):
-    argv = ["--dataset", "tiny", "--data-root", str(data_root), "--runs-root", str(runs_root), *FAST, *extra]
-    return train.main(argv)
-
 
 def read_metrics(run_dir):
     with open(run_dir / runs.METRICS) as f:
@@ -34,8 +25,8 @@ def read_metrics(run_dir):
     return rows
 
 
-def test_end_to_end_run_writes_every_file(tiny_dataset, tmp_path):
-    test = run_train(tiny_dataset, tmp_path / "runs", "--epochs", "2", "--run-name", "demo")
+def test_end_to_end_run_writes_every_file(tiny_dataset, run_train, tmp_path):
+    test = run_train(tmp_path / "runs", "--epochs", "2", "--run-name", "demo")
     run_dir = tmp_path / "runs" / "demo"
 
     config = json.loads((run_dir / runs.CONFIG).read_text())
@@ -72,16 +63,16 @@ def test_end_to_end_run_writes_every_file(tiny_dataset, tmp_path):
     assert not list(run_dir.glob("*.tmp"))  # every write was completed and renamed
 
 
-def test_same_seed_same_metrics(tiny_dataset, tmp_path):
-    run_train(tiny_dataset, tmp_path / "a", "--epochs", "2", "--seed", "3")
-    run_train(tiny_dataset, tmp_path / "b", "--epochs", "2", "--seed", "3")
+def test_same_seed_same_metrics(run_train, tmp_path):
+    run_train(tmp_path / "a", "--epochs", "2", "--seed", "3")
+    run_train(tmp_path / "b", "--epochs", "2", "--seed", "3")
     name = "tiny/nwm-linear-T8-h2-seed3"
     assert read_metrics(tmp_path / "a" / name) == read_metrics(tmp_path / "b" / name)
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_result(run_train, tmp_path, monkeypatch):
     args = ("--epochs", "4", "--run-name", "r")
-    reference = run_train(tiny_dataset, tmp_path / "uninterrupted", *args)
+    reference = run_train(tmp_path / "uninterrupted", *args)
 
     real_epoch, calls = train.train_one_epoch, []
 
@@ -93,23 +84,23 @@ def test_killed_run_resumes_to_the_same_result(tiny_dataset, tmp_path, monkeypat
 
     monkeypatch.setattr(train, "train_one_epoch", killed_in_third_epoch)
     with pytest.raises(SystemExit) as exit_info:
-        run_train(tiny_dataset, tmp_path / "killed", *args)
+        run_train(tmp_path / "killed", *args)
     assert exit_info.value.code == 130
     run_dir = tmp_path / "killed" / "r"
     assert len(read_metrics(run_dir)) == 2 and not runs.is_finished(run_dir)
 
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    resumed = run_train(tiny_dataset, tmp_path / "killed", *args)  # the same command again
+    resumed = run_train(tmp_path / "killed", *args)  # the same command again
     assert read_metrics(run_dir) == read_metrics(tmp_path / "uninterrupted" / "r")
     for name in METRIC_NAMES:
         assert resumed[name] == reference[name]
 
 
-def test_resume_flag_takes_the_stored_settings(tiny_dataset, tmp_path, monkeypatch):
+def test_resume_flag_takes_the_stored_settings(run_train, tmp_path, monkeypatch):
     real_epoch = train.train_one_epoch
     monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(SystemExit):
-        run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--lr", "0.002", "--run-name", "x/y")
+        run_train(tmp_path / "runs", "--epochs", "1", "--lr", "0.002", "--run-name", "x/y")
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     run_dir = tmp_path / "runs" / "x" / "y"
     result = train.main(["--resume", str(run_dir), "--no-progress"])
@@ -117,30 +108,30 @@ def test_resume_flag_takes_the_stored_settings(tiny_dataset, tmp_path, monkeypat
     assert runs.load_json(run_dir / runs.CONFIG)["lr"] == 0.002
 
 
-def test_finished_run_is_not_trained_again(tiny_dataset, tmp_path, capsys):
-    first = run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "done")
+def test_finished_run_is_not_trained_again(run_train, tmp_path, capsys):
+    first = run_train(tmp_path, "--epochs", "1", "--run-name", "done")
     before = (tmp_path / "done" / runs.LAST).stat().st_mtime_ns
-    again = run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "done")
+    again = run_train(tmp_path, "--epochs", "1", "--run-name", "done")
     assert again == first and (tmp_path / "done" / runs.LAST).stat().st_mtime_ns == before
     assert "already finished" in capsys.readouterr().out
 
 
-def test_early_stopping_after_patience(tiny_dataset, tmp_path):
+def test_early_stopping_after_patience(run_train, tmp_path):
     # a tolerance no epoch can beat: only epoch 1 counts as an improvement
-    result = run_train(tiny_dataset, tmp_path, "--epochs", "10", "--patience", "2",
+    result = run_train(tmp_path, "--epochs", "10", "--patience", "2",
                        "--tolerance", "100", "--run-name", "es")
     assert result["stop_reason"] == "early_stopping"
     assert result["best_epoch"] == 1 and result["epochs_run"] == 3
     assert len(read_metrics(tmp_path / "es")) == 3
 
 
-def test_min_epochs_delays_early_stopping(tiny_dataset, tmp_path):
-    result = run_train(tiny_dataset, tmp_path, "--epochs", "10", "--patience", "1", "--min-epochs", "5",
+def test_min_epochs_delays_early_stopping(run_train, tmp_path):
+    result = run_train(tmp_path, "--epochs", "10", "--patience", "1", "--min-epochs", "5",
                        "--tolerance", "100", "--run-name", "min")
     assert result["epochs_run"] == 5
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_train, tmp_path, monkeypatch, capsys):
     real_epoch, calls = train.train_one_epoch, []
 
     def poisoned_in_second_epoch(step, *a, **k):
@@ -152,7 +143,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset,
 
     monkeypatch.setattr(train, "train_one_epoch", poisoned_in_second_epoch)
     with pytest.raises(SystemExit) as exit_info:
-        run_train(tiny_dataset, tmp_path, "--epochs", "5", "--run-name", "nan")
+        run_train(tmp_path, "--epochs", "5", "--run-name", "nan")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "training stopped in epoch 2" in err and "nan" in err and "epoch 1" in err
@@ -163,35 +154,35 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset,
     assert not runs.is_finished(run_dir)
 
 
-def test_a_different_run_under_the_same_name_is_refused(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "same")
+def test_a_different_run_under_the_same_name_is_refused(run_train, tmp_path, capsys):
+    run_train(tmp_path, "--epochs", "1", "--run-name", "same")
     with pytest.raises(SystemExit) as exit_info:
-        run_train(tiny_dataset, tmp_path, "--epochs", "2", "--lr", "0.01", "--run-name", "same")
+        run_train(tmp_path, "--epochs", "2", "--lr", "0.01", "--run-name", "same")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "lr: 0.001 there, 0.01 now" in err and "--restart" in err
 
 
-def test_restart_replaces_a_run(tiny_dataset, tmp_path):
-    run_train(tiny_dataset, tmp_path, "--epochs", "1", "--run-name", "again")
-    result = run_train(tiny_dataset, tmp_path, "--epochs", "2", "--run-name", "again", "--restart")
+def test_restart_replaces_a_run(run_train, tmp_path):
+    run_train(tmp_path, "--epochs", "1", "--run-name", "again")
+    result = run_train(tmp_path, "--epochs", "2", "--run-name", "again", "--restart")
     assert result["epochs_run"] == 2
 
 
 @pytest.mark.parametrize("model", ["lstm", "cnn", "unet"])
-def test_baselines_train_end_to_end(tiny_dataset, tmp_path, model):
-    result = run_train(tiny_dataset, tmp_path, "--model", model, "--epochs", "1", "--depth", "2", "--width", "2")
+def test_baselines_train_end_to_end(run_train, tmp_path, model):
+    result = run_train(tmp_path, "--model", model, "--epochs", "1", "--depth", "2", "--width", "2")
     config = json.loads(next(tmp_path.rglob("config.json")).read_text())
     assert config["model"] == model and 0 <= result["acc"] <= 1
     if model != "lstm":
         assert config["readout"] is None
 
 
-def test_nwm_learns_the_tiny_task(tiny_dataset, tmp_path):
+def test_nwm_learns_the_tiny_task(run_train, tmp_path):
     # a pixel's class depends on the size of its whole square; at this budget some seeds
     # only separate foreground from background, so the bound asks for that much (0.5 is
     # all squares found, one class for all) and a large drop of the validation loss
-    result = run_train(tiny_dataset, tmp_path, "--epochs", "40", "--lr", "3e-3", "--T", "12",
+    result = run_train(tmp_path, "--epochs", "40", "--lr", "3e-3", "--T", "12",
                        "--batch-size", "8", "--readout-width", "32", "--c-mid", "16", "--run-name", "learn")
     assert result["iou_foreground"] > 0.45 > result["background_only"]["iou_foreground"]
     val_loss = [float(r["val_loss"]) for r in read_metrics(tmp_path / "learn")]
@@ -235,8 +226,8 @@ def test_help_documents_every_setting():
     assert "default: 0.001" in out and "default: 300" in out
 
 
-def test_time_budget_stops_after_the_epoch_that_spends_it(tiny_dataset, tmp_path):
-    test = run_train(tiny_dataset, tmp_path / "runs", "--epochs", "5", "--max-minutes", "1e-6", "--run-name", "b")
+def test_time_budget_stops_after_the_epoch_that_spends_it(run_train, tmp_path):
+    test = run_train(tmp_path / "runs", "--epochs", "5", "--max-minutes", "1e-6", "--run-name", "b")
     assert test["epochs_run"] == 1 and test["stop_reason"] == "time_budget"
     assert len(read_metrics(tmp_path / "runs" / "b")) == 1
 
@@ -249,8 +240,8 @@ def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
     assert args.T == 100 and args.lr == 1e-3  # the paper's model and optimiser
 
 
-def test_a_run_is_not_continued_on_other_data(tiny_dataset, tmp_path, capsys):
-    run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--run-name", "d")
+def test_a_run_is_not_continued_on_other_data(tiny_dataset, run_train, tmp_path, capsys):
+    run_train(tmp_path / "runs", "--epochs", "1", "--run-name", "d")
     folder = tiny_dataset / "tiny"
     meta = json.loads((folder / "dataset.json").read_text())
     arrays = {f.stem: np.load(f) for f in folder.glob("*.npy")}
@@ -259,7 +250,7 @@ def test_a_run_is_not_continued_on_other_data(tiny_dataset, tmp_path, capsys):
                                     "class_names", "files", "recipe")}
     common.write_dataset(folder, arrays, request)
     with pytest.raises(SystemExit) as exit_info:
-        run_train(tiny_dataset, tmp_path / "runs", "--epochs", "1", "--run-name", "d")
+        run_train(tmp_path / "runs", "--epochs", "1", "--run-name", "d")
     assert exit_info.value.code == 2
     assert "was trained on other data" in capsys.readouterr().err
 
