@@ -1,5 +1,5 @@
 """How a run behaves on a real machine: signals, time slices, continuing a finished run,
-drop-last batching, what it records, and what it prints to a log."""
+what it records, and what it prints to a log. (Drop-last batching: tests/test_engine.py.)"""
 import json
 import signal
 import subprocess
@@ -9,12 +9,9 @@ import time
 import pytest
 import torch
 
-import engine
 import runs
 from conftest import FAST, REPO
 from data_scripts import create_tetrominoes
-from dataset_config import load_dataset
-from models import build_model
 
 
 def metrics_rows(run_dir):
@@ -109,36 +106,6 @@ def test_a_finished_run_continues_when_only_its_budget_grows(run_train, tmp_path
     err = capsys.readouterr().err
     assert "lr: 0.001 there, 0.01 now" in err and "T: 8 there, 6 now" in err
     assert "--epochs 3 is below the 4 epochs" in err
-
-# -----------------------------------------------------------------------------
-# batches
-
-
-def test_training_drops_the_last_partial_batch():
-    assert [len(b) for b in engine.batches(10, 4, torch.Generator().manual_seed(0), drop_last=True)] == [4, 4]
-    assert [len(b) for b in engine.batches(10, 4)] == [4, 4, 2]
-    assert [len(b) for b in engine.batches(8, 4, drop_last=True)] == [4, 4]
-
-
-def test_an_epoch_trains_on_whole_batches_only(tiny_dataset):
-    images, masks = load_dataset("tiny", "train", tiny_dataset, limit=45)
-    model = build_model("nwm", in_channels=3, num_classes=3, T=4, c_mid=4, readout_width=8)
-    step = engine.TrainStep(model, torch.optim.Adam(model.parameters()), amp=False)
-    seen = []
-    counting = lambda x, y: (seen.append(len(x)), step(x, y))[1]  # noqa: E731
-    counting.model = model
-    engine.train_one_epoch(counting, images, masks, 3, 16, torch.Generator().manual_seed(0), progress=False)
-    assert seen == [16, 16]  # 45 images: the last 13 are left out of this epoch
-
-
-def test_evaluation_counts_every_image_once_whatever_the_batch_size(tiny_dataset):
-    images, masks = load_dataset("tiny", "test", tiny_dataset)
-    torch.manual_seed(0)
-    model = build_model("nwm", in_channels=3, num_classes=3, T=4, c_mid=4, readout_width=8).double()
-    results = [engine.evaluate(model, images.double(), masks, 3, batch_size) for batch_size in (16, 5, 3)]
-    for other in results[1:]:
-        for name in ("acc", "acc_foreground", "iou_foreground", "loss", "miou"):
-            assert other[name] == pytest.approx(results[0][name], rel=1e-12)
 
 # -----------------------------------------------------------------------------
 # validation and records

@@ -255,16 +255,6 @@ def test_a_run_is_not_continued_on_other_data(tiny_dataset, run_train, tmp_path,
     assert "was trained on other data" in capsys.readouterr().err
 
 
-def test_metrics_of_a_run_continued_by_newer_code_keep_every_row(tmp_path):
-    # rows written before a column existed stay, with that column empty
-    old_row = {"epoch": 1, "train_loss": 0.5}
-    new_row = {"epoch": 2, "train_loss": 0.4, "device_name": "cpu", "threads": 2}
-    runs.save_metrics([old_row, new_row], tmp_path / runs.METRICS)
-    rows = runs.load_metrics(tmp_path)
-    assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert rows[0]["device_name"] == "" and rows[1]["threads"] == "2"
-
-
 def test_the_quickstarts_data_step_gets_no_progress_too(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(train.subprocess, "run", lambda command, **kwargs: commands.append(command))
