@@ -336,6 +336,7 @@ def test_tetromino_recipe():
     assert wrapped > 0  # some rings wrapped around
 
 
+@pytest.mark.slow
 def test_default_tetrominoes_equal_the_papers_arrays(tmp_path):
     create_tetrominoes.main(["--data-root", str(tmp_path)])  # the paper's seed and sizes
     folder, info = tmp_path / "tetrominoes", dc.get_info("tetrominoes")
@@ -545,6 +546,7 @@ def paper_mnist_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist", "multi_mnist"])
 def test_default_mnist_datasets_equal_the_papers_arrays(name, paper_mnist_root):
     folder, info = paper_mnist_root / name, dc.get_info(name)
@@ -574,6 +576,7 @@ def test_help(module, capsys):
     assert "--data-root" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     env = {**os.environ, settings.DATA_ROOT_ENV: str(tmp_path)}
     run = subprocess.run([sys.executable, "data_scripts/create_polygons.py", "--train", "3", "--val", "2",
@@ -596,6 +599,7 @@ def test_sample_grid(tmp_path, tetro_root):
     assert (tmp_path / "cli.png").is_file()
 
 
+@pytest.mark.slow
 def test_data_scripts_write_plain_lines_in_a_log(tmp_path):
     # bars are for terminals: in a log (here a pipe), one line per split and no carriage returns
     result = subprocess.run([sys.executable, "data_scripts/create_tetrominoes.py", "--data-root", str(tmp_path),

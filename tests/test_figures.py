@@ -129,6 +129,7 @@ def figure_inputs(tmp_path_factory):
     return dict(root=root, data=data, runs=runs_root, scores=scores)
 
 
+@pytest.mark.slow
 def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
     run = runs.find_run(figure_inputs["runs"], "tetrominoes", "nwm", readout="linear")
     gif, png = make_animation(run, "test", 1, 1, tmp_path, figure_inputs["data"])
@@ -137,6 +138,7 @@ def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
     assert Image.open(gif).n_frames == 3
 
 
+@pytest.mark.slow
 def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path):
     chosen = [runs.find_run(figure_inputs["runs"], "tetrominoes", model, readout="linear") for model in ("nwm", "lstm")]
     threads = torch.get_num_threads()
@@ -164,6 +166,7 @@ def test_notebooks_are_committed_with_their_figures():
         assert not any(o.get("output_type") == "error" for o in outputs), path.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
     out = figure_inputs["root"] / "out"
@@ -197,6 +200,7 @@ def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
             assert list((out / "sounds").glob(f"{prefix}-*.wav")), prefix
 
 
+@pytest.mark.slow
 def test_notebook_skips_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setenv("WAVES_SCORES", str(tmp_path / "none.csv"))
     monkeypatch.setenv("WAVES_FIGURE_RUNS", str(tmp_path / "no_runs"))
@@ -209,6 +213,7 @@ def test_notebook_skips_what_is_missing(tmp_path, monkeypatch):
         assert "missing" in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--index", "-1"], "argument --index: must be at least 0, got -1"),
     (["--index", "8"], "--index 8: the tetrominoes test split holds 8 images (0..7)"),

@@ -73,7 +73,7 @@ def test_output_shapes_for_any_image_size(name, size):
         assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", RECURRENT)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "lstm" else n for n in RECURRENT])
 def test_recurrent_models_return_their_hidden_sequence_on_request(name):
     model = build_model(name, in_channels=1, num_classes=3, hidden_channels=4, T=7)
     x = torch.rand(2, 1, 16, 16)
@@ -161,7 +161,7 @@ def model_in_channels(model):
     return next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
 
 
-@pytest.mark.parametrize("depth", [1, 3, 6])
+@pytest.mark.parametrize("depth", [1, 3, pytest.param(6, marks=pytest.mark.slow)])
 def test_cnn_output_pixel_sees_only_a_2L_plus_1_window(depth):
     torch.manual_seed(0)
     reach, grad = _gradient_reach(build_model("cnn", in_channels=1, num_classes=3, depth=depth, T=8))
@@ -172,6 +172,7 @@ def test_cnn_output_pixel_sees_only_a_2L_plus_1_window(depth):
     assert not outside.any()
 
 
+@pytest.mark.slow
 def test_nwm_reach_grows_with_the_number_of_steps():
     reaches = []
     for T in (2, 6, 12):
@@ -200,7 +201,7 @@ def test_registry_ignores_keywords_a_model_does_not_use():
     assert count_parameters(a) == 30_745
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "lstm" else n for n in MODEL_NAMES])
 def test_every_model_and_readout_computes_the_papers_equations(name):
     # models/reference.py writes each model as the equations read; in float64, any
     # difference beyond rounding is a wrong equation in the fast path

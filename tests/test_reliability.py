@@ -60,6 +60,7 @@ def tetrominoes_root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_runs_lock_does_not_block(
         tetrominoes_root, tmp_path):
     command = [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(tetrominoes_root),
@@ -117,6 +118,7 @@ def truncate(path):
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, damage, says", [
     ("last.pt", truncate, "last.pt is damaged"),
     ("config.json", truncate, "config.json is damaged"),

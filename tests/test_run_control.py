@@ -34,6 +34,7 @@ def train_command(data_root, runs_root, *extra):
             "--runs-root", str(runs_root), "--run-name", "r", "--epochs", "500", *FAST, *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_the_run_at_a_safe_point_and_it_resumes(tetrominoes_root, tmp_path, signum, status):
     command = train_command(tetrominoes_root, tmp_path)
@@ -58,6 +59,7 @@ def test_a_signal_stops_the_run_at_a_safe_point_and_it_resumes(tetrominoes_root,
     assert len(runs.load_metrics(run_dir)) == done + 1
 
 
+@pytest.mark.slow
 def test_a_log_gets_one_line_per_epoch_and_why_the_run_ended(tetrominoes_root, tmp_path):
     # output to a pipe, as to a cluster's log file: no progress bars, no escape codes
     result = subprocess.run(train_command(tetrominoes_root, tmp_path, "--epochs", "3"), cwd=REPO,
@@ -75,6 +77,7 @@ def test_a_log_gets_one_line_per_epoch_and_why_the_run_ended(tetrominoes_root, t
 # time slices and continuing
 
 
+@pytest.mark.slow
 def test_a_run_advanced_in_slices_ends_exactly_where_an_uninterrupted_run_ends(run_train, tmp_path):
     whole = run_train(tmp_path / "whole", "--epochs", "4", "--run-name", "r")
     slices = 0
@@ -141,6 +144,7 @@ def test_config_records_the_commit_data_and_threads(run_train, tmp_path):
     torch.set_num_threads(max(1, len(__import__("os").sched_getaffinity(0))))
 
 
+@pytest.mark.slow
 def test_help_shows_each_default_once():
     text = subprocess.run([sys.executable, "train.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
     flat = " ".join(text.split())

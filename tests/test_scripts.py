@@ -276,6 +276,7 @@ def most_at_once(lines, gpu=None):
     return max(sum(a <= t < b for a, b in spans) for t, _ in spans)
 
 
+@pytest.mark.slow
 def test_per_gpu_runs_n_at_a_time_on_every_visible_gpu(env, tmp_path):
     python = fake_python_recording_overlap(tmp_path)
     env["CUDA_VISIBLE_DEVICES"] = "3,5"
@@ -319,6 +320,7 @@ def test_an_empty_cuda_visible_devices_means_no_gpu(env, tmp_path):
     assert "at a time on each of: the CPU" in result.stdout
 
 
+@pytest.mark.slow
 def test_per_gpu_packs_no_more_runs_than_the_gpu_memory_holds(env, tmp_path):
     python = fake_python_recording_overlap(tmp_path)
     env.pop("CUDA_VISIBLE_DEVICES", None)
@@ -397,6 +399,7 @@ def small_tetrominoes(tmp_path):
     return data
 
 
+@pytest.mark.slow
 def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_path, small_tetrominoes):
     runs_root, archive = tmp_path / "slices", tmp_path / "out" / "runs"
     tiny = "--device cpu --batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
@@ -423,6 +426,7 @@ def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_
     assert len(list((unpacked / "logs").glob("*.log"))) == 2  # and what the runs printed
 
 
+@pytest.mark.slow
 def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_tetrominoes):
     (small_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
     commands = tmp_path / "commands.txt"
@@ -433,6 +437,7 @@ def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_t
     assert not (tmp_path / "r" / "tetrominoes").exists()
 
 
+@pytest.mark.slow
 def test_advance_runs_queue_shares_one_slice_among_the_runs(env, tmp_path, small_tetrominoes):
     tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 1 --amp off --device cpu"
     commands = tmp_path / "commands.txt"

@@ -104,6 +104,7 @@ def test_fused_nwm_matches_autograd_in_float32():
     assert_same(fused, plain, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @needs_compiler
 @pytest.mark.parametrize("channels, batch, size, readout", [(1, 3, 16, "linear"), (2, 3, (17, 13), "fft"),
                                                             (3, 5, (9, 15), "last"), (2, 1, 16, "mean_time"),

@@ -131,6 +131,7 @@ def test_min_epochs_delays_early_stopping(run_train, tmp_path):
     assert result["epochs_run"] == 5
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_train, tmp_path, monkeypatch, capsys):
     real_epoch, calls = train.train_one_epoch, []
 
@@ -154,6 +155,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(run_train, tm
     assert not runs.is_finished(run_dir)
 
 
+@pytest.mark.slow
 def test_a_different_run_under_the_same_name_is_refused(run_train, tmp_path, capsys):
     run_train(tmp_path, "--epochs", "1", "--run-name", "same")
     with pytest.raises(SystemExit) as exit_info:
@@ -163,12 +165,14 @@ def test_a_different_run_under_the_same_name_is_refused(run_train, tmp_path, cap
     assert "other settings" in err and "lr: 0.001 there, 0.01 now" in err and "--restart" in err
 
 
+@pytest.mark.slow
 def test_restart_replaces_a_run(run_train, tmp_path):
     run_train(tmp_path, "--epochs", "1", "--run-name", "again")
     result = run_train(tmp_path, "--epochs", "2", "--run-name", "again", "--restart")
     assert result["epochs_run"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "cnn", "unet"])
 def test_baselines_train_end_to_end(run_train, tmp_path, model):
     result = run_train(tmp_path, "--model", model, "--epochs", "1", "--depth", "2", "--width", "2")
@@ -178,6 +182,7 @@ def test_baselines_train_end_to_end(run_train, tmp_path, model):
         assert config["readout"] is None
 
 
+@pytest.mark.slow
 def test_nwm_learns_the_tiny_task(run_train, tmp_path):
     # a pixel's class depends on the size of its whole square; at this budget some seeds
     # only separate foreground from background, so the bound asks for that much (0.5 is
@@ -193,6 +198,7 @@ def cli(*args, env=None):
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--model", "transformer"], "invalid choice: 'transformer'"),
     (["--readout", "median"], "invalid choice: 'median'"),
@@ -208,6 +214,7 @@ def test_bad_settings_are_refused_before_any_work(args, message, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_missing_dataset_names_the_command_that_creates_it(tmp_path):
     result = cli("--dataset", "polygons", "--data-root", str(tmp_path / "d"), "--runs-root", str(tmp_path / "r"))
     assert result.returncode == 2
@@ -215,6 +222,7 @@ def test_missing_dataset_names_the_command_that_creates_it(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_help_documents_every_setting():
     out = cli("--help").stdout
     for flag in ["--dataset", "--model", "--readout", "--T", "--dt", "--c-mid", "--hidden-channels",
@@ -226,6 +234,7 @@ def test_help_documents_every_setting():
     assert "default: 0.001" in out and "default: 300" in out
 
 
+@pytest.mark.slow
 def test_time_budget_stops_after_the_epoch_that_spends_it(run_train, tmp_path):
     test = run_train(tmp_path / "runs", "--epochs", "5", "--max-minutes", "1e-6", "--run-name", "b")
     assert test["epochs_run"] == 1 and test["stop_reason"] == "time_budget"
@@ -240,6 +249,7 @@ def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
     assert args.T == 100 and args.lr == 1e-3  # the paper's model and optimiser
 
 
+@pytest.mark.slow
 def test_a_run_is_not_continued_on_other_data(tiny_dataset, run_train, tmp_path, capsys):
     run_train(tmp_path / "runs", "--epochs", "1", "--run-name", "d")
     folder = tiny_dataset / "tiny"
