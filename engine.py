@@ -5,8 +5,8 @@ by index: the datasets are small, and no worker processes means nothing to tune.
 the paper's loader, the last partial training batch of each epoch is dropped, so every
 training step has the same shape; evaluation covers every image.
 
-A training step is forward, cross-entropy, backward and Adam step (`TrainStep`; on CUDA,
-cuda_graphs.py replays it from a captured graph, train.py --cuda-graph). Nothing inside an
+A training step is forward, cross-entropy, backward and Adam step (`TrainStep`; on CUDA it
+may be replayed from a captured graph instead, see GraphedTrainStep). Nothing inside an
 epoch waits for the GPU: losses and metrics accumulate on the device and are read once, at
 the end of the epoch, where a non-finite loss is caught.
 """
@@ -115,7 +115,7 @@ def train_one_epoch(step, images, masks, num_classes, batch_size, generator, pro
 def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progress=False, desc="eval",
              graphed=None, stop=None):
     """Metrics (metrics.py) of `model` on a whole split, in eval mode. `graphed` (a forward pass
-    for this batch size, cuda_graphs.GraphedForward) runs the full batches; a smaller last batch runs
+    for this batch size, a GraphedForward) runs the full batches; a smaller last batch runs
     eagerly, so every image counts exactly once. `stop` (a StopSignals) is checked between batches."""
     model.eval()
     metrics = SegmentationMetrics(num_classes, images.device)
