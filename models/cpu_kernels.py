@@ -12,7 +12,8 @@ The batch is processed in chunks of images, each running all T steps; the images
 chunk are split among torch's CPU threads (ctypes releases the GIL during each call, so
 they run in parallel), and the chunk's frames are projected on the readout's time basis
 with one matrix product. Memory grows with the chunk, not with the batch: these paths
-need no segments for backpropagation through time.
+need no segments for backpropagation through time (the NWM's forward pass keeps ~sqrt(T)
+states per image for its backward pass, nwm_cpu.checkpoint_buffer).
 """
 import ctypes
 import hashlib

@@ -1,13 +1,15 @@
 """The NWM recurrence on the CPU through its compiled kernel (models/nwm_kernel.c, built and
 run by models/cpu_kernels.py): each image runs all T steps in cache, one pass per step."""
 import ctypes
+import math
 
 import torch
 
 from . import cpu_kernels
 
 L, P, D, I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
-ARGTYPES = dict(nwm_forward=(L,) * 6 + (P,) * 5 + (D, P, I), nwm_backward=(L,) * 6 + (P,) * 6 + (D,) + (P,) * 7 + (I,))
+ARGTYPES = dict(nwm_forward=(L,) * 7 + (P,) * 5 + (D, P, I, P),
+                nwm_backward=(L,) * 7 + (P,) * 7 + (D,) + (P,) * 7 + (I,))
 
 
 def kernel(y):
@@ -18,25 +20,40 @@ def kernel(y):
     return cpu_kernels.load("nwm", y.dtype, y.shape[1], **ARGTYPES)
 
 
-def projection(lib, y0, dt_omega, damping, weight, basis, dt, half=False):
+def segment_length(T):
+    """K = ceil(sqrt(T)) exactly (1 for T <= 1): the steps of the kernel's backward segments."""
+    return math.isqrt(T - 1) + 1 if T > 1 else 1
+
+
+def checkpoint_buffer(y0, T):
+    """Where `projection` keeps (y, z) at the start of each backward segment but the first:
+    B x segments-1 x 2 x C x H x W."""
+    # T = 100, float32: 9 (y, z), 0.59 MB a Tetrominoes image (2 x 64 x 64), 19 MB a Multi-MNIST one (16 x 128 x 128)
+    return y0.new_empty(len(y0), max(T - 1, 0) // segment_length(T), 2, *y0.shape[1:])
+
+
+def projection(lib, y0, dt_omega, damping, weight, basis, dt, half=False, checkpoints=None):
     """sum_t y_t (x) basis[t] over the T = len(basis) steps from (y0, z0 = 0), as (B*C*H*W) x K'.
-    half: frames, basis and the result in bfloat16 (cpu_kernels.projection)."""
+    half: frames, basis and the result in bfloat16 (cpu_kernels.projection). checkpoints: None
+    (no backward will follow), or a `checkpoint_buffer` that receives what `projection_backward` needs."""
     H, W, T = y0.shape[2], y0.shape[3], basis.shape[0]
 
     def run(chunk, frames):
         y, z = y0[chunk], torch.zeros_like(y0[chunk])
-        cpu_kernels.parallel(lib.nwm_forward, len(y), H, W, T,
+        cpu_kernels.parallel(lib.nwm_forward, len(y), H, W, T, segment_length(T),
                              *cpu_kernels.pointers(y, z, dt_omega[chunk], damping[chunk], weight), dt,
-                             frames.data_ptr(), half)
+                             frames.data_ptr(), half, None if checkpoints is None else checkpoints[chunk].data_ptr())
 
     return cpu_kernels.projection(run, y0, basis, half)
 
 
-def projection_backward(lib, y0, dt_omega, damping, weight, basis, dt, grad_projected, need_basis, half=False):
+def projection_backward(lib, y0, dt_omega, damping, weight, basis, checkpoints, dt, grad_projected, need_basis,
+                        half=False):
     """Gradients of `projection` with respect to y0, dt_omega, damping, weight and (if
-    need_basis) basis, given that of its output (B x C x H x W x K', any strides): each chunk
-    recomputes its T steps and runs the adjoint steps backwards (models/nwm_fused.py has the
-    equations). half: as in `projection`, the products with the basis in bfloat16."""
+    need_basis) basis, given that of its output (B x C x H x W x K', any strides) and the
+    checkpoints it kept: each chunk recomputes its T steps, segment by segment from those, and
+    runs the adjoint steps backwards (models/nwm_fused.py has the equations). half: as in
+    `projection`, the products with the basis in bfloat16."""
     B, H, W, T = y0.shape[0], y0.shape[2], y0.shape[3], basis.shape[0]
     gy, g_dt_omega, g_damping = torch.zeros_like(y0), torch.zeros_like(y0), torch.zeros_like(y0)
     g_weight = y0.new_zeros(B, *weight.shape)
@@ -45,8 +62,9 @@ def projection_backward(lib, y0, dt_omega, damping, weight, basis, dt, grad_proj
     def run(chunk, g_frames, frames):
         y = y0[chunk]
         z, gz = torch.zeros_like(y), torch.zeros_like(y)
-        cpu_kernels.parallel(lib.nwm_backward, len(y), H, W, T,
-                             *cpu_kernels.pointers(y, z, dt_omega[chunk], damping[chunk], weight, adjoint_weight), dt,
+        cpu_kernels.parallel(lib.nwm_backward, len(y), H, W, T, segment_length(T),
+                             *cpu_kernels.pointers(y, z, checkpoints[chunk], dt_omega[chunk], damping[chunk], weight,
+                                                   adjoint_weight), dt,
                              g_frames.data_ptr(),
                              *cpu_kernels.pointers(gy[chunk], gz, g_dt_omega[chunk], g_damping[chunk], g_weight[chunk]),
                              None if frames is None else frames.data_ptr(), half)

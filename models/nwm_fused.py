@@ -74,14 +74,16 @@ def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_fra
 
 class _WaveRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment, half):
+    def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment, half, backward):
         T = basis.shape[0]
         ctx.dt, ctx.segment, ctx.lib = dt, segment, nwm_cpu.kernel(y0)
         if ctx.lib is not None:
             inputs = [t.contiguous() for t in (y0, dt_omega, damping, weight, basis)]
-            ctx.save_for_backward(*inputs)
+            checkpoints = nwm_cpu.checkpoint_buffer(inputs[0], T) if backward else None
             ctx.half = half and y0.dtype == torch.float32
-            return nwm_cpu.projection(ctx.lib, *inputs, dt, ctx.half).view(*y0.shape, basis.shape[1])
+            projected = nwm_cpu.projection(ctx.lib, *inputs, dt, ctx.half, checkpoints)
+            ctx.save_for_backward(*inputs, checkpoints)
+            return projected.view(*y0.shape, basis.shape[1])
         y, z = y0, torch.zeros_like(y0)
         z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
         projected = None  # (B*C*H*W) x K'
@@ -105,7 +107,7 @@ class _WaveRecurrence(torch.autograd.Function):
     def backward(ctx, grad_projected):
         if ctx.lib is not None:
             return *nwm_cpu.projection_backward(ctx.lib, *ctx.saved_tensors, ctx.dt, grad_projected,
-                                                ctx.needs_input_grad[4], ctx.half), None, None, None
+                                                ctx.needs_input_grad[4], ctx.half), None, None, None, None
         dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
         dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
         grad_projected = grad_projected.reshape(-1, basis.shape[1])
@@ -123,7 +125,7 @@ class _WaveRecurrence(torch.autograd.Function):
             g_weight += g_segment
             if g_basis is not None:
                 g_basis[t0:t0 + n] = ys[1:].reshape(n, -1) @ grad_projected
-        return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None, None
+        return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None, None, None
 
 
 def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment, half=False):
@@ -133,8 +135,11 @@ def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment
     Returns B x C x H x W x K'. The eager steps project the frames `segment` steps at a
     time, and their backward pass recomputes one segment at a time: longer segments mean
     fewer passes over the (large) projected features, shorter ones less memory. The CPU
-    kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py).
+    kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py), plus,
+    where a backward pass will follow, ~sqrt(T) states per image kept for it.
     half: the CPU kernel projects bfloat16 frames on a bfloat16 basis into bfloat16 features
     (for a bfloat16 head on a CPU with bfloat16 matrix units); the recurrence stays float32.
     """
-    return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment, half)
+    # (inside forward grad mode is off, and needs_input_grad does not say whether it was on)
+    backward = torch.is_grad_enabled() and any(t.requires_grad for t in (y0, dt_omega, damping, weight, basis))
+    return _WaveRecurrence.apply(y0, dt_omega, damping, weight, basis, dt, segment, half, backward)

@@ -134,10 +134,13 @@ static void step(const real *y, const real *z, real *y_out, real *z_out, real *t
 
 /* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
  * frames[t] (n x B x NC x H x W, float, or bfloat16 if bf16_frames) = y after step t+1.
+ * ck (B x (segments - 1) x 2 x NC x H x W, or NULL) receives (y, z) after steps K, 2K, ...
+ * before the last step: the starts of nwm_backward's segments of K steps after the first.
  * Returns 0, or -1 without memory. */
-int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0, real *z,
-                const real *dto, const real *damp, const real *w, double dt, void *frames, int bf16_frames) {
-    long S = NC * H * W;
+int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const real *y0, real *z,
+                const real *dto, const real *damp, const real *w, double dt, void *frames, int bf16_frames,
+                real *ck) {
+    long S = NC * H * W, segments = (n + K - 1) / K;
     scratch s;
     real *ys = malloc(sizeof(real) * 2 * S);  /* y before and after a step */
     if (!ys || scratch_init(&s, H, W)) {
@@ -151,6 +154,11 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0
             step(y, z + b * S, out, z + b * S, NULL, frame_at(frames, bf16_frames, (t * B + b) * S), dto + b * S,
                  damp + b * S, w, (real)dt, H, W, &s);
             y = out;
+            if (ck && (t + 1) % K == 0 && t + 1 < n) {  /* the start of segment (t + 1) / K */
+                real *c = ck + (b * (segments - 1) + (t + 1) / K - 1) * 2 * S;
+                memcpy(c, out, S * sizeof(real));
+                memcpy(c + S, z + b * S, S * sizeof(real));
+            }
         }
     }
     scratch_free(&s);
@@ -159,53 +167,40 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, const real *y0
 }
 
 /* The adjoint of n steps for images b0..b1-1 (see models/nwm_fused.py), image by image, in
- * segments of about sqrt(n) steps: a first pass keeps (y, z) at the start of each segment, then
- * each segment, last first, is recomputed (its y, z and tanh kept) and its adjoint steps run.
- * So one image's history is ~3 sqrt(n) states instead of 3 n (in cache for small images, and
+ * segments of K ~ sqrt(n) steps: each segment, last first, is recomputed from its start (its
+ * y, z and tanh kept) and its adjoint steps run. The first starts at (y_start, z_start), the
+ * others at the (y, z) that nwm_forward kept in ck (B x (segments - 1) x 2 x NC x H x W). So
+ * one image's history is ~3 sqrt(n) states instead of 3 n (in cache for small images, and
  * little memory per thread for large ones), for one more forward pass. gy, gz (B x NC x H x W)
  * enter as the gradients after the last step and leave as those before the first; g_frames
  * (n x B x ..., float or, if half, bfloat16) are the gradients of the frames; g_dto, g_damp
  * (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. frames (n x B x ..., float
  * or bfloat16, or NULL) receives y_1..y_n, for the gradient of the time basis. wadj:
  * the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1 without memory. */
-int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y_start,
-                 const real *z_start, const real *dto, const real *damp, const real *w,
+int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const real *y_start,
+                 const real *z_start, const real *ck, const real *dto, const real *damp, const real *w,
                  const real *wadj, double dt_, const void *g_frames, real *gy, real *gz,
                  real *g_dto, real *g_damp, real *g_w, void *frames, int half) {
     long S = NC * H * W, Wb = block_width(W);
-    long K = (long)ceil(sqrt((double)n)), segments = (n + K - 1) / K;
+    long segments = (n + K - 1) / K;
     real dt = (real)dt_;
     scratch s;
-    /* (y, z) at the start of each segment; y and z before each step of a segment and after its
-     * last, tanh of each step */
-    real *checkpoints = malloc(sizeof(real) * (2 * segments + 3 * K + 2) * S);
-    if (!checkpoints || scratch_init(&s, H, W)) {
-        free(checkpoints);
+    /* y and z before each step of a segment and after its last, tanh of each step */
+    real *history = malloc(sizeof(real) * (3 * K + 2) * S);
+    if (!history || scratch_init(&s, H, W)) {
+        free(history);
         return -1;
     }
-    real *ck_y = checkpoints, *ck_z = ck_y + segments * S, *ys = ck_z + segments * S;
-    real *zs = ys + (K + 1) * S, *th = zs + (K + 1) * S;
-    frame none = {NULL, NULL};
+    real *ys = history, *zs = ys + (K + 1) * S, *th = zs + (K + 1) * S;
     for (long b = b0; b < b1; b++) {
         const real *om = dto + b * S, *dm = damp + b * S;
-        memcpy(ck_y, y_start + b * S, S * sizeof(real));
-        memcpy(ck_z, z_start + b * S, S * sizeof(real));
-        for (long g = 0; g + 1 < segments; g++) {  /* the segments' starts */
-            const real *yc = ck_y + g * S, *zc = ck_z + g * S;
-            for (long i = 0; i < K; i++) {
-                real *yo = i == K - 1 ? ck_y + (g + 1) * S : ys + (i % 2) * S;
-                real *zo = i == K - 1 ? ck_z + (g + 1) * S : zs + (i % 2) * S;
-                step(yc, zc, yo, zo, NULL, none, om, dm, w, dt, H, W, &s);
-                yc = yo;
-                zc = zo;
-            }
-        }
         real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
         memset(s.gv, 0, sizeof(vec) * NC * NC * 9);
         for (long g = segments - 1; g >= 0; g--) {
             long t0 = g * K, steps = n - t0 < K ? n - t0 : K;
-            memcpy(ys, ck_y + g * S, S * sizeof(real));
-            memcpy(zs, ck_z + g * S, S * sizeof(real));
+            const real *yc = g ? ck + (b * (segments - 1) + g - 1) * 2 * S : y_start + b * S;
+            memcpy(ys, yc, S * sizeof(real));
+            memcpy(zs, g ? yc + S : z_start + b * S, S * sizeof(real));
             for (long i = 0; i < steps; i++)
                 step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
                      frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, w, dt, H, W, &s);
@@ -243,6 +238,6 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, const real *y
             for (int l = 0; l < VL; l++) gwb[k] += s.gv[k][l];
     }
     scratch_free(&s);
-    free(checkpoints);
+    free(history);
     return 0;
 }
