@@ -8,7 +8,7 @@
 
 (torch.hub.load works too, see hubconf.py.) The shipped Tetrominoes models were trained
 on the project's previous Tetrominoes recipe, not on the paper's data, at a tenth of the
-paper's budget (README, "Results"); the Polygons NWM on today's Polygons recipe, for 8
+paper's budget (docs/results.md); the Polygons NWM on today's Polygons recipe, for 8
 epochs.
 """
 from pathlib import Path

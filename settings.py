@@ -11,7 +11,7 @@ repository root, where git ignores ./data and ./runs):
     WAVES_TABLES       formatted score tables                         <runs root>/tables
 
 So nothing a tool writes lands in the committed results/ folder unless it is named
-explicitly (the README's command that regenerates the shipped evidence does that).
+explicitly (the command in docs/results.md that regenerates the shipped evidence does that).
 The device is `auto` (CUDA when available) unless named; CPU threads default to the
 cores this process may use. Also here: what the device computes fast (bfloat16) and the
 process-wide CPU memory allocator setting.

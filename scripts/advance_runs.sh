@@ -2,7 +2,7 @@
 # Advances runs by a time slice, for machines held for a limited time (a GPU lent for half an
 # hour, a pre-emptible queue): the runs live in a runs root that travels with you (by default
 # results/runs, committed), and each slice moves every run forward and packs the run
-# directories to bring back. See the README, "Advancing runs in time slices".
+# directories to bring back. See docs/reproducing.md, "Advancing runs in time slices".
 #
 #   scripts/advance_runs.sh COMMANDS_FILE --minutes 9 --per-gpu 4 --mnist-from-dir DIR --archive OUT/runs
 #
