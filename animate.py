@@ -14,7 +14,7 @@ from pathlib import Path
 import runs
 import settings
 from analysis.animation import make_animation
-from cli import HelpFormatter, int_at_least
+from cli import HelpFormatter, add_data_root, int_at_least
 from dataset_config import DatasetError, read_metadata
 from models import is_recurrent
 
@@ -27,7 +27,7 @@ def build_parser():
     parser.add_argument("--channel", type=int_at_least(0), default=0, help="which hidden channel to show")
     parser.add_argument("--out", default=None,
                         help="output folder (default: $WAVES_FIGURES/animations, else <runs root>/figures/animations)")
-    parser.add_argument("--data-root", default=None, help="data root (default: $WAVES_DATA_ROOT, else ./data)")
+    add_data_root(parser)
     parser.add_argument("--stride", type=int_at_least(1), default=1, help="one GIF frame every this many steps")
     parser.add_argument("--scale", type=int_at_least(1), default=3, help="pixels per image pixel in the GIF")
     return parser

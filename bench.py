@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cli import HelpFormatter, int_at_least
+from cli import HelpFormatter, add_device, add_threads, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from cuda_graphs import GraphedTrainStep
 from dataset_config import get_info
@@ -203,13 +203,12 @@ def run_worker(config_name, impl, batch_size, steps, device, threads):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=list(BENCH_CONFIGS),
                    help="configurations of configs.BENCH_CONFIGS (default: all)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
-    p.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="CPU threads of every measurement (default: the cores this process may use)")
+    add_device(p)
+    add_threads(p)  # of every measurement: run_worker passes --device and --threads on to each worker
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="images per step (default: 64, --quick: 8)")
     p.add_argument("--steps", type=int_at_least(1), default=None,
                    help="timed steps after one warm-up (default: 3, --quick: 1)")
@@ -219,6 +218,11 @@ def main(argv=None):
                    help="time the project's steps only (eager, and graphed on CUDA), not the reference's")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     batch_size = args.batch_size or (8 if args.quick else 64)
     steps = args.steps or (1 if args.quick else 3)

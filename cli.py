@@ -5,6 +5,12 @@ when the help already names the default, not for switches (--no-progress), not f
 defaults that mean "unset". The argument types name the valid range in their errors, and
 argparse adds the flag: "argument --epochs: must be at least 1, got 0". Floats must be finite:
 nan and inf would pass every range check or fail far from the flag that caused them.
+
+The flags several entry scripts share (--data-root, --runs-root, --device, --threads,
+--no-progress) are written once here, `add_data_root(parser)` etc., each with one help text, so
+that the scripts cannot drift apart (tests/test_cli.py). They take a parser or an argument group
+and return the action. This module imports no torch: the environment variables are spelled out
+(settings.DATA_ROOT_ENV and RUNS_ROOT_ENV; tests/test_cli.py checks they agree).
 """
 import argparse
 import math
@@ -59,3 +65,40 @@ def float_at_least(minimum):
         return value
     parse.__name__ = f"number >= {minimum}"
     return parse
+
+
+# -----------------------------------------------------------------------------
+# the flags the entry scripts share (resolved by settings.data_root, runs_root, pick_device, set_threads)
+
+DATA_ROOT_HELP = "folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)"
+RUNS_ROOT_HELP = "folder holding the run directories (default: $WAVES_RUNS_ROOT, else ./runs)"
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (cuda when available)"
+THREADS_HELP = ("CPU threads (default: the cores this process may use; on a machine shared with other work, "
+                "fewer threads than cores keep each step from waiting on a busy core)")
+
+
+def progress_help(log=None):
+    """--no-progress's help. `log`: what the program writes instead of its bars when its output is not a
+    terminal ("one line per epoch"); None where it draws its bar in a log too."""
+    return "no progress bars" + (f" (they are shown on a terminal only; in a log, {log})" if log else "")
+
+
+def add_data_root(parser):
+    return parser.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
+
+
+def add_runs_root(parser):
+    return parser.add_argument("--runs-root", default=None, help=RUNS_ROOT_HELP)
+
+
+def add_device(parser):
+    return parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_threads(parser):
+    return parser.add_argument("--threads", type=int_at_least(1), default=None, help=THREADS_HELP)
+
+
+def add_progress(parser, log=None):
+    """--no-progress, stored as `progress` (True unless given); `log` as in progress_help."""
+    return parser.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help(log))

@@ -27,7 +27,7 @@ import plotting
 import pretrained
 import settings
 from analysis.animation import write_animation
-from cli import HelpFormatter, int_at_least
+from cli import HelpFormatter, add_device, add_threads, int_at_least
 from dataset_config import get_info
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -49,9 +49,8 @@ def build_parser():
     p.add_argument("--save-ids", action="store_true", help="also write <name>_classes.npy, the class id of every pixel")
     p.add_argument("--animate", action="store_true", help="also write <name>_waves.gif, the hidden state over time")
     p.add_argument("--channel", type=int_at_least(0), default=0, help="hidden channel that --animate shows")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="CPU threads (default: the cores this process may use)")
+    add_device(p)
+    add_threads(p)
     return p
 
 

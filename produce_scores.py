@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import runs
 import settings
-from cli import HelpFormatter, int_at_least
+from cli import HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least
 from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
 from engine import evaluate
 from metrics import METRIC_NAMES
@@ -37,18 +37,16 @@ CONFIG_COLUMNS = ("dataset", "model", "readout", "T", "depth", "width", "hidden_
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("run_dirs", nargs="*", help="run directories to score (default: every run under --runs-root)")
-    p.add_argument("--runs-root", default=None, help="folder to scan for runs (default: $WAVES_RUNS_ROOT, else ./runs)")
-    p.add_argument("--data-root", default=None,
-                   help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    add_runs_root(p)
+    add_data_root(p)
     p.add_argument("--out", default=None,
                    help="CSV file to write, rows merged into it (default: $WAVES_SCORES, else <runs root>/scores.csv)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress(p)
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="use each run's stored test_metrics.json instead of evaluating its checkpoint again")
     p.add_argument("--fresh", action="store_true", help="ignore rows already in --out instead of merging")
-    p.add_argument("--device", default="auto", help="device for evaluation: cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="CPU threads (default: the cores this process may use)")
+    add_device(p)
+    add_threads(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="evaluation batch size")
     return p
 

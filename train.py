@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import runs
 import settings
-from cli import HelpFormatter, float_at_least, int_at_least, positive_float
+from cli import (HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, float_at_least,
+                 int_at_least, positive_float)
 from configs import default_help, model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
@@ -69,8 +70,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="tetrominoes", choices=sorted(DATASETS), help="dataset to train on")
-    g.add_argument("--data-root", default=None,
-                   help="folder holding the datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    add_data_root(g)
     g.add_argument("--train-size", type=int_at_least(1), default=None,
                    help="train on the first N training images only (default: all)")
     g.add_argument("--val-size", type=int_at_least(1), default=None,
@@ -113,10 +113,8 @@ def build_parser():
                         "ends (for advancing runs in time slices; default: none)")
 
     g = p.add_argument_group("speed (none of these changes the mathematics)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
-    g.add_argument("--threads", type=int_at_least(1), default=None,
-                   help="CPU threads (default: the cores this process may use; on a machine shared with other "
-                        "work, fewer threads than cores keep each step from waiting on a busy core)")
+    add_device(g)
+    add_threads(g)
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
                    help="bfloat16 autocast for the convolutions and the readout head (recurrences stay float32); "
                         "auto: on where bfloat16 is native (GPUs from Ampere on, CPUs with AMX/AVX512-BF16), else "
@@ -140,8 +138,7 @@ def build_parser():
                         "(glibc; much faster CPU steps, see settings.tune_cpu_allocator)")
 
     g = p.add_argument_group("run directory")
-    g.add_argument("--runs-root", default=None,
-                   help="where run directories go (default: $WAVES_RUNS_ROOT, else ./runs)")
+    add_runs_root(g)
     g.add_argument("--run-name", default=None,
                    help="run directory under the runs root (default: from the settings, e.g. "
                         "tetrominoes/nwm-linear-T100-h2-seed0)")
@@ -149,8 +146,7 @@ def build_parser():
                    help="resume the run in RUN_DIR with its stored settings "
                         "(running the same command again resumes too)")
     g.add_argument("--restart", action="store_true", help="delete an existing run of the same name and start over")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars (they are shown on a terminal only; in a log, one line per epoch)")
+    add_progress(g, log="one line per epoch")
     g.add_argument("--quickstart", action="store_true",
                    help="a CPU-sized demo: creates Tetrominoes if missing and trains a small NWM in minutes "
                         f"({', '.join(f'{k}={v}' for k, v in QUICKSTART.items())}); explicit flags still win")

@@ -15,7 +15,7 @@ from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import score_tables, write_tables
 from analysis.wave_report import report
-from cli import HelpFormatter, int_at_least
+from cli import HelpFormatter, add_data_root, add_threads, int_at_least
 
 
 def tables(args):
@@ -74,11 +74,11 @@ def build_parser():
                                                            "sounds come from the first of each dataset and model")
     p.add_argument("--n", type=int_at_least(1), default=32, help="images measured, the first of the split")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--data-root", default=None, help="datasets (default: $WAVES_DATA_ROOT, else ./data)")
+    add_data_root(p)
     p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
     p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
     p.add_argument("--sounds", default=None, help="WAV folder (default: sounds/ beside the figures folder)")
-    p.add_argument("--threads", type=int_at_least(1), default=None, help="CPU threads (default: the available cores)")
+    add_threads(p)
     p.set_defaults(run=waves)
     return parser
 

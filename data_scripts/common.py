@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cli import int_at_least
+from cli import add_data_root, add_progress, int_at_least
 from dataset_config import (FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
                             get_info, resolve_data_root)
-from settings import DATA_ROOT_ENV
 
 # -----------------------------------------------------------------------------
 # command line
@@ -29,8 +28,7 @@ from settings import DATA_ROOT_ENV
 def make_parser(info, doc, generated=True):
     """The flags every dataset program shares; `generated` adds the split sizes."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default=None,
-                        help=f"data root folder (default: ${DATA_ROOT_ENV} if set, else ./data)")
+    add_data_root(parser)
     parser.add_argument("--out", default=None, help=f"output folder (default: <data root>/{info.folder})")
     origin = "our recipe's" if not info.paper_sha256 else "the paper's"
     parser.add_argument("--seed", type=int_at_least(0, 2**32 - 1), default=info.default_seed,  # numpy's seed range
@@ -38,8 +36,7 @@ def make_parser(info, doc, generated=True):
                              f"{origin})")
     parser.add_argument("--force", action="store_true",
                         help="re-create the dataset even if the output folder already holds one (any recipe)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars (they are shown on a terminal only; in a log, one line per split)")
+    add_progress(parser, log="one line per split")
     if generated:
         for split, size in zip(info.splits, info.paper_split_sizes):
             parser.add_argument(f"--{split}", type=int_at_least(1), default=size,

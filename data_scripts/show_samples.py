@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_
 
 import plotting
 import settings
-from cli import HelpFormatter, int_at_least
+from cli import HelpFormatter, add_data_root, int_at_least
 from data_scripts import common
 from dataset_config import DATASETS, get_info, load_dataset
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="which dataset")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"], help="which split")
@@ -27,8 +27,12 @@ def main(argv=None):
     parser.add_argument("--out", default=None,
                         help="PNG to write (default: samples_<dataset>.png in $WAVES_FIGURES, "
                              "else <runs root>/figures)")
-    parser.add_argument("--data-root", default=None, help="data root (default: $WAVES_DATA_ROOT, else ./data)")
-    args = parser.parse_args(argv)
+    add_data_root(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     images, masks = load_dataset(args.dataset, args.split, args.data_root, limit=args.n)
     out = Path(args.out) if args.out else settings.figures_dir() / f"samples_{args.dataset}.png"
     fig = plotting.sample_grid(images, masks, get_info(args.dataset).class_names, n=args.n)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
+from cli import add_data_root
 from dataset_config import (DATASETS, DatasetError, DatasetNotFoundError, array_digests, create_command,
                             get_info, read_metadata)
-from settings import DATA_ROOT_ENV
 
 
 def verify(name, data_root=None):
@@ -49,12 +49,16 @@ def verify(name, data_root=None):
     return ok, f"{name:12s} " + "; ".join(parts)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", metavar="DATASET",
                         help=f"which datasets (default: all: {', '.join(DATASETS)})")
-    parser.add_argument("--data-root", default=None,
-                        help=f"data root folder (default: ${DATA_ROOT_ENV} if set, else ./data)")
+    add_data_root(parser)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     unknown = [name for name in args.datasets if name not in DATASETS]
     if unknown:
