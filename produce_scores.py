@@ -41,7 +41,7 @@ def build_parser():
     add_data_root(p)
     p.add_argument("--out", default=None,
                    help="CSV file to write, rows merged into it (default: $WAVES_SCORES, else <runs root>/scores.csv)")
-    add_progress(p)
+    add_progress(p, log="one line per run")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="use each run's stored test_metrics.json instead of evaluating its checkpoint again")
     p.add_argument("--fresh", action="store_true", help="ignore rows already in --out instead of merging")
@@ -131,7 +131,10 @@ def main(argv=None):
 
     rows, skipped = [], []
     test_splits = TestSplits(args.data_root, device)
-    for run_dir in tqdm(run_dirs, desc="scoring runs", disable=not args.progress, dynamic_ncols=True):
+    terminal = args.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per run
+    for i, run_dir in enumerate(tqdm(run_dirs, desc="scoring runs", disable=not terminal, dynamic_ncols=True)):
+        if args.progress and not terminal:
+            print(f"[{i + 1}/{len(run_dirs)}] {run_dir}", flush=True)
         if not (run_dir / runs.CONFIG).is_file():
             skipped.append((run_dir, "not a run directory (no config.json)"))
         elif not runs.is_finished(run_dir):

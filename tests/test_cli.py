@@ -33,7 +33,7 @@ PARSERS = {
     "train.py": (train.build_parser, {"--data-root", "--runs-root", "--device", "--threads", "--no-progress"},
                  "one line per epoch"),
     "produce_scores.py": (produce_scores.build_parser,
-                          {"--data-root", "--runs-root", "--device", "--threads", "--no-progress"}, None),
+                          {"--data-root", "--runs-root", "--device", "--threads", "--no-progress"}, "one line per run"),
     "predict.py": (predict.build_parser, {"--device", "--threads"}, None),
     "bench.py": (bench.build_parser, {"--device", "--threads"}, None),
     "animate.py": (animate.build_parser, {"--data-root"}, None),

@@ -88,3 +88,14 @@ def test_runs_on_other_data_keep_their_stored_metrics_and_are_labelled(runs_root
     for run in again["run"]:
         stored = runs.load_json(runs_root / run / runs.TEST_METRICS)
         assert again.set_index("run").loc[run, "iou_foreground"] == stored["iou_foreground"]
+
+
+def test_a_log_gets_one_plain_line_per_run(runs_root, tiny_dataset, tmp_path, capsys):
+    capsys.readouterr()  # (stderr is not a terminal under capsys, as in a log)
+    score(runs_root, tiny_dataset, tmp_path / "scores.csv", "--no-eval")
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    assert [line.split()[0] for line in captured.out.splitlines() if line.startswith("[")] == ["[1/4]", "[2/4]",
+                                                                                              "[3/4]", "[4/4]"]
+    score(runs_root, tiny_dataset, tmp_path / "scores.csv", "--no-eval", "--no-progress")
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
