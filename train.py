@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import pretrained
 import runs
 import settings
 from cli import (HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, float_at_least,
@@ -416,6 +417,22 @@ def test_best(run, model, reason):
     return test
 
 
+def shipped_comparison(test, data_fingerprint, name="tetrominoes/nwm"):
+    """A line setting the quickstart's test score beside that of the shipped model `name`, if that
+    one was trained on the same data (the same arrays); else None."""
+    run_dir, _ = pretrained.resolve(name)
+    try:
+        config, shipped = runs.load_json(run_dir / runs.CONFIG), runs.load_json(run_dir / runs.TEST_METRICS)
+    except (OSError, ValueError):  # not shipped in this copy, or damaged: nothing to compare with
+        return None
+    if config.get("data", {}).get("sha256") != data_fingerprint["sha256"]:
+        return None
+    images = config.get("train_size") or config["data"]["split_sizes"]["train"]
+    return (f"A full training goes further: the shipped {name} (the paper's recipe, {shipped['epochs_run']} epochs "
+            f"on {images:,} images) scores test fg IoU {shipped['iou_foreground']:.4f}, this run "
+            f"{test['iou_foreground']:.4f}.")
+
+
 def main(argv=None):
     invoked = time.perf_counter()
     try:
@@ -478,6 +495,9 @@ def run_command(argv, invoked):
               f"{run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(EXIT_STATUS[signum])
     if test is not None and args.quickstart:
+        comparison = shipped_comparison(test, data_fingerprint)
+        if comparison:
+            print(comparison)
         print("This was a CPU-sized demo. The paper's experiment is the same command without --quickstart\n"
               "(10,000 images, 300 epochs, 256-wide head; best on a GPU), e.g.\n"
               "  python train.py --dataset tetrominoes --model nwm --readout linear --seed 0\n"

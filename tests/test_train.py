@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import dataset_config
+import pretrained
 import runs
 import train
 from conftest import REPO
@@ -271,3 +272,17 @@ def test_the_quickstarts_data_step_gets_no_progress_too(tmp_path, monkeypatch):
     _, args = train.parse_args(["--quickstart", "--no-progress", "--data-root", str(tmp_path), "--device", "cpu"])
     train.ensure_quickstart_data(args)
     assert len(commands) == 1 and commands[0][-1] == "--no-progress"
+
+
+@pytest.mark.slow
+def test_the_quickstart_compares_with_the_shipped_model_only_on_the_same_data(tiny_dataset, run_train, tmp_path,
+                                                                              monkeypatch):
+    shipped_test = run_train(tmp_path / "runs", "--epochs", "2", "--run-name", "shipped")
+    monkeypatch.setitem(pretrained.SHIPPED, "tetrominoes/nwm", str(tmp_path / "runs" / "shipped"))
+    same = json.loads((tmp_path / "runs" / "shipped" / runs.CONFIG).read_text())["data"]
+    line = train.shipped_comparison({"iou_foreground": 0.25}, same)
+    assert f"scores test fg IoU {shipped_test['iou_foreground']:.4f}, this run 0.2500" in line
+    assert "2 epochs on 48 images" in line
+    assert train.shipped_comparison({"iou_foreground": 0.25}, dict(same, sha256="0" * 64)) is None
+    monkeypatch.setitem(pretrained.SHIPPED, "tetrominoes/nwm", str(tmp_path / "nowhere"))
+    assert train.shipped_comparison({"iou_foreground": 0.25}, same) is None
