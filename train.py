@@ -501,7 +501,7 @@ def run_command(argv, invoked):
         print("This was a CPU-sized demo. The paper's experiment is the same command without --quickstart\n"
               "(10,000 images, 300 epochs, 256-wide head; best on a GPU), e.g.\n"
               "  python train.py --dataset tetrominoes --model nwm --readout linear --seed 0\n"
-              "or the whole grid: bash scripts/tetrominoes/nwm.sh (see README).")
+              "or all the Tetrominoes NWM runs of the paper: bash scripts/tetrominoes/nwm.sh (see README).")
     return test
 
 
