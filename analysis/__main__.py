@@ -7,6 +7,7 @@
     python -m analysis waves RUN [RUN ...]      # waves of trained runs: numbers, figures, sounds
 """
 import argparse
+import sys
 
 import pandas as pd
 
@@ -16,6 +17,7 @@ from analysis.squares import area_classifier, square_theory
 from analysis.tables import score_tables, write_tables
 from analysis.wave_report import report
 from cli import HelpFormatter, add_data_root, add_threads, int_at_least
+from dataset_config import DatasetError
 
 
 def tables(args):
@@ -42,8 +44,11 @@ def waves(args):
     settings.set_threads(args.threads)
     figures = settings.figures_dir(args.figures)
     sounds = args.sounds if args.sounds is not None else figures.parent / "sounds"
-    outputs = report(args.runs, figures, settings.tables_dir(args.tables), sounds, args.n, args.split,
-                     args.data_root)
+    try:
+        outputs = report(args.runs, figures, settings.tables_dir(args.tables), sounds, args.n, args.split,
+                         args.data_root)
+    except (OSError, DatasetError) as e:
+        sys.exit(f"error: {e}")
     print(outputs["summary"].to_string(float_format=lambda v: f"{v:.4g}"))
     print(outputs["classes"].to_string(float_format=lambda v: f"{v:.4g}"))
     for path in [*outputs["figures"], *(p for paths in outputs["sounds"].values() for p in paths.values())]:

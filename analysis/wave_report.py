@@ -188,6 +188,10 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
     (one row per model), its class sounds <sounds>/<dataset>_<model>-<class>.wav and their
     spectrograms <figures>/waves_spectrogram_<dataset>_<model>.png. Returns
     dict(summary, classes, rows, sounds: (dataset, model) -> {class: path}, figures: [paths])."""
+    for run_dir in run_dirs:  # every run's files and data first: a missing one stops before minutes of measuring
+        if not (Path(run_dir) / runs.CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{run_dir} has no {runs.CHECKPOINT}: not a trained run directory")
+        load_dataset(runs.load_json(Path(run_dir) / runs.CONFIG)["dataset"], split, data_root, limit=1)
     rows, examples, sound_paths, figure_paths, labels = [], {}, {}, [], {}
     for run_dir in run_dirs:
         run_rows, spectra, example = measure_run(run_dir, split, n, data_root)
