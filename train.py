@@ -251,10 +251,10 @@ def run_model_config(args):
                                                      if hasattr(args, k)})
 
 
-def write_config(args, run_dir, model, device, amp, data, computed):
-    """config.json: the settings, the data's fingerprint, and `computed` (how this invocation computes:
-    precision, TF32, the CUDA graph's outcome)."""
-    config = dict(vars(args), **run_model_config(args), **computed)
+def write_config(args, run_dir, model, device, amp, data, computed, invocation):
+    """config.json: the settings, the data's fingerprint, `computed` (how this invocation computes:
+    precision, TF32, the CUDA graph's outcome) and the list of invocations (see `invocation`)."""
+    config = dict(vars(args), **run_model_config(args), **computed, invocations=[invocation])
     config.update(
         data=data, num_params=count_parameters(model), device=str(device), amp=amp, git=runs.git_state(),
         device_name=settings.device_name(device),
@@ -264,6 +264,14 @@ def write_config(args, run_dir, model, device, amp, data, computed):
     for key in ("resume", "restart", "quickstart", "stop_after_minutes"):  # how it was invoked, not what it is
         config.pop(key)
     runs.save_json(config, run_dir / runs.CONFIG)
+
+
+def invocation_record(first_epoch, hardware):
+    """What config.json's `invocations` keeps of each command that trained the run (a run advanced
+    in slices has one per slice): when it started, from which epoch, the code (git commit and
+    whether the checkout differed from it), the command and what it ran on."""
+    return dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), first_epoch=first_epoch,
+                git=runs.git_state(), command=" ".join([Path(sys.executable).name] + sys.argv), **hardware)
 
 
 def new_state():
@@ -352,12 +360,15 @@ def fit(run, status):
     step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, run.data["train"], args.batch_size,
                                                    args.cuda_graph)
     computed = dict(precision=runs.precision(amp), tf32=False, cuda_graph=graph_outcome)  # set_backends: no TF32
-    if status == "new":
-        write_config(args, run.dir, model, device, amp, run.data_fingerprint, computed)
-    else:  # this invocation may run on another machine
-        runs.save_json(dict(runs.load_json(run.dir / runs.CONFIG), **computed), run.dir / runs.CONFIG)
-
     hardware = runs.hardware(device, amp)
+    invocation = invocation_record(state["epoch"] + 1, hardware)
+    if status == "new":
+        write_config(args, run.dir, model, device, amp, run.data_fingerprint, computed, invocation)
+    else:  # this invocation may run on another machine, from another commit
+        config = dict(runs.load_json(run.dir / runs.CONFIG), **computed)
+        config["invocations"] = config.get("invocations", []) + [invocation]
+        runs.save_json(config, run.dir / runs.CONFIG)
+
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
     while (reason := stop_reason(run, first_epoch)) is None:

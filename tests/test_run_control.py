@@ -89,6 +89,10 @@ def test_a_run_advanced_in_slices_ends_exactly_where_an_uninterrupted_run_ends(r
     assert slices == 4
     assert metrics_rows(tmp_path / "sliced" / "r") == metrics_rows(tmp_path / "whole" / "r")
     assert result == whole
+    invocations = runs.load_json(tmp_path / "sliced" / "r" / runs.CONFIG)["invocations"]  # one per slice
+    assert [i["first_epoch"] for i in invocations] == [1, 2, 3, 4]
+    assert all(i["git"].keys() == {"commit", "dirty"} and i["threads"] >= 1 and i["device_name"] for i in invocations)
+    assert len(runs.load_json(tmp_path / "whole" / "r" / runs.CONFIG)["invocations"]) == 1
 
 
 def test_a_finished_run_continues_when_only_its_budget_grows(run_train, tmp_path, capsys):
