@@ -34,7 +34,7 @@ import pretrained
 import runs
 import settings
 from cli import (HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, float_at_least,
-                 int_at_least, positive_float)
+                 int_at_least, positive_float, shows_bars)
 from configs import default_help, model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
@@ -255,12 +255,10 @@ def write_config(args, run_dir, model, device, amp, data, computed, invocation):
     """config.json: the settings, the data's fingerprint, `computed` (how this invocation computes:
     precision, TF32, the CUDA graph's outcome) and the list of invocations (see `invocation`)."""
     config = dict(vars(args), **run_model_config(args), **computed, invocations=[invocation])
-    config.update(
-        data=data, num_params=count_parameters(model), device=str(device), amp=amp, git=runs.git_state(),
-        device_name=settings.device_name(device),
+    config.update(  # the run's first invocation says where it started (git commit, command, device)
+        data=data, num_params=count_parameters(model), device=str(device), amp=amp,
         versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__),
-        command=" ".join([Path(sys.executable).name] + sys.argv),
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        **{key: invocation[key] for key in ("git", "device_name", "command", "started")})
     for key in ("resume", "restart", "quickstart", "stop_after_minutes"):  # how it was invoked, not what it is
         config.pop(key)
     runs.save_json(config, run_dir / runs.CONFIG)
@@ -302,7 +300,7 @@ class Run:
     @property
     def terminal(self):
         """Per-batch bars on a terminal only; in a log, a line per epoch."""
-        return self.args.progress and sys.stderr.isatty()
+        return shows_bars(self.args.progress)
 
 
 def stop_reason(run, first_epoch):
