@@ -14,6 +14,7 @@ and return the action. This module imports no torch: the environment variables a
 """
 import argparse
 import math
+import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -81,6 +82,12 @@ def progress_help(log=None):
     """--no-progress's help. `log`: what the program writes instead of its bars when its output is not a
     terminal ("one line per epoch"); None where it draws its bar in a log too."""
     return "no progress bars" + (f" (they are shown on a terminal only; in a log, {log})" if log else "")
+
+
+def shows_bars(progress):
+    """Whether a program draws progress bars: not turned off (--no-progress) and writing to a
+    terminal; in a log it prints plain lines instead."""
+    return progress and sys.stderr.isatty()
 
 
 def add_data_root(parser):

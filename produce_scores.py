@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 import runs
 import settings
-from cli import HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least
+from cli import (HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
+                 shows_bars)
 from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
 from engine import evaluate
 from metrics import METRIC_NAMES
@@ -131,7 +132,7 @@ def main(argv=None):
 
     rows, skipped = [], []
     test_splits = TestSplits(args.data_root, device)
-    terminal = args.progress and sys.stderr.isatty()  # a bar on a terminal; in a log, a line per run
+    terminal = shows_bars(args.progress)  # in a log, a line per run instead
     for i, run_dir in enumerate(tqdm(run_dirs, desc="scoring runs", disable=not terminal, dynamic_ncols=True)):
         if args.progress and not terminal:
             print(f"[{i + 1}/{len(run_dirs)}] {run_dir}", flush=True)

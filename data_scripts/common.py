@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cli import add_data_root, add_progress, int_at_least
+from cli import add_data_root, add_progress, int_at_least, shows_bars
 from dataset_config import (FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
                             get_info, resolve_data_root)
 
@@ -57,7 +57,7 @@ def parse_args(parser, argv=None):
 
 def progress(iterable, desc, unit):
     """`iterable` with a progress bar on a terminal; elsewhere (a log) one plain line when it is done."""
-    if _bars and sys.stderr.isatty():
+    if shows_bars(_bars):
         yield from tqdm(iterable, desc=desc, unit=unit)
         return
     count = 0
