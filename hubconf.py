@@ -42,7 +42,7 @@ def lstm(dataset="tetrominoes", pretrained=False, **settings):
 
 
 def cnn(dataset="tetrominoes", pretrained=False, **settings):
-    """Feed-forward CNN baseline; `depth` 8 unless given."""
+    """Feed-forward CNN baseline; `depth` 8 unless given (the shipped one, pretrained=True, has depth 2)."""
     return _entry("cnn", dataset, pretrained, settings)
 
 
