@@ -157,9 +157,8 @@ def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path
     assert all(p.stat().st_size < 200_000 for p in sounds)
 
 
-
 @pytest.mark.slow
-def test_waves_command_checks_every_run_and_its_data_before_measuring(figure_inputs, tmp_path, monkeypatch, capsys):
+def test_waves_command_checks_every_run_and_its_data_before_measuring(figure_inputs, tmp_path, monkeypatch):
     from analysis import wave_report
     monkeypatch.setattr(wave_report, "measure_run", lambda *a, **k: pytest.fail("measured before the checks"))
     nwm = runs.find_run(figure_inputs["runs"], "tetrominoes", "nwm", readout="linear")
@@ -168,6 +167,7 @@ def test_waves_command_checks_every_run_and_its_data_before_measuring(figure_inp
         analysis_cli.main(["waves", str(nwm), str(tmp_path), *common])
     with pytest.raises(SystemExit, match="not found"):
         analysis_cli.main(["waves", str(nwm), *common[2:], "--data-root", str(tmp_path / "empty")])
+
 
 def test_notebooks_are_committed_with_their_figures():
     # the .ipynb files are the source, committed with the outputs they made from the shipped runs
