@@ -10,6 +10,7 @@ import pandas as pd
 
 import runs
 from metrics import METRIC_NAMES
+from models import is_recurrent
 
 GROUP_KEYS = ("dataset", "data", "model", "variant", "T", "hidden_channels", "train_size")
 STATISTICS = ("mean", "std", "min", "median", "max")
@@ -59,7 +60,8 @@ def _formatted_rows(table):
     rows = []
     for r in table.to_dict("records"):
         variant_text = str(r["variant"])
-        if "T" in r and not pd.isna(r["T"]):
+        # a CNN's config carries the default T too; only a recurrence runs for T steps
+        if "T" in r and not pd.isna(r["T"]) and is_recurrent(r["model"]):
             variant_text += f", T {int(r['T'])}"
         row = [r["dataset"], str(r.get("data", "")), r["model"], variant_text, str(r["n_seeds"]),
                f"{int(r['num_params']):,}"]

@@ -52,6 +52,7 @@ def test_score_tables_statistics_over_seeds():
     assert cnn["iou_foreground_mean"] == pytest.approx(0.2)
     markdown, latex = tables.to_markdown(table.reset_index()), tables.to_latex(table.reset_index())
     assert "0.900 ± 0.100" in markdown and "0.800 / 0.900 / 1.000" in markdown
+    assert "| linear, T 100 |" in markdown and "| depth 2 |" in markdown  # no T for the CNN
     assert r"0.900 $\pm$ 0.100" in latex and r"\toprule" in latex
 
 # -----------------------------------------------------------------------------
