@@ -3,6 +3,8 @@
     python bench.py                         # every paper configuration, batch 64, this machine
     python bench.py --quick                 # about a minute on a laptop CPU: smaller batch, 1 step
     python bench.py --configs tetrominoes_nwm --device cuda --steps 20 --json bench.json
+    python bench.py --configs mnist_nwm mnist_cnn16 multi_mnist_unet3 --no-reference   # any dataset x model
+    python bench.py --numerics results/runs/polygons/nwm-linear-T100-h16-seed0 --batch-size 8   # precision
 
 For each configuration it times full training steps (forward, cross-entropy, backward,
 Adam step) of
@@ -16,16 +18,28 @@ after checking that (b), loaded with (a)'s weights, gives the same outputs and g
 It also times (a)'s matrix products alone, in the same process after its steps: every
 mm/addmm/bmm of one step is recorded (shapes, strides, dtypes) and replayed on random
 operands. Their time is the step's floor on this hardware, and `floor_ratio` (step /
-floor) says how far the whole step is from it.
+floor) says how far the whole step is from it. Where the NWM's CPU kernel runs its coupling
+as bfloat16 products (--bf16-coupling on), those count too, as the matrix products they are
+(per step and image, its 3x3 neighbourhoods times the weight: forward, recompute, input and
+weight gradients).
+It also times (a)'s evaluation pass (forward, no gradients, as train.py validates) and
+prints minutes per paper epoch: the paper's training split at the training rate plus its
+validation split at the evaluation rate.
+With --numerics RUN (or DATASET: the paper's NWM for it, at initialisation) it measures what
+the speed costs in precision instead: the relative error against float64, over all T steps
+of a batch of validation images, of y_T, the loss and every parameter's gradient, in
+float32, in bfloat16 autocast, and in autocast with the bfloat16 coupling.
 Every measurement runs in its own process, so each gets its own allocator settings and
 its peak memory (GPU: max allocated; CPU, Linux: the rise of the peak resident set size
 over the process's size before the first step) is its own.
 """
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,18 +48,55 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cli import HelpFormatter, add_device, add_threads, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from cuda_graphs import GraphedTrainStep
-from dataset_config import get_info
-from engine import TrainStep, set_backends
-from models import build_model, cpu_kernels, head_cpu, is_recurrent
+import runs
+from dataset_config import DATASETS, get_info, load_dataset
+from engine import TrainStep, autocast, set_backends
+from models import MODEL_NAMES, build_model, common, cpu_kernels, head_cpu, is_recurrent, nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
 from settings import bf16_supported, device_name, pick_device, set_threads, tune_cpu_allocator
 
 
+# the number after a model's name in a configuration name: which setting it sets
+NUMBERED = {"cnn": "depth", "unet": "width"}
+
+
+def parse_config(name):
+    """(dataset, model, settings other than the paper's) of a configuration: a name of
+    configs.BENCH_CONFIGS, or DATASET_MODEL[N] for any dataset and model, N the CNN's depth or
+    the U-Net's width (mnist_cnn16, multi_mnist_unet3); ValueError says what is valid."""
+    if name in BENCH_CONFIGS:
+        return BENCH_CONFIGS[name]
+    datasets = [d for d in sorted(DATASETS, key=len, reverse=True) if name.startswith(d + "_")]
+    match = re.fullmatch(r"([a-z]+)(\d*)", name[len(datasets[0]) + 1:]) if datasets else None
+    if not match or match[1] not in MODEL_NAMES or (match[2] and match[1] not in NUMBERED):
+        raise ValueError(f"unknown configuration {name!r}: write DATASET_MODEL[N] with a dataset of "
+                         f"{', '.join(DATASETS)} and a model of {', '.join(MODEL_NAMES)}, N the depth of cnn or "
+                         f"the width of unet (e.g. mnist_cnn16, multi_mnist_unet3), or one of {', '.join(BENCH_CONFIGS)}")
+    model, number = match[1], match[2]
+    return datasets[0], model, ({NUMBERED[model]: int(number)} if number else {})
+
+
+def config_name(text):
+    """argparse type of --configs: a configuration name that parse_config understands."""
+    try:
+        parse_config(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def bench_config(name):
-    """(model name, build_model keywords, image size) of a configuration of configs.BENCH_CONFIGS."""
-    dataset, model, overrides = BENCH_CONFIGS[name]
+    """(model name, build_model keywords, image size) of a configuration (parse_config)."""
+    dataset, model, overrides = parse_config(name)
     return model, model_config(dataset, model, **overrides), get_info(dataset).image_size
+
+
+def paper_epoch_minutes(name, train_images_per_second, eval_images_per_second):
+    """Minutes of one paper epoch: the paper's training split at the training rate and its
+    validation split at the evaluation rate."""
+    train, val, _ = get_info(parse_config(name)[0]).paper_split_sizes
+    return (train / train_images_per_second + val / eval_images_per_second) / 60
 
 
 def build_project(name, batch_size, device):
@@ -120,6 +171,43 @@ class RecordMatmuls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+class RecordCoupling:
+    """Adds the products of the NWM kernel's coupling, where it runs them in bfloat16, to a
+    recorder's calls, as the matrix products they are (the kernel runs one image at a time):
+    for each of T steps and B images, the H x W 3x3 neighbourhoods of C channels times the
+    9C x C weight, once in the forward pass and twice in the backward (recompute, input
+    gradient), and the weight gradient's product (9C x HW times HW x C) once."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+        self.patched = {}
+
+    def _spy(self, name, stencil_products, weight_products):
+        original = getattr(nwm_cpu, name)
+
+        def spy(lib, y0, *args):
+            if args[-1]:  # half_coupling, the last argument of both
+                (B, C, H, W), T = y0.shape, args[3].shape[0]  # args[3]: the time basis
+                pixels, taps = H * W, 9 * C
+                stencil = [((pixels, taps), (taps, 1), torch.bfloat16), ((taps, C), (C, 1), torch.bfloat16)]
+                weight = [((taps, pixels), (pixels, 1), torch.bfloat16), ((pixels, C), (C, 1), torch.bfloat16)]
+                self.recorder.calls += [(torch.ops.aten.mm.default, stencil, {})] * (B * T * stencil_products)
+                self.recorder.calls += [(torch.ops.aten.mm.default, weight, {})] * (B * T * weight_products)
+            return original(lib, y0, *args)
+
+        self.patched[name] = original
+        setattr(nwm_cpu, name, spy)
+
+    def __enter__(self):
+        self._spy("projection", 1, 0)
+        self._spy("projection_backward", 2, 1)
+        return self
+
+    def __exit__(self, *exc):
+        for name, original in self.patched.items():
+            setattr(nwm_cpu, name, original)
+
+
 def time_matmuls(calls, repeats, device):
     """Median seconds of running the recorded matrix products once, on random operands."""
     operands = {}
@@ -141,6 +229,24 @@ def time_matmuls(calls, repeats, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+    times = sorted(times[1:])
+    return times[len(times) // 2]
+
+
+def time_evaluation(model, x, amp, repeats, device):
+    """Median seconds of the model's forward pass on x as train.py validates (eval mode, no
+    gradients, autocast as in training), after one warm-up."""
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            with autocast(device, amp):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    model.train()
     times = sorted(times[1:])
     return times[len(times) // 2]
 
@@ -184,7 +290,8 @@ def measure(config_name, impl, batch_size, steps, device):
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else max(peak_rss_bytes() - base, 0)
     result = dict(seconds_per_step=seconds, images_per_second=batch_size / seconds, peak_memory_bytes=peak, amp=amp)
     if impl == "project":
-        with RecordMatmuls() as recorder:
+        result["eval_images_per_second"] = batch_size / time_evaluation(model, x, amp, steps, device)
+        with RecordMatmuls() as recorder, RecordCoupling(recorder):
             step()
         result["matmul_seconds"] = time_matmuls(recorder.calls, max(steps, 5), device)
         result["matmul_calls"] = len(recorder.calls)
@@ -192,10 +299,10 @@ def measure(config_name, impl, batch_size, steps, device):
     return result
 
 
-def run_worker(config_name, impl, batch_size, steps, device, threads):
+def run_worker(config_name, impl, batch_size, steps, device, threads, bf16_coupling):
     """measure() in a fresh process; {"error": why} if it died (e.g. out of memory)."""
     cmd = [sys.executable, __file__, "--worker", config_name, impl, "--batch-size", str(batch_size),
-           "--steps", str(steps), "--device", device, "--threads", str(threads)]
+           "--steps", str(steps), "--device", device, "--threads", str(threads), "--bf16-coupling", bf16_coupling]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         reason = "killed (out of memory?)" if result.returncode < 0 else result.stderr.strip().splitlines()[-1:]
@@ -203,10 +310,62 @@ def run_worker(config_name, impl, batch_size, steps, device, threads):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def precision_errors(source, batch_size, data_root=None):
+    """{variant: relative errors against float64} of an NWM (a run directory's trained model, or the
+    paper's NWM for dataset `source` at initialisation, seed 0) on the first `batch_size` validation
+    images: y_T (the state after the last step), the cross-entropy loss, every parameter's gradient."""
+    torch.manual_seed(0)
+    if Path(source).is_dir():
+        model, config = runs.load_model(source)
+        dataset = config["dataset"]
+    else:
+        model, dataset = build_model("nwm", **model_config(source, "nwm")), source
+    images, masks = load_dataset(dataset, "val", data_root, limit=batch_size)
+    model.train()
+
+    def last_state(dtype, bf16_coupling):
+        """y_T from the CPU kernel: the frames projected on a basis that picks the last step."""
+        with torch.no_grad():
+            omega, alpha, y, _ = model.initial_state(images.to(dtype))
+            basis = torch.zeros(model.T, 1, dtype=dtype)
+            basis[-1] = 1
+            weight, lib = model.coupling.weight.to(dtype).contiguous(), nwm_cpu.kernel(y)
+            out = nwm_cpu.projection(lib, y, model.dt * omega, 1 - model.dt * alpha, weight, basis, model.dt,
+                                     half_coupling=nwm_cpu.half_coupling(lib, y.shape[1], bf16_coupling))
+        return out.view(y.shape).double()
+
+    def run(dtype, amp, bf16_coupling):
+        common.allow_bf16_coupling(bf16_coupling)
+        model.to(dtype).zero_grad()
+        with autocast("cpu", amp):
+            loss = F.cross_entropy(model(images.to(dtype)).double(), masks)
+        loss.backward()
+        return (last_state(dtype, bf16_coupling), loss.item(),
+                {name: p.grad.double().clone() for name, p in model.named_parameters()})
+
+    def relative(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    exact = run(torch.float64, False, False)
+    errors = {}
+    for name, settings in {"float32": (torch.float32, False, False), "bf16 autocast": (torch.float32, True, False),
+                           "bf16 autocast, bf16 coupling": (torch.float32, True, True)}.items():
+        state, loss, grads = run(*settings)
+        errors[name] = dict(y_T=relative(state, exact[0]), loss=abs(loss - exact[1]) / abs(exact[1]),
+                            gradients={k: relative(g, exact[2][k]) for k, g in grads.items()})
+    common.allow_bf16_coupling(False)
+    return dict(source=str(source), dataset=dataset, images=len(images), errors=errors)
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--configs", nargs="+", default=list(BENCH_CONFIGS), choices=list(BENCH_CONFIGS),
-                   help="configurations of configs.BENCH_CONFIGS (default: all)")
+    p.add_argument("--configs", nargs="+", type=config_name, default=list(BENCH_CONFIGS), metavar="CONFIG",
+                   help=f"configurations: {', '.join(BENCH_CONFIGS)} (the default), or any DATASET_MODEL[N] "
+                        f"(N: the CNN's depth or the U-Net's width), e.g. mnist_nwm mnist_lstm mnist_cnn16 "
+                        f"multi_mnist_unet2")
+    p.add_argument("--bf16-coupling", default="off", choices=["off", "on"],
+                   help="the NWM CPU kernel's coupling as bfloat16 products where autocast and the CPU's "
+                        "AVX512-BF16 allow (on), or float32 (off, as train.py by default)")
     add_device(p)
     add_threads(p)  # of every measurement: run_worker passes --device and --threads on to each worker
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="images per step (default: 64, --quick: 8)")
@@ -217,6 +376,10 @@ def build_parser():
     p.add_argument("--no-reference", dest="reference", action="store_false",
                    help="time the project's steps only (eager, and graphed on CUDA), not the reference's")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
+    p.add_argument("--numerics", metavar="RUN_OR_DATASET", default=None,
+                   help="measure precision instead of speed: float32, bfloat16 autocast and the bfloat16 coupling "
+                        "against float64 over all T steps, for a trained NWM (a run directory) or the paper's NWM of "
+                        "a dataset at initialisation, on --batch-size validation images (default 4)")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     return p
 
@@ -232,6 +395,19 @@ def main(argv=None):
     except ValueError as e:
         p.error(f"--device: {e}")
     set_backends(device)  # as train.py does
+    common.allow_bf16_coupling(args.bf16_coupling == "on")
+
+    if args.numerics:
+        result = precision_errors(args.numerics, args.batch_size or 4)
+        for name, e in result["errors"].items():
+            grads = sorted(e["gradients"].values())
+            print(f"{name:30s} y_T {e['y_T']:.1e}  loss {e['loss']:.1e}  coupling gradient "
+                  f"{e['gradients']['coupling.weight']:.1e}  gradients median {grads[len(grads) // 2]:.1e} "
+                  f"max {grads[-1]:.1e}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(result, cpu=device_name("cpu"), torch=torch.__version__, threads=threads), f, indent=2)
+        return
 
     if args.worker:  # one measurement, in its own process
         config_name, impl = args.worker
@@ -251,7 +427,7 @@ def main(argv=None):
             row["check_output_err"], row["check_grad_err"] = check_equivalence(name, device)
         impls = ("project", "graphed") if device.type == "cuda" else ("project",)
         for impl in impls + (("reference",) if args.reference else ()):
-            row[impl] = run_worker(name, impl, batch_size, steps, str(device), threads)
+            row[impl] = run_worker(name, impl, batch_size, steps, str(device), threads, args.bf16_coupling)
         if "error" not in row["project"] and "error" not in row.get("graphed", {"error": "not run"}):
             row["graph_speedup"] = row["project"]["seconds_per_step"] / row["graphed"]["seconds_per_step"]
         b = row.get("reference", {"error": "not run"})
@@ -262,12 +438,15 @@ def main(argv=None):
                 row[key.replace("speedup", "memory_ratio")] = b["peak_memory_bytes"] / max(a["peak_memory_bytes"], 1)
         if row["project"].get("matmul_calls"):  # (the U-Net has none: its floor would be its convolutions)
             row["floor_ratio"] = row["project"]["seconds_per_step"] / row["project"]["matmul_seconds"]
+        if "error" not in row["project"]:
+            row["paper_epoch_minutes"] = paper_epoch_minutes(name, row["project"]["images_per_second"],
+                                                             row["project"]["eval_images_per_second"])
         results.append(row)
         print(format_row(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(hardware, torch=torch.__version__, threads=threads, batch_size=batch_size,
-                           steps=steps, results=results), f, indent=2)
+                           steps=steps, bf16_coupling=args.bf16_coupling, results=results), f, indent=2)
 
 
 def format_row(row):
@@ -282,6 +461,9 @@ def format_row(row):
     ratios += f"  graphed x{row['speedup_graphed']:.2f}" if "speedup_graphed" in row else ""
     ratios += f"  graph/eager x{row['graph_speedup']:.2f}" if "graph_speedup" in row else ""
     reference = f" | reference {side(row['reference'])}" if "reference" in row else ""
+    if "paper_epoch_minutes" in row:
+        ratios += (f"  eval {row['project']['eval_images_per_second']:.1f} img/s"
+                   f"  paper epoch {row['paper_epoch_minutes']:.1f} min")
     return f"{row['config']:18s} project {side(row['project'])}{graphed}{reference}{ratios}"
 
 

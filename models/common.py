@@ -58,6 +58,22 @@ def bf16_projection(device):
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+_bf16_coupling = False  # train.py / bench.py --bf16-coupling
+
+
+def allow_bf16_coupling(allowed):
+    """Let the NWM's CPU kernel run its coupling's products in bfloat16 where the projection
+    does (--bf16-coupling on), or keep them float32 (off, the default: docs/speed.md has the
+    bfloat16 coupling's errors over 100 steps)."""
+    global _bf16_coupling
+    _bf16_coupling = bool(allowed)
+
+
+def bf16_coupling():
+    """What allow_bf16_coupling last set (default: not allowed)."""
+    return _bf16_coupling
+
+
 def full_precision(t):
     """float32 for half-precision tensors (from an autocast region), else unchanged."""
     return t.to(torch.promote_types(t.dtype, torch.float32))

@@ -2,8 +2,9 @@
  * element type, vectors at the CPU's native width, vector tanh and exp, bfloat16 frames,
  * and the ring of padded rows that gives a 3x3 stencil its circular halo.
  *
- * Compiled with -DREAL=float|double, and -DMVEC where the C library has vector tanh and
- * exp (glibc's libmvec), which lets the compiler vectorise them over a row.
+ * Compiled with -DREAL=float|double (and -DREAL_FLOAT or -DREAL_DOUBLE, for the preprocessor),
+ * and -DMVEC where the C library has vector tanh and exp (glibc's libmvec), which lets the
+ * compiler vectorise them over a row.
  */
 #include <math.h>
 #include <stdlib.h>

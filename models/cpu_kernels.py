@@ -76,7 +76,8 @@ def _compile(name, real, channels):
         raise RuntimeError("no C compiler found (cc, gcc or $CC)")
     source = (HERE / f"{name}_kernel.c").read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    cmd = [compiler, *compile_flags(), f"-I{HERE}", f"-DREAL={real}", f"-DNC={channels}", "-x", "c", "-", "-o"]
+    cmd = [compiler, *compile_flags(), f"-I{HERE}", f"-DREAL={real}", f"-DREAL_{real.upper()}", f"-DNC={channels}",
+           "-x", "c", "-", "-o"]
     # with vector tanh and exp from glibc's libmvec where it links, else scalar ones
     candidates, host = [], _host_cpu()
     for extra in (["-DMVEC", "-lmvec"], []):

@@ -81,7 +81,8 @@ class _WaveRecurrence(torch.autograd.Function):
             inputs = [t.contiguous() for t in (y0, dt_omega, damping, weight, basis)]
             checkpoints = nwm_cpu.checkpoint_buffer(inputs[0], T) if backward else None
             ctx.half = half and y0.dtype == torch.float32
-            projected = nwm_cpu.projection(ctx.lib, *inputs, dt, ctx.half, checkpoints)
+            ctx.half_coupling = nwm_cpu.half_coupling(ctx.lib, y0.shape[1], ctx.half)
+            projected = nwm_cpu.projection(ctx.lib, *inputs, dt, ctx.half, checkpoints, ctx.half_coupling)
             ctx.save_for_backward(*inputs, checkpoints)
             return projected.view(*y0.shape, basis.shape[1])
         y, z = y0, torch.zeros_like(y0)
@@ -107,7 +108,8 @@ class _WaveRecurrence(torch.autograd.Function):
     def backward(ctx, grad_projected):
         if ctx.lib is not None:
             return *nwm_cpu.projection_backward(ctx.lib, *ctx.saved_tensors, ctx.dt, grad_projected,
-                                                ctx.needs_input_grad[4], ctx.half), None, None, None, None
+                                                ctx.needs_input_grad[4], ctx.half, ctx.half_coupling), \
+                None, None, None, None
         dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
         dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
         grad_projected = grad_projected.reshape(-1, basis.shape[1])
@@ -138,7 +140,9 @@ def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment
     kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py), plus,
     where a backward pass will follow, ~sqrt(T) states per image kept for it.
     half: the CPU kernel projects bfloat16 frames on a bfloat16 basis into bfloat16 features
-    (for a bfloat16 head on a CPU with bfloat16 matrix units); the recurrence stays float32.
+    (for a bfloat16 head on a CPU with bfloat16 matrix units); the recurrence stays float32,
+    except that with many channels on a CPU with AVX512-BF16 the coupling's products run as
+    bfloat16 dot products with float32 sums (nwm_cpu.half_coupling).
     """
     # (inside forward grad mode is off, and needs_input_grad does not say whether it was on)
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (y0, dt_omega, damping, weight, basis))

@@ -8,8 +8,19 @@
  * Arithmetic as in models/nwm_fused.py; only the summation order differs.
  *
  * Compiled with -DNC=<channels> and models/cpu_kernels.h's flags.
+ *
+ * Where the CPU has AVX512-BF16, NC is even and the reals are float, the coupling's three
+ * products (W * y, the adjoint W^T * dL/da and the weight gradient) can also run as bfloat16
+ * dot products with float32 sums (half_coupling): twice the multiply-adds per instruction.
+ * y, z, tanh, the update and the adjoint's sums stay in the reals.
  */
 #include "cpu_kernels.h"
+#if defined(__AVX512BF16__) && defined(REAL_FLOAT) && NC % 2 == 0
+#include <immintrin.h>
+#define HALF_COUPLING 1
+#else
+#define HALF_COUPLING 0
+#endif
 
 /* The stencils work on blocks of BW columns held in JB vectors of VL lanes per channel:
  * for few channels several vectors, so that enough independent sums are in flight. */
@@ -78,22 +89,185 @@ static void weight_row(vec *restrict gv, const real *restrict ga, long H, const 
     }
 }
 
+#if HALF_COUPLING
+/* The bfloat16 coupling. Its ring holds bfloat16 rows with the channels of each pair
+ * (2p, 2p+1) interleaved pixel by pixel, so 32 bfloat16 = 16 pixels x 2 channels make one
+ * vector, and one dot-product instruction adds both channels' products for 16 pixels:
+ * slot (3) x pair (NC / 2) x padded row (Wb + 2 pixels x 2). */
+#define NP (NC / 2)
+#define HW 32 /* pixels per bfloat16 vector of the weight gradient (one pair of pixels a lane) */
+static long half_width(long W) { return (W + HW - 1) / HW * HW; }
+
+/* wp[((p * 3 + di) * 3 + dj) * NC + co] = (w[co, 2p, di, dj], w[co, 2p+1, di, dj]) in bfloat16 */
+static void pack_weight_pairs(unsigned *restrict wp, const float *restrict w) {
+    for (int co = 0; co < NC; co++)
+        for (int p = 0; p < NP; p++)
+            for (int k = 0; k < 9; k++)
+                wp[(p * 9 + k) * NC + co] = to_bf16(w[(co * NC + 2 * p) * 9 + k]) |
+                                            (unsigned)to_bf16(w[(co * NC + 2 * p + 1) * 9 + k]) << 16;
+}
+
+/* Slot `slot` of the pair ring = input row `row` of x (NC x H x rows of `stride` floats),
+ * with one wrapped column on each side. */
+static void fill_pair_slot(bf16 *ring, const float *x, long H, long W, long Wb, long stride, long row, int slot) {
+    /* interleaves the low (even channel) and high (odd channel) halves of a converted vector */
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    row = (row + H) % H;
+    for (int p = 0; p < NP; p++) {
+        bf16 *dst = ring + ((long)slot * NP + p) * (Wb + 2) * 2;
+        const float *a = x + ((long)2 * p * H + row) * stride, *b = a + H * stride;
+        long j = 0;
+        for (; j + 16 <= W; j += 16) {
+            __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b + j), _mm512_loadu_ps(a + j));
+            _mm512_storeu_si512(dst + (j + 1) * 2, _mm512_permutexvar_epi16(order, v));
+        }
+        for (; j < W; j++) {
+            dst[(j + 1) * 2] = to_bf16(a[j]);
+            dst[(j + 1) * 2 + 1] = to_bf16(b[j]);
+        }
+        dst[0] = to_bf16(a[W - 1]), dst[1] = to_bf16(b[W - 1]);
+        dst[(W + 1) * 2] = to_bf16(a[0]), dst[(W + 1) * 2 + 1] = to_bf16(b[0]);
+    }
+}
+
+/* Slot `slot` of a plain bfloat16 ring (NC padded rows of Wh + 2) = row `row` of x, as fill_slot. */
+static void fill_half_slot(bf16 *ring, const float *x, long H, long W, long Wh, long stride, long row, int slot) {
+    row = (row + H) % H;
+    for (int c = 0; c < NC; c++) {
+        bf16 *dst = ring + ((long)slot * NC + c) * (Wh + 2);
+        const float *src = x + ((long)c * H + row) * stride;
+        long j = 0;
+        for (; j + 16 <= W; j += 16)
+            _mm256_storeu_si256((__m256i *)(dst + j + 1), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
+        for (; j < W; j++) dst[j + 1] = to_bf16(src[j]);
+        dst[0] = to_bf16(src[W - 1]);
+        dst[W + 1] = to_bf16(src[0]);
+    }
+}
+
+/* As advance_ring, for the pair ring (pairs: 1) or a plain bfloat16 ring (pairs: 0). */
+static void advance_half_ring(bf16 *ring, int pairs, const float *x, long H, long W, long width, long stride,
+                              long r) {
+    void (*fill)(bf16 *, const float *, long, long, long, long, long, int) = pairs ? fill_pair_slot : fill_half_slot;
+    if (r == 0) {
+        fill(ring, x, H, W, width, stride, -1, 2);
+        fill(ring, x, H, W, width, stride, 0, 0);
+    }
+    fill(ring, x, H, W, width, stride, r + 1, (int)((r + 1) % 3));
+}
+
+/* conv_row with the pair ring and the packed weight pairs: per vector of 16 pixels, NP pairs
+ * x 9 taps x NC dot products of (2 channels of a pixel) . (their 2 weights), sums in float32.
+ * CB output channels of nb (at most NB) vectors at a time: each broadcast weight pair serves
+ * nb vectors and each loaded vector CB channels, with the sums in 24 or fewer registers. */
+#define CB (NC % 8 == 0 ? 8 : NC % 4 == 0 ? 4 : 2)
+#define NB 3
+static inline __attribute__((always_inline)) void conv_block_half(float *restrict acc, const bf16 *restrict ring,
+                                                                  const unsigned *restrict wp, long Wb, long r,
+                                                                  long j, const int nb) {
+    for (int c0 = 0; c0 < NC; c0 += CB) {
+        __m512 a[CB][NB];
+        for (int co = 0; co < CB; co++)
+            for (int b = 0; b < nb; b++) a[co][b] = _mm512_setzero_ps();
+        for (int p = 0; p < NP; p++)
+            for (int di = 0; di < 3; di++) {
+                const bf16 *row = ring + (((r + 2 + di) % 3) * NP + p) * (Wb + 2) * 2;
+                for (int dj = 0; dj < 3; dj++) {
+                    __m512bh x[NB];
+                    for (int b = 0; b < nb; b++) x[b] = (__m512bh)_mm512_loadu_si512(row + (j + 16 * b + dj) * 2);
+                    const unsigned *k = wp + ((p * 3 + di) * 3 + dj) * NC + c0;
+#pragma GCC unroll 16
+                    for (int co = 0; co < CB; co++) {
+                        __m512bh pair = (__m512bh)_mm512_set1_epi32((int)k[co]);
+                        for (int b = 0; b < nb; b++) a[co][b] = _mm512_dpbf16_ps(a[co][b], x[b], pair);
+                    }
+                }
+            }
+        for (int co = 0; co < CB; co++)
+            for (int b = 0; b < nb; b++) _mm512_storeu_ps(acc + (c0 + co) * Wb + j + 16 * b, a[co][b]);
+    }
+}
+
+static void conv_row_half(float *restrict acc, const bf16 *restrict ring, const unsigned *restrict wp, long Wb,
+                          long r) {
+    long j = 0;
+    for (; j + 16 * NB <= Wb; j += 16 * NB) conv_block_half(acc, ring, wp, Wb, r, j, NB);
+    for (; j < Wb; j += 16) conv_block_half(acc, ring, wp, Wb, r, j, 1);
+}
+
+/* weight_row in bfloat16: gh (NC x H rows of Wh, dL/da in bfloat16) times the plain ring of
+ * the input rows, each lane summing two neighbouring pixels, GH output channels at a time. */
+#define GH (NC % 8 == 0 ? 8 : NC % 4 == 0 ? 4 : 2)
+static void weight_row_half(vec *restrict gv, const bf16 *restrict gh, long H, const bf16 *restrict ring, long Wh,
+                            long r) {
+    for (int c0 = 0; c0 < NC; c0 += GH) {
+        const bf16 *g = gh + ((long)c0 * H + r) * Wh;
+        for (int ci = 0; ci < NC; ci++)
+            for (int di = 0; di < 3; di++) {
+                const bf16 *p = ring + (((r + 2 + di) % 3) * NC + ci) * (Wh + 2);
+                __m512 s[GH][3];
+                for (int k = 0; k < GH; k++) s[k][0] = s[k][1] = s[k][2] = _mm512_setzero_ps();
+                for (long j = 0; j < Wh; j += HW) {
+                    __m512bh x0 = (__m512bh)_mm512_loadu_si512(p + j), x1 = (__m512bh)_mm512_loadu_si512(p + j + 1),
+                             x2 = (__m512bh)_mm512_loadu_si512(p + j + 2);
+                    for (int k = 0; k < GH; k++) {
+                        __m512bh gk = (__m512bh)_mm512_loadu_si512(g + k * H * Wh + j);
+                        s[k][0] = _mm512_dpbf16_ps(s[k][0], gk, x0);
+                        s[k][1] = _mm512_dpbf16_ps(s[k][1], gk, x1);
+                        s[k][2] = _mm512_dpbf16_ps(s[k][2], gk, x2);
+                    }
+                }
+                for (int k = 0; k < GH; k++) {
+                    vec *acc = gv + (((c0 + k) * NC + ci) * 3 + di) * 3;
+                    acc[0] += (vec)s[k][0];
+                    acc[1] += (vec)s[k][1];
+                    acc[2] += (vec)s[k][2];
+                }
+            }
+    }
+}
+#endif
+
+/* Whether this build has the bfloat16 coupling (half_coupling may be 1). */
+int nwm_half_coupling(void) { return HALF_COUPLING; }
+
 /* Per-thread scratch: rings of padded rows for y and for dL/da, one row of sums per
- * channel, dL/da of one step (rows of Wb), the weight gradient's vector sums. */
+ * channel, dL/da of one step (rows of Wb), the weight gradient's vector sums; with the
+ * bfloat16 coupling also its pair ring, a plain bfloat16 ring of y, dL/da in bfloat16 (rows
+ * of Wh) and the packed weights (w, and the adjoint's). */
 typedef struct {
-    long Wb;
+    long Wb, Wh;
     real *ring, *ring_y, *acc, *ga;
     vec *gv;
+    bf16 *ring_h, *ring_yh, *gah;
+    unsigned *wp, *wadjp;
 } scratch;
 
-static int scratch_init(scratch *s, long H, long W) {
+static int scratch_init(scratch *s, long H, long W, int half) {
     long Wb = block_width(W), ring = 3 * NC * (Wb + 2);
+    memset(s, 0, sizeof *s);
     s->Wb = Wb;
     s->gv = aligned_alloc(64, sizeof(vec) * NC * NC * 9);
     s->ring = calloc(2 * ring + NC * Wb + NC * H * Wb, sizeof(real));
-    if (!s->gv || !s->ring) {
+#if HALF_COUPLING
+    if (half) {
+        long Wh = half_width(W), pair_ring = 3 * NC * (Wb + 2), half_ring = 3 * NC * (Wh + 2);
+        s->Wh = Wh;
+        s->ring_h = calloc(pair_ring + half_ring + NC * H * Wh, sizeof(bf16));
+        s->wp = malloc(sizeof(unsigned) * NC * NC * 9);
+        if (s->ring_h && s->wp) {
+            s->ring_yh = s->ring_h + pair_ring;
+            s->gah = s->ring_yh + half_ring;
+            s->wadjp = s->wp + NC * NC * 9 / 2;
+        }
+    }
+#endif
+    if (!s->gv || !s->ring || (half && (!HALF_COUPLING || !s->ring_h || !s->wp))) {
         free(s->gv);
         free(s->ring);
+        free(s->ring_h);
+        free(s->wp);
         return -1;
     }
     s->ring_y = s->ring + ring;
@@ -105,15 +279,33 @@ static int scratch_init(scratch *s, long H, long W) {
 static void scratch_free(scratch *s) {
     free(s->gv);
     free(s->ring);
+    free(s->ring_h);
+    free(s->wp);
+}
+
+/* s->acc = the coupling (w, or its packed pairs wp where the bfloat16 coupling runs) at output
+ * row r of x (NC x H rows of `stride`), whose rows r-1, r, r+1 the ring then holds. */
+static void couple_row(scratch *s, const real *x, long H, long W, long stride, const real *w,
+                       const unsigned *wp, long r) {
+#if HALF_COUPLING
+    if (wp) {
+        advance_half_ring(s->ring_h, 1, x, H, W, s->Wb, stride, r);
+        conv_row_half(s->acc, s->ring_h, wp, s->Wb, r);
+        return;
+    }
+#endif
+    (void)wp;
+    advance_ring(s->ring, NC, x, H, W, s->Wb, stride, r);
+    conv_row(s->acc, s->ring, w, s->Wb, r);
 }
 
 /* One step of one image: y_out = y + dt z_out, z_out = damping z - dt_omega y + dt tanh(W * y);
- * tanh(W * y) goes to th if th is not NULL, y_out also to `copy`. z_out may be z; y_out may not be y. */
+ * tanh(W * y) goes to th if th is not NULL, y_out also to `copy`. z_out may be z; y_out may not be y.
+ * wp: the packed weight pairs for the bfloat16 coupling, or NULL. */
 static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, frame copy, const real *dto,
-                 const real *damp, const real *w, real dt, long H, long W, scratch *s) {
+                 const real *damp, const real *w, const unsigned *wp, real dt, long H, long W, scratch *s) {
     for (long r = 0; r < H; r++) {
-        advance_ring(s->ring, NC, y, H, W, s->Wb, W, r);
-        conv_row(s->acc, s->ring, w, s->Wb, r);
+        couple_row(s, y, H, W, W, w, wp, r);
         for (int c = 0; c < NC; c++) {
             long o = ((long)c * H + r) * W;
             const real *a = s->acc + (long)c * s->Wb;
@@ -132,27 +324,43 @@ static void step(const real *y, const real *z, real *y_out, real *z_out, real *t
     }
 }
 
+/* The packed weight pairs of w (and of wadj, if not NULL) where half asks for the bfloat16
+ * coupling, else NULL. */
+static const unsigned *weight_pairs(scratch *s, const real *w, const real *wadj, int half) {
+#if HALF_COUPLING
+    if (half) {
+        pack_weight_pairs(s->wp, w);
+        if (wadj) pack_weight_pairs(s->wadjp, wadj);
+        return s->wp;
+    }
+#endif
+    (void)s, (void)w, (void)wadj, (void)half;
+    return NULL;
+}
+
 /* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
  * frames[t] (n x B x NC x H x W, float, or bfloat16 if bf16_frames) = y after step t+1.
  * ck (B x (segments - 1) x 2 x NC x H x W, or NULL) receives (y, z) after steps K, 2K, ...
  * before the last step: the starts of nwm_backward's segments of K steps after the first.
- * Returns 0, or -1 without memory. */
+ * half_coupling: the coupling in bfloat16 (only where nwm_half_coupling() says this build has it).
+ * Returns 0, or -1 without memory (or without the bfloat16 coupling asked for). */
 int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const real *y0, real *z,
                 const real *dto, const real *damp, const real *w, double dt, void *frames, int bf16_frames,
-                real *ck) {
+                real *ck, int half_coupling) {
     long S = NC * H * W, segments = (n + K - 1) / K;
     scratch s;
     real *ys = malloc(sizeof(real) * 2 * S);  /* y before and after a step */
-    if (!ys || scratch_init(&s, H, W)) {
+    if (!ys || scratch_init(&s, H, W, half_coupling)) {
         free(ys);
         return -1;
     }
+    const unsigned *wp = weight_pairs(&s, w, NULL, half_coupling);
     for (long b = b0; b < b1; b++) {
         const real *y = y0 + b * S;
         for (long t = 0; t < n; t++) {
             real *out = ys + (t % 2) * S;
             step(y, z + b * S, out, z + b * S, NULL, frame_at(frames, bf16_frames, (t * B + b) * S), dto + b * S,
-                 damp + b * S, w, (real)dt, H, W, &s);
+                 damp + b * S, w, wp, (real)dt, H, W, &s);
             y = out;
             if (ck && (t + 1) % K == 0 && t + 1 < n) {  /* the start of segment (t + 1) / K */
                 real *c = ck + (b * (segments - 1) + (t + 1) / K - 1) * 2 * S;
@@ -176,21 +384,23 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const 
  * (n x B x ..., float or, if half, bfloat16) are the gradients of the frames; g_dto, g_damp
  * (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. frames (n x B x ..., float
  * or bfloat16, or NULL) receives y_1..y_n, for the gradient of the time basis. wadj:
- * the adjoint kernel (flipped, in and out channels swapped). Returns 0, or -1 without memory. */
+ * the adjoint kernel (flipped, in and out channels swapped). half_coupling: as in nwm_forward,
+ * for the recomputed steps and both adjoint products. Returns 0, or -1 as nwm_forward. */
 int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const real *y_start,
                  const real *z_start, const real *ck, const real *dto, const real *damp, const real *w,
                  const real *wadj, double dt_, const void *g_frames, real *gy, real *gz,
-                 real *g_dto, real *g_damp, real *g_w, void *frames, int half) {
+                 real *g_dto, real *g_damp, real *g_w, void *frames, int half, int half_coupling) {
     long S = NC * H * W, Wb = block_width(W);
     long segments = (n + K - 1) / K;
     real dt = (real)dt_;
     scratch s;
     /* y and z before each step of a segment and after its last, tanh of each step */
     real *history = malloc(sizeof(real) * (3 * K + 2) * S);
-    if (!history || scratch_init(&s, H, W)) {
+    if (!history || scratch_init(&s, H, W, half_coupling)) {
         free(history);
         return -1;
     }
+    const unsigned *wp = weight_pairs(&s, w, wadj, half_coupling);
     real *ys = history, *zs = ys + (K + 1) * S, *th = zs + (K + 1) * S;
     for (long b = b0; b < b1; b++) {
         const real *om = dto + b * S, *dm = damp + b * S;
@@ -203,13 +413,14 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
             memcpy(zs, g ? yc + S : z_start + b * S, S * sizeof(real));
             for (long i = 0; i < steps; i++)
                 step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
-                     frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, w, dt, H, W, &s);
+                     frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, w, wp, dt, H, W, &s);
             for (long i = steps - 1; i >= 0; i--) {
                 const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
                 const real *gf = half ? NULL : (const real *)g_frames + ((t0 + i) * B + b) * S;
                 const bf16 *gh = half ? (const bf16 *)g_frames + ((t0 + i) * B + b) * S : NULL;
                 for (long row = 0; row < NC * H; row++) {
                     real *ga = s.ga + row * Wb;
+                    bf16 *gah = wp ? s.gah + row * s.Wh : NULL;
 #pragma omp simd
                     for (long j = 0; j < W; j++) {
                         long p = row * W + j;
@@ -218,17 +429,24 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
                         gdb[p] += gzp * zi[p];
                         gob[p] -= gzp * yi[p];
                         ga[j] = dt * (gzp - gzp * t[p] * t[p]);
+                        if (gah) gah[j] = to_bf16((float)ga[j]);
                         gyb[p] = gyp - om[p] * gzp;
                         gzb[p] = gzp * dm[p];
                     }
                 }
                 for (long r = 0; r < H; r++) {
-                    advance_ring(s.ring, NC, s.ga, H, W, Wb, Wb, r);
-                    advance_ring(s.ring_y, NC, yi, H, W, Wb, W, r);
-                    conv_row(s.acc, s.ring, wadj, Wb, r);
+                    couple_row(&s, s.ga, H, W, Wb, wadj, wp ? s.wadjp : NULL, r);
                     for (long c = 0; c < NC; c++)
 #pragma omp simd
                         for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
+#if HALF_COUPLING
+                    if (wp) {
+                        advance_half_ring(s.ring_yh, 0, yi, H, W, s.Wh, W, r);
+                        weight_row_half(s.gv, s.gah, H, s.ring_yh, s.Wh, r);
+                        continue;
+                    }
+#endif
+                    advance_ring(s.ring_y, NC, yi, H, W, Wb, W, r);
                     weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
                 }
             }

@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import runs
 from engine import autocast
 from models import MODEL_NAMES, READOUTS, build_model, convlstm_fused, cpu_kernels, head_cpu, is_recurrent, nwm_cpu
+from models import common as models_common
 from models.nwm_fused import wave_recurrence_projection
 from models.readouts import PixelMLP
 
@@ -230,3 +232,173 @@ def test_fused_cpu_head_stays_out_of_compiled_code():
         assert head_cpu.applies(torch.ones(2))  # outside compiled code it runs
         torch.compile(head_input, backend="eager")(torch.ones(2))
     assert seen == [False]
+
+
+needs_bf16_coupling = pytest.mark.skipif(
+    not (shutil.which("cc") or shutil.which("gcc")) or "avx512_bf16" not in cpu_kernels.cpu_features(),
+    reason="the bfloat16 coupling needs a C compiler and a CPU with AVX512-BF16")
+SWAP_PAIRS = torch.arange(16).view(8, 2).flip(1).flatten()  # input channels 2p and 2p+1 swapped
+
+
+def kernel_recurrence(dtype, shape, T=10, half_coupling=False, weight_layout=lambda w: w):
+    """The kernel's projection and all its gradients (y0, dt_omega, damping, weight, basis) as
+    float64, float frames; the kernel is handed weight_layout(weight) (a wrong layout: a fault)."""
+    torch.manual_seed(0)
+    channels = shape[1]
+    inputs = [torch.randn(shape), 0.1 * torch.rand(shape), 1 - 0.02 * torch.rand(shape),
+              0.3 * torch.randn(channels, channels, 3, 3), torch.randn(T, 4), torch.randn(*shape, 4)]
+    y0, dt_omega, damping, weight, basis, grad = [t.to(dtype) for t in inputs]
+    lib = nwm_cpu.kernel(y0)
+    checkpoints = nwm_cpu.checkpoint_buffer(y0, T)
+    weight = weight_layout(weight).contiguous()
+    out = nwm_cpu.projection(lib, y0, dt_omega, damping, weight, basis, 0.1, False, checkpoints, half_coupling)
+    grads = nwm_cpu.projection_backward(lib, y0, dt_omega, damping, weight, basis, checkpoints, 0.1, grad, True,
+                                        False, half_coupling)
+    return [out.double()] + [g.double() for g in grads]
+
+
+def relative_errors(results, reference):
+    return [((a - b).norm() / b.norm()).item() for a, b in zip(results, reference)]
+
+
+BF16_COUPLING_TOLERANCE = 2e-2  # bfloat16's 8 bits through 10 steps: measured 1e-3 to 5e-3 at 16x16, T = 10
+
+
+@needs_bf16_coupling
+@pytest.mark.parametrize("shape", [(2, 16, 16, 16), (3, 16, 5, 7), (1, 16, 17, 50)])
+def test_bf16_coupling_matches_float64_within_bfloat16_rounding(shape, monkeypatch):
+    # image widths off the kernel's 16- and 32-pixel blocks, and chunks the threads split unevenly
+    monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)
+    assert nwm_cpu.kernel(torch.empty(shape)).nwm_half_coupling() == 1
+    reference = kernel_recurrence(torch.float64, shape)
+    errors = relative_errors(kernel_recurrence(torch.float32, shape, half_coupling=True), reference)
+    assert max(errors) < BF16_COUPLING_TOLERANCE, errors  # forward, and every gradient
+    full = relative_errors(kernel_recurrence(torch.float32, shape), reference)
+    assert max(full) < 1e-4 < min(errors), (full, errors)  # the float32 kernel: rounding only; this: bfloat16's
+
+
+@needs_bf16_coupling
+@pytest.mark.parametrize("layout", [lambda w: w[:, SWAP_PAIRS], lambda w: w.transpose(0, 1)],
+                         ids=["pair-swapped", "transposed"])
+def test_bf16_coupling_check_fails_with_a_wrong_weight_layout(layout):
+    # the negative control of the test above: its check sees a weight packed in the wrong order
+    reference = kernel_recurrence(torch.float64, (2, 16, 16, 16))
+    errors = relative_errors(kernel_recurrence(torch.float32, (2, 16, 16, 16), half_coupling=True,
+                                               weight_layout=layout), reference)
+    assert min(errors) > 5 * BF16_COUPLING_TOLERANCE, errors
+
+
+@pytest.fixture
+def bf16_coupling_allowed(monkeypatch):
+    """--bf16-coupling on, for one test."""
+    monkeypatch.setattr(models_common, "_bf16_coupling", False)
+    models_common.allow_bf16_coupling(True)
+
+
+@needs_bf16_coupling
+def test_bf16_coupling_runs_only_where_allowed_and_where_it_pays(monkeypatch):
+    lib = nwm_cpu.kernel(torch.empty(1, 16, 4, 4))
+    assert not nwm_cpu.half_coupling(lib, 16, half=True)  # off by default
+    monkeypatch.setattr(models_common, "_bf16_coupling", False)
+    models_common.allow_bf16_coupling(True)
+    assert nwm_cpu.half_coupling(lib, 16, half=True)
+    assert not nwm_cpu.half_coupling(lib, 16, half=False)  # no bfloat16 autocast: float32 throughout
+    assert not nwm_cpu.half_coupling(nwm_cpu.kernel(torch.empty(1, 2, 4, 4)), 2, half=True)  # too few channels
+    assert nwm_cpu.kernel(torch.empty(1, 16, 4, 4, dtype=torch.float64)).nwm_half_coupling() == 0
+
+
+@needs_bf16_coupling
+def test_sixteen_channel_nwm_under_autocast_takes_the_bf16_coupling(bf16_coupling_allowed, monkeypatch):
+    # the model's path: with --bf16-coupling on, bfloat16 autocast on this CPU turns the coupling on, and
+    # the model stays close to float32
+    taken = []
+    projection = nwm_cpu.projection
+    monkeypatch.setattr(nwm_cpu, "projection", lambda *a: taken.append(a[-1]) or projection(*a))
+    full = outputs_and_gradients("nwm", dtype=torch.float32, hidden_channels=16, T=10)
+    half = outputs_and_gradients("nwm", dtype=torch.float32, amp=True, hidden_channels=16, T=10)
+    assert taken == [False, True]
+    assert (half[0] - full[0]).abs().max() <= 0.03 * full[0].abs().max()
+    cosine = F.cosine_similarity(torch.cat([g.flatten() for g in full[1].values()]),
+                                 torch.cat([g.flatten() for g in half[1].values()]), dim=0)
+    assert cosine >= 0.99
+
+
+@needs_bf16_coupling
+def test_bf16_coupling_is_float64_steps_with_the_coupling_operands_in_bfloat16():
+    # its error is bfloat16's rounding of y and W (before float32 sums), nothing else: the
+    # kernel's y_T equals float64 steps that round them so, far closer than to exact float64
+    torch.manual_seed(0)
+    shape, T = (2, 16, 16, 16), 10
+    y0, dt_omega, damping = torch.randn(shape), 0.1 * torch.rand(shape), 1 - 0.02 * torch.rand(shape)
+    weight = 0.3 * torch.randn(16, 16, 3, 3)
+    last = torch.zeros(T, 1)
+    last[-1] = 1  # the projection on the last step: y_T
+    y_T = nwm_cpu.projection(nwm_cpu.kernel(y0), y0, dt_omega, damping, weight, last, 0.1, False, None, True)
+
+    def steps(round_operands):
+        operand = (lambda t: t.bfloat16().double()) if round_operands else (lambda t: t)
+        y, z = y0.double(), torch.zeros(shape, dtype=torch.float64)
+        for _ in range(T):
+            a = F.conv2d(F.pad(operand(y), (1, 1, 1, 1), mode="circular"), operand(weight.double()))
+            z = damping.double() * z - dt_omega.double() * y + 0.1 * torch.tanh(a)
+            y = y + 0.1 * z
+        return y
+
+    emulated, exact = steps(True), steps(False)
+    error = lambda y: ((y_T.view(shape).double() - y).norm() / y.norm()).item()
+    assert error(emulated) < 1e-5 and error(exact) > 1e-4, (error(emulated), error(exact))
+
+
+def test_bench_names_any_dataset_and_model():
+    import bench
+    assert bench.parse_config("mnist_cnn16") == ("mnist", "cnn", {"depth": 16})
+    assert bench.parse_config("multi_mnist_unet3") == ("multi_mnist", "unet", {"width": 3})
+    assert bench.parse_config("mnist_lstm") == ("mnist", "lstm", {})
+    assert bench.bench_config("multi_mnist_nwm")[1]["hidden_channels"] == 16
+    for wrong in ("mnist_nwm3", "mnist_transformer", "imagenet_nwm", "mnist"):
+        with pytest.raises(ValueError, match="DATASET_MODEL"):
+            bench.parse_config(wrong)
+    with pytest.raises(SystemExit):
+        bench.build_parser().parse_args(["--configs", "mnist_nwm3"])
+
+
+def test_bench_paper_epoch_is_the_training_split_plus_the_validation_split():
+    import bench
+    # Tetrominoes: 10,000 training images at 100/s and 1,000 validation images at 50/s
+    assert bench.paper_epoch_minutes("tetrominoes_nwm", 100, 50) == pytest.approx((100 + 20) / 60)
+
+
+@needs_bf16_coupling
+def test_bench_floor_counts_the_bf16_couplings_products(bf16_coupling_allowed):
+    import bench
+    T, batch = 6, 2
+    model = build_model("nwm", in_channels=1, num_classes=3, T=T, hidden_channels=16, readout_width=8)
+    x = torch.rand(batch, 1, 16, 16)
+
+    def recorded(half, coupling):
+        with bench.RecordMatmuls() as recorder, autocast("cpu", half):
+            if coupling:
+                with bench.RecordCoupling(recorder):
+                    model(x).float().sum().backward()
+            else:
+                model(x).float().sum().backward()
+        return len(recorder.calls)
+
+    assert recorded(False, True) == recorded(False, False)  # float32 coupling: no products to count
+    # per step and image: forward, recompute, input gradient (stencil) and the weight gradient
+    assert recorded(True, True) - recorded(True, False) == 4 * T * batch
+
+
+def test_bench_numerics_compares_each_precision_with_float64(run_train, tiny_dataset, tmp_path):
+    """bench.py --numerics on a trained run: float32 agrees with float64 to rounding, bfloat16 autocast
+    less so, and every parameter's gradient is measured."""
+    import bench
+    run_train(tmp_path, "--run-name", "r", "--epochs", "1", "--hidden-channels", "8")
+    result = bench.precision_errors(tmp_path / "r", 4, tiny_dataset)
+    errors = result["errors"]
+    assert (result["dataset"], result["images"]) == ("tiny", 4)
+    assert errors["float32"]["y_T"] < 1e-5 and max(errors["float32"]["gradients"].values()) < 1e-3
+    assert errors["bf16 autocast"]["loss"] > 10 * errors["float32"]["loss"]
+    model, _ = runs.load_model(tmp_path / "r")
+    assert all(e["gradients"].keys() == dict(model.named_parameters()).keys() for e in errors.values())
+    assert not models_common.bf16_coupling()  # the measurement leaves the coupling as train.py's default
