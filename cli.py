@@ -11,10 +11,21 @@ The flags several entry scripts share (--data-root, --runs-root, --device, --thr
 that the scripts cannot drift apart (tests/test_cli.py). They take a parser or an argument group
 and return the action. This module imports no torch: the environment variables are spelled out
 (settings.DATA_ROOT_ENV and RUNS_ROOT_ENV; tests/test_cli.py checks they agree).
+
+`ArgumentParser` is argparse's with a short refusal: the error and a line naming --help.
 """
 import argparse
 import math
 import sys
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusals print the error and where to look, not the whole usage block
+    before it, which pushes a one-line message out of sight."""
+
+    def error(self, message):
+        command = f"python {self.prog}" if self.prog.endswith(".py") else self.prog
+        self.exit(2, f"{self.prog}: error: {message}\n(every setting and its valid values: {command} --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -12,12 +12,14 @@ the end of the epoch, where a non-finite loss is caught.
 """
 import contextlib
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from metrics import SegmentationMetrics
+from signals import Interrupted
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,16 +115,19 @@ def train_one_epoch(step, images, masks, num_classes, batch_size, generator, pro
 
 @torch.no_grad()
 def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progress=False, desc="eval",
-             graphed=None, stop=None):
+             graphed=None, stop=None, tick=None):
     """Metrics (metrics.py) of `model` on a whole split, in eval mode. `graphed` (a forward pass
     for this batch size, a GraphedForward) runs the full batches; a smaller last batch runs
-    eagerly, so every image counts exactly once. `stop` (a StopSignals) is checked between batches."""
+    eagerly, so every image counts exactly once. `stop` (a StopSignals) is checked between batches;
+    `tick` (a StopSignals' tick, for a pass that a stop request does not cut short) is called there."""
     model.eval()
     metrics = SegmentationMetrics(num_classes, images.device)
     for idx in tqdm(batches(len(images), batch_size, device=images.device), desc=desc,
                     leave=False, disable=not progress, dynamic_ncols=True):
         if stop is not None:
             stop.check()
+        if tick is not None:
+            tick()
         if graphed is not None and len(idx) == batch_size:
             logits = graphed(images[idx])
         else:
@@ -132,17 +137,77 @@ def evaluate(model, images, masks, num_classes, batch_size=64, amp=False, progre
     return metrics.compute()
 
 
+class CompileError(RuntimeError):
+    """--compile on, and torch.compile failed; the message says what to use instead."""
+
+
+def compiles(mode, device):
+    """Whether --compile `mode` compiles on `device` (auto: on CUDA)."""
+    return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
+
+
 def maybe_compile(model, mode, device):
     """torch.compile for --compile `mode` (auto: on for CUDA). A recurrent model is compiled in
     parts: its encoders, its step (small and repeated T times, so one compiled graph is reused
     instead of unrolling all T steps; the NWM's hand-written recurrence, models/nwm_fused.py,
     stays as it is) and its readout head; a feed-forward model whole. The parts are compiled in
-    place, so the model's state_dict keeps its keys."""
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+    place, as attributes of the instance that `uncompile` removes, so the model's state_dict keeps its keys."""
+    if not compiles(mode, device):
         return model
     if model.recurrent:
         model.initial_state = torch.compile(model.initial_state, dynamic=False)
         model.step = torch.compile(model.step, dynamic=False)
-        model.readout.head.compile(dynamic=False)
+        model.readout.head.forward = torch.compile(model.readout.head.forward, dynamic=False)
         return model
     return torch.compile(model, dynamic=False)
+
+
+def uncompile(model):
+    """Undoes maybe_compile on the model it was given: the class's own methods show again."""
+    if model.recurrent:
+        for owner, name in ((model, "initial_state"), (model, "step"), (model.readout.head, "forward")):
+            owner.__dict__.pop(name, None)
+
+
+def try_steps(compiled, model, x, y, amp):
+    """One training forward and backward pass and one evaluation pass of `compiled` (maybe_compile's
+    `model`) on a batch (x, y), then undone (weights, BatchNorm statistics, gradients, random state):
+    torch.compile compiles a function at its first call, so this is where a compiler that cannot work fails."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    cuda = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            model.train()
+            with autocast(x.device, amp):
+                logits = compiled(x)
+            F.cross_entropy(logits.float(), y).backward()
+            model.eval()
+            with torch.no_grad(), autocast(x.device, amp):
+                compiled(x)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)
+        model.train()
+
+
+def compile_checked(model, mode, device, amp, x, y):
+    """(the model to train, outcome) for --compile `mode`: maybe_compile's, once a first step on
+    the batch (x, y) compiled (try_steps); if compiling fails, with auto, the eager model and a
+    warning, as make_steps falls back from graph capture; with on, CompileError. `outcome`, for the
+    run's records: "compiled", "off" or "failed: <the error's first line>"."""
+    if not compiles(mode, device):
+        return model, "off"
+    compiled = maybe_compile(model, mode, device)
+    try:
+        try_steps(compiled, model, x, y, amp)
+    except Interrupted:
+        raise
+    except Exception as e:  # whatever the compiler raises: no Triton, a C++ compiler error, an inductor bug
+        uncompile(model)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if mode == "on":
+            raise CompileError(f"--compile on: torch.compile failed ({reason}); use --compile auto (falls back to "
+                               f"eager steps) or off") from None
+        print(f"warning: torch.compile failed ({reason}); training with eager steps", file=sys.stderr)
+        return model, f"failed: {reason}"
+    return compiled, "compiled"

@@ -3,13 +3,17 @@
     <runs root>/<run name>/
         config.json        every resolved setting, num_params, the data's fingerprint, the git
                            commit, library versions, device
-        metrics.csv        one row per finished epoch: train and val metrics, lr, seconds, and
-                           the device, precision and threads the epoch ran with
+        metrics.csv        one row per finished epoch: train and val metrics, lr, seconds (run,
+                           not stopped: signals.py), and the device, precision and threads it ran with
         checkpoint.pt      the model with the best validation loss so far
         last.pt            everything needed to resume after the last finished epoch
         test_metrics.json  the best checkpoint's metrics on the test split and why training
                            ended; its presence marks the run as finished
         .lock              who runs it now (PID, host); locked while a run writes here
+
+A run name is a relative path that stays strictly inside the runs root, however it is spelled
+(`run_path` refuses the others before any work), and a run writes only into a folder that is
+empty or a run directory; --restart deletes only the files listed above, never a link's target.
 
 One process at a time writes a run directory: `locked` holds an flock on .lock for the
 whole run, and a second one is refused at once, naming the holder. The kernel drops the
@@ -27,14 +31,13 @@ import fcntl
 import io
 import json
 import os
-import pickle
 import shutil
 import socket
 import subprocess
 import sys
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -42,6 +45,10 @@ import settings
 
 CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS, LOCK = (
     "config.json", "metrics.csv", "checkpoint.pt", "last.pt", "test_metrics.json", ".lock")
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS)  # what a run writes, and all that --restart deletes
+# what each file is, for refusing one given where a checkpoint is expected
+NOT_CHECKPOINTS = {CONFIG: "the run's settings", METRICS: "the run's per-epoch metrics",
+                   TEST_METRICS: "the run's test metrics"}
 # the settings that may change when a run is continued: how long it trains, not what
 BUDGET = ("epochs", "min_epochs", "patience", "max_minutes")
 
@@ -52,6 +59,10 @@ class RunConflict(Exception):
 
 class DamagedFile(ValueError):
     """A run file that exists but cannot be read: truncated, emptied or overwritten."""
+
+
+class BadRunName(ValueError):
+    """A run name (or run directory) that could reach outside the runs root, or that the file system cannot hold."""
 
 
 class WriteError(Exception):
@@ -76,9 +87,13 @@ def _write_bytes(path, data):
         os.fsync(f.fileno())  # some filesystems report a full disk only here
 
 
+def _temporary(path):
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # one per writer
+
+
 def _save_bytes(data, path):
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")  # one per writer
+    tmp = _temporary(path)
     try:
         _write_bytes(tmp, data)
         os.replace(tmp, path)
@@ -119,11 +134,25 @@ def load_json(path):
 
 
 def load_torch(path, device="cpu"):
-    if not Path(path).is_file():
+    """What torch.save wrote to `path`; DamagedFile when the file is not one (damaged, overwritten, or another
+    kind of file such as a run's config.json), FileNotFoundError when it is missing."""
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+    if path.name in NOT_CHECKPOINTS:
+        raise DamagedFile(f"{path} is {NOT_CHECKPOINTS[path.name]}, not a checkpoint: pass the run directory or its "
+                          f"{CHECKPOINT}")
+    try:
+        with open(path, "rb") as f:
+            start = f.read(4)
+    except OSError as e:
+        raise DamagedFile(f"{path} cannot be read ({e.strerror})") from None
+    if not (start == b"PK\x03\x04" or start[:1] == b"\x80"):  # torch.save's zip archive, or its older pickle
+        raise DamagedFile(f"{path} is damaged or not a checkpoint (it was not written by torch.save: overwritten, "
+                          f"or another kind of file)")
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+    except Exception as e:  # a damaged archive fails anywhere in torch's reader (IndexError, KeyError, ...)
         reason = str(e).split(". ")[0] if str(e) else type(e).__name__  # torch adds paragraphs of advice
         raise DamagedFile(f"{path} is damaged (truncated or overwritten: {reason})") from None
 
@@ -187,10 +216,24 @@ def load_model(run_dir, device="cpu", which=CHECKPOINT):
     run_dir = Path(run_dir)
     config = load_json(run_dir / CONFIG)
     state = load_torch(run_dir / which, device)
+    if not isinstance(config, dict) or "model" not in config:
+        raise DamagedFile(f"{run_dir / CONFIG} is damaged (it names no model)")
+    if not isinstance(state, dict) or "model" not in state:
+        raise DamagedFile(f"{run_dir / which} holds no model weights: pass the run directory or its {CHECKPOINT}")
     keys = model_config_keys(config["model"])
     model = build_model(config["model"], **{k: config[k] for k in keys if k in config})
+    if not weights_fit(model, state["model"]):
+        raise DamagedFile(f"{run_dir / which} holds weights of another model than the one {run_dir / CONFIG} "
+                          f"describes (one of the two was edited or copied from another run)")
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config
+
+
+def weights_fit(model, weights):
+    """Whether `weights` (a state_dict) has exactly the names and shapes of `model`'s."""
+    own = model.state_dict()
+    return (isinstance(weights, dict) and weights.keys() == own.keys()
+            and all(torch.is_tensor(weights[k]) and weights[k].shape == v.shape for k, v in own.items()))
 
 def git_state(repo=Path(__file__).resolve().parent):
     """{"commit": the checkout's commit, "dirty": whether tracked files differ from it}; None
@@ -233,20 +276,45 @@ def locked(run_dir):
         f.write(f"PID {os.getpid()} on {socket.gethostname()} since "
                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
         f.flush()
-        for tmp in run_dir.glob("*.tmp"):
+        for tmp in _own_temporaries(run_dir):
             tmp.unlink(missing_ok=True)
         yield  # the lock goes with the file's closing, or with the process
 
 
+def _own_temporaries(run_dir):
+    """The temporary files a killed writer of run_dir's files left (see _temporary), and no other file."""
+    return [p for name in RUN_FILES for p in run_dir.glob(f"{name}.*-*.tmp") if not p.is_dir()]
+
+
+def _foreign(run_dir):
+    """The names in run_dir that no run writes, sorted."""
+    own = {*RUN_FILES, LOCK, *(p.name for p in _own_temporaries(run_dir))}
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in own)
+
+
+def is_run_dir(run_dir):
+    """Whether run_dir holds a run's files: a metrics.csv, checkpoint, last.pt or test_metrics.json, or the
+    config.json of a run (one naming its run and model)."""
+    run_dir = Path(run_dir)
+    if any((run_dir / name).is_file() for name in RUN_FILES if name != CONFIG):
+        return True
+    try:
+        config = load_json(run_dir / CONFIG)
+    except (OSError, DamagedFile):
+        return False
+    return isinstance(config, dict) and {"run_name", "model"} <= config.keys()
+
+
 def _clear(run_dir):
-    """Deletes what run_dir holds, but not its lock, which this process holds."""
-    for entry in run_dir.iterdir():
-        if entry.name == LOCK:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+    """Deletes the run's files in run_dir (RUN_FILES and their temporaries), never a link's target or anything
+    else; returns the names of what it kept (not the lock, which this process holds)."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    for tmp in _own_temporaries(run_dir):
+        tmp.unlink(missing_ok=True)
+    return _foreign(run_dir)
 
 
 def _damaged(run_dir, problem):
@@ -299,7 +367,9 @@ def open_run(run_dir, settings, data, restart=False):
     """
     run_dir = Path(run_dir)
     if restart:
-        _clear(run_dir)
+        kept = _clear(run_dir)
+        if kept:
+            print(f"--restart deleted the run's files in {run_dir} and kept what no run writes: {', '.join(kept)}")
     if not (run_dir / LAST).is_file():
         try:
             epochs_run = len(load_metrics(run_dir))
@@ -318,6 +388,8 @@ def open_run(run_dir, settings, data, restart=False):
         stored = load_json(run_dir / CONFIG)
     except DamagedFile as e:
         raise _damaged(run_dir, str(e)) from None
+    if not isinstance(stored, dict):
+        raise _damaged(run_dir, f"{run_dir / CONFIG} is damaged (it holds no settings)")
     differ = {k: (stored.get(k), v) for k, v in settings.items() if k not in BUDGET and stored.get(k) != v}
     if differ:
         raise RunConflict(f"{run_dir} holds a run with other settings "
@@ -375,6 +447,61 @@ def variant(config):
     if config["model"] == "unet":
         return f"width {int(config['width'])}"
     return config["readout"]
+
+
+def _limit(folder, name, default):
+    """The file system's limit `name` ("PC_NAME_MAX", "PC_PATH_MAX") at `folder`'s nearest existing folder."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
+
+
+def run_path(runs_root, run_name):
+    """runs_root / run_name, after checking that the name is a relative path that stays strictly inside the
+    runs root however it is spelled (no "..", no absolute path, no link out of the root, not the root itself),
+    that the file system can hold it, and that an existing folder there is a run directory; BadRunName, saying
+    what to do, otherwise. Trailing slashes and "." parts are dropped: "a/./b/" is "a/b"."""
+    runs_root, text = Path(runs_root), str(run_name)
+    what = f"--run-name {text!r}"
+    if any(ord(c) < 32 for c in text):
+        raise BadRunName(f"{what} holds a control character; use letters, digits, '-', '_', '.' and '/'")
+    name = PurePosixPath(text)
+    if name.is_absolute() or ".." in name.parts or not name.parts:
+        raise BadRunName(f"{what}: a run name is a relative path inside the runs root (e.g. tetrominoes/nwm-seed0),"
+                         f" not empty, '.', absolute or with '..'; to put runs elsewhere use --runs-root")
+    if runs_root.exists() and not runs_root.is_dir():
+        raise BadRunName(f"--runs-root {runs_root} is a file, not a folder; name a folder for the runs")
+    run_dir = runs_root.joinpath(*name.parts)
+    name_max, path_max = _limit(runs_root, "PC_NAME_MAX", 255), _limit(runs_root, "PC_PATH_MAX", 4096)
+    for part in run_dir.absolute().parts:
+        if len(os.fsencode(part)) > name_max:
+            flag = "--run-name" if part in name.parts else "--runs-root"
+            raise BadRunName(f"{flag}: the folder name {part[:40]}... is {len(os.fsencode(part))} bytes long, and "
+                             f"this file system allows {name_max}; use a shorter name")
+    longest = max(len(os.fsencode(_temporary(run_dir / name).name)) for name in RUN_FILES)  # what a run writes
+    if len(os.fsencode(run_dir.absolute())) + 1 + longest > path_max:
+        raise BadRunName(f"{what}: the run's files would have paths longer than the {path_max} bytes this file "
+                         f"system allows; use a shorter --run-name or --runs-root")
+    try:
+        root, resolved = runs_root.resolve(), run_dir.resolve()
+    except (OSError, RuntimeError) as e:  # a loop of links
+        raise BadRunName(f"{what}: {run_dir} cannot be resolved ({e}); choose another --run-name") from None
+    if resolved == root:
+        raise BadRunName(f"{what}: {run_dir} is the runs root itself (through a link); choose another --run-name")
+    if root not in resolved.parents:
+        raise BadRunName(f"{what}: {run_dir} leads to {resolved}, outside the runs root {root} (through a link); "
+                         f"choose another --run-name")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BadRunName(f"{what}: {run_dir} is a file, not a folder; choose another --run-name")
+    if run_dir.is_dir() and _foreign(run_dir) and not is_run_dir(run_dir):
+        shown = ", ".join(_foreign(run_dir)[:5]) + (", ..." if len(_foreign(run_dir)) > 5 else "")
+        raise BadRunName(f"{what}: {run_dir} holds files no run wrote ({shown}), so it is not a run directory and a "
+                         f"run neither writes into it nor deletes it (--restart); choose another --run-name")
+    return run_dir
 
 
 def default_run_name(config):

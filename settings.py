@@ -19,6 +19,7 @@ process-wide CPU memory allocator setting.
 import ctypes
 import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
@@ -125,8 +126,13 @@ def available_cores():
 
 
 def set_threads(threads=None):
-    """Use `threads` CPU threads for PyTorch's kernels (default: available_cores())."""
-    threads = threads or available_cores()
+    """Use `threads` CPU threads for PyTorch's kernels (default: available_cores()), at most
+    available_cores(), with a warning: more threads than cores only wait on each other."""
+    cores = available_cores()
+    if threads and threads > cores:
+        print(f"warning: --threads {threads}: this process may use {cores} core(s), so it uses {cores} threads",
+              file=sys.stderr)
+    threads = min(threads or cores, cores)
     torch.set_num_threads(threads)
     return threads
 

@@ -33,17 +33,17 @@ from tqdm import tqdm
 import pretrained
 import runs
 import settings
-from cli import (HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, float_at_least,
-                 int_at_least, positive_float, shows_bars)
+from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads,
+                 float_at_least, int_at_least, positive_float, shows_bars)
 from configs import default_help, model_config, paper_settings
 from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from cuda_graphs import make_steps
-from engine import NonFiniteLossError, evaluate, maybe_compile, set_backends, train_one_epoch
+from engine import CompileError, NonFiniteLossError, compile_checked, evaluate, set_backends, train_one_epoch
 from metrics import background_only_metrics, format_metrics
 from models import CONFIG_KEYS, MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, \
     model_config_keys
-from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, auto_bptt_segment
+from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, allow_bf16_coupling, auto_bptt_segment
 from signals import EXIT_STATUS, Interrupted, StopSignals
 
 # What --quickstart changes: a CPU-sized Tetrominoes NWM run (see README, "Quickstart").
@@ -53,9 +53,9 @@ QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_si
 # Settings that do not change what is trained, so a run may resume with other values.
 NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "restart", "progress", "compile",
                     "amp", "cpu_allocator", "bptt_segment", "fused", "quickstart", "threads", "cuda_graph",
-                    "stop_after_minutes"}
+                    "stop_after_minutes", "bf16_coupling"}
 # What config.json records of how a run was computed, under a flag's name: --resume does not take them as flags.
-OUTCOMES = {"amp", "cuda_graph"}
+OUTCOMES = {"amp", "cuda_graph", "compile"}
 
 
 def auto_or_int(text):
@@ -68,7 +68,7 @@ def model_help(key):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="tetrominoes", choices=sorted(DATASETS), help="dataset to train on")
     add_data_root(g)
@@ -120,6 +120,10 @@ def build_parser():
                    help="bfloat16 autocast for the convolutions and the readout head (recurrences stay float32); "
                         "auto: on where bfloat16 is native (GPUs from Ampere on, CPUs with AMX/AVX512-BF16), else "
                         "float32")
+    g.add_argument("--bf16-coupling", default="off", choices=["off", "on"],
+                   help="with --amp on a CPU with AVX512-BF16: the NWM's coupling products (8+ hidden channels) as "
+                        "bfloat16 dot products with float32 sums, about 1.4x faster for 16 channels but with larger "
+                        "gradient errors (docs/speed.md, 'The coupling in bfloat16'); off: float32")
     g.add_argument("--bptt-segment", default="auto", type=auto_or_int,
                    help="recompute the recurrence in segments of this many steps during backpropagation instead of "
                         "storing every step (saves memory, costs one more forward pass of the recurrence); 0 stores "
@@ -141,12 +145,14 @@ def build_parser():
     g = p.add_argument_group("run directory")
     add_runs_root(g)
     g.add_argument("--run-name", default=None,
-                   help="run directory under the runs root (default: from the settings, e.g. "
-                        "tetrominoes/nwm-linear-T100-h2-seed0)")
+                   help="run directory under the runs root, a relative path that stays inside it (default: from "
+                        "the settings, e.g. tetrominoes/nwm-linear-T100-h2-seed0)")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="resume the run in RUN_DIR with its stored settings "
+                   help="resume the run in the folder RUN_DIR (also a moved one) with its stored settings "
                         "(running the same command again resumes too)")
-    g.add_argument("--restart", action="store_true", help="delete an existing run of the same name and start over")
+    g.add_argument("--restart", action="store_true",
+                   help="delete the run files (config.json, metrics.csv, checkpoints) of an existing run of the same "
+                        "name and start over; nothing else is deleted")
     add_progress(g, log="one line per epoch")
     g.add_argument("--quickstart", action="store_true",
                    help="a CPU-sized demo: creates Tetrominoes if missing and trains a small NWM in minutes "
@@ -162,19 +168,39 @@ def parse_args(argv=None):
         args = parser.parse_args(argv)
     if args.resume:
         config_path = Path(args.resume) / runs.CONFIG
-        if not config_path.is_file():
-            parser.error(f"--resume {args.resume}: not a run directory (no {runs.CONFIG})")
+        if not config_path.is_file() or not runs.is_run_dir(args.resume):
+            parser.error(f"--resume {args.resume}: not a run directory (no {runs.CONFIG} of a run)")
         try:
             stored = runs.load_json(config_path)
         except runs.DamagedFile as e:
             parser.error(f"--resume {args.resume}: {e}; restore it, or train the run again under its name with "
                          f"--restart")
+        if not isinstance(stored, dict):
+            parser.error(f"--resume {args.resume}: {config_path} is damaged (it holds no settings); restore it from a "
+                         f"copy")
+        if args.run_name is not None or args.runs_root is not None:
+            parser.error(f"--resume {args.resume} names the run's folder itself: leave out --run-name and --runs-root")
         parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k not in OUTCOMES})
         args = parser.parse_args(argv)
-        args.run_name = stored["run_name"]
-        args.runs_root = str(Path(args.resume).resolve().parents[len(Path(stored["run_name"]).parts) - 1])
     fill_model_defaults(args)
     return parser, args
+
+
+def locate_run(parser, args):
+    """The run directory: --resume's folder as given (a moved run resumes where it is), else --run-name under
+    the runs root, refused before any work when its name could reach outside the root (runs.run_path)."""
+    if args.resume:
+        return Path(args.resume)
+    if args.runs_root == "":
+        parser.error("--runs-root is empty (an unset variable?); name the folder, or leave the flag out for "
+                     "$WAVES_RUNS_ROOT, else ./runs")
+    root = settings.runs_root(args.runs_root)
+    try:
+        run_dir = runs.run_path(root, args.run_name)
+    except runs.BadRunName as e:
+        parser.error(str(e))
+    args.run_name = run_dir.relative_to(root).as_posix()  # as config.json records it: "./a//b/" is "a/b"
+    return run_dir
 
 
 def fill_model_defaults(args):
@@ -264,12 +290,13 @@ def write_config(args, run_dir, model, device, amp, data, computed, invocation):
     runs.save_json(config, run_dir / runs.CONFIG)
 
 
-def invocation_record(first_epoch, hardware):
+def invocation_record(first_epoch, hardware, bf16_coupling):
     """What config.json's `invocations` keeps of each command that trained the run (a run advanced
     in slices has one per slice): when it started, from which epoch, the code (git commit and
     whether the checkout differed from it), the command and what it ran on."""
     return dict(started=datetime.now(timezone.utc).isoformat(timespec="seconds"), first_epoch=first_epoch,
-                git=runs.git_state(), command=" ".join([Path(sys.executable).name] + sys.argv), **hardware)
+                git=runs.git_state(), command=" ".join([Path(sys.executable).name] + sys.argv),
+                bf16_coupling=bf16_coupling, **hardware)
 
 
 def new_state():
@@ -335,6 +362,9 @@ def start(run, status):
     if status == "resume":
         # onto the CPU: the generator's state must be a CPU tensor; the model and optimizer copy to their device
         last = runs.load_torch(run.dir / runs.LAST, "cpu")
+        check_weights_fit(run, model, last, runs.LAST)
+        if (run.dir / runs.CHECKPOINT).is_file():  # tested at the end: refused now rather than after training
+            check_weights_fit(run, model, runs.load_torch(run.dir / runs.CHECKPOINT, "cpu"), runs.CHECKPOINT)
         model.load_state_dict(last["model"])
         for group in last["optimizer"]["param_groups"]:  # this run's flag, which the saved one would replace
             group["capturable"] = capturable
@@ -343,6 +373,16 @@ def start(run, status):
         run.state = last["state"]
         print(f"resuming {run.dir} after epoch {run.state['epoch']}")
     return model, optimizer, generator
+
+
+def check_weights_fit(run, model, saved, name):
+    """RunConflict unless the weights in `saved` (what the run file `name` holds) fit `model`, the model of
+    the run's settings: a config.json edited to another model would otherwise fail inside torch."""
+    if not runs.weights_fit(model, saved.get("model") if isinstance(saved, dict) else None):
+        raise runs.RunConflict(f"{run.dir / name} holds another model than the one the run's settings build "
+                               f"({run.args.model}, {count_parameters(model):,} parameters): was {runs.CONFIG} edited, "
+                               f"or {name} copied from another run? Restore the original file, or --restart to train "
+                               f"this model from scratch.")
 
 
 def fit(run, status):
@@ -354,12 +394,15 @@ def fit(run, status):
     print(f"{args.model} on {args.dataset}: {count_parameters(model):,} parameters, {len(run.data['train'][0]):,} "
           f"training images, device {device} ({torch.get_num_threads()} CPU threads)"
           f"{', bf16 autocast' if amp else ''} -> {run.dir}")
-    train_model = maybe_compile(model, args.compile, device)
+    images, masks = run.data["train"]
+    train_model, compile_outcome = compile_checked(model, args.compile, device, amp, images[:args.batch_size],
+                                                   masks[:args.batch_size])
     step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, run.data["train"], args.batch_size,
                                                    args.cuda_graph)
-    computed = dict(precision=runs.precision(amp), tf32=False, cuda_graph=graph_outcome)  # set_backends: no TF32
+    computed = dict(precision=runs.precision(amp), tf32=False, cuda_graph=graph_outcome,  # set_backends: no TF32
+                    compile=compile_outcome)
     hardware = runs.hardware(device, amp)
-    invocation = invocation_record(state["epoch"] + 1, hardware)
+    invocation = invocation_record(state["epoch"] + 1, hardware, args.bf16_coupling == "on")
     if status == "new":
         write_config(args, run.dir, model, device, amp, run.data_fingerprint, computed, invocation)
     else:  # this invocation may run on another machine, from another commit
@@ -370,12 +413,14 @@ def fit(run, status):
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
     while (reason := stop_reason(run, first_epoch)) is None:
-        epoch, started = state["epoch"] + 1, time.perf_counter()
+        run.stop.check()  # the epoch's first safe point: its clock starts here
+        epoch, started = state["epoch"] + 1, run.stop.running_time()  # time stopped (SIGSTOP) is not training time
         try:
             train_metrics = train_one_epoch(step, *run.data["train"], run.num_classes, args.batch_size, generator,
                                             run.terminal, f"epoch {epoch}", run.stop)
             run.stop.check()
-            val = evaluate(train_model, *run.data["val"], run.num_classes, args.batch_size, amp, graphed=graphed_eval)
+            val = evaluate(train_model, *run.data["val"], run.num_classes, args.batch_size, amp, graphed=graphed_eval,
+                           tick=run.stop.tick)  # a stop asked for now waits for the epoch's end, keeping it
             if not math.isfinite(val["loss"]):
                 raise NonFiniteLossError(f"the validation loss became {val['loss']}")
         except NonFiniteLossError as e:
@@ -390,14 +435,14 @@ def fit(run, status):
             state.update(best_val_loss=val["loss"], best_epoch=epoch, since_improvement=0)
         else:
             state["since_improvement"] += 1
-        state["epoch"] = epoch
+        state["epoch"], seconds = epoch, run.stop.running_time() - started
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
-                                               time.perf_counter() - started, improved, hardware))
+                                               seconds, improved, hardware))
         runs.save_epoch(run.dir, state, model, optimizer, generator, val, improved)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
-                   f"  {time.perf_counter() - started:.1f}s{'  *' if improved else ''}")
+                   f"  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
     if reason == "paused":
         print(f"paused after epoch {state['epoch']} (--stop-after-minutes {args.stop_after_minutes}); "
@@ -453,6 +498,7 @@ def main(argv=None):
 
 def run_command(argv, invoked):
     parser, args = parse_args(argv)
+    run_dir = locate_run(parser, args)
     if args.cpu_allocator == "tuned":
         settings.tune_cpu_allocator()
     settings.set_threads(args.threads)
@@ -462,6 +508,7 @@ def run_command(argv, invoked):
         parser.error(f"--device: {e}")
     set_backends(device)
     amp = args.amp == "on" or (args.amp == "auto" and settings.bf16_supported(device))
+    allow_bf16_coupling(args.bf16_coupling == "on")
     if args.bptt_segment == "auto":
         args.bptt_segment = auto_bptt_segment(is_recurrent(args.model), args.batch_size, args.T,
                                               args.hidden_channels, get_info(args.dataset).image_size, device)
@@ -476,7 +523,6 @@ def run_command(argv, invoked):
     except DatasetError as e:
         parser.error(str(e))
     data = {split: (x.to(device), y.to(device)) for split, (x, y) in data.items()}  # batches are drawn by index
-    run_dir = settings.runs_root(args.runs_root) / args.run_name
     run_settings = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
     try:
         with runs.locked(run_dir):  # held until the run ends: no second process writes here meanwhile
@@ -496,6 +542,9 @@ def run_command(argv, invoked):
     except runs.WriteError as e:
         print(f"error: {e}. Nothing finished is lost: free some space or choose a writable --runs-root, then run "
               f"the same command.", file=sys.stderr)
+        sys.exit(1)
+    except CompileError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT

@@ -112,3 +112,14 @@ def test_bench_worker_command_line_parses():
 def test_cli_imports_no_torch():
     code = "import sys, cli; assert 'torch' not in sys.modules, 'cli.py imports torch'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "0"], ["--model", "transformer"], ["--no-such-flag"]])
+def test_a_refusal_is_the_error_and_where_to_look_not_the_usage_block(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.parse_args(argv)
+    assert exit_info.value.code == 2
+    prog = train.build_parser().prog  # train.py when run as a script
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{prog}: error: ") and "usage:" not in lines[0]
+    assert lines[1] == f"(every setting and its valid values: python {prog} --help)"

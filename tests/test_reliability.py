@@ -111,6 +111,108 @@ def test_two_writers_of_one_file_do_not_share_a_temporary_file(tmp_path, monkeyp
     assert not list(tmp_path.glob("*.tmp"))
 
 # -----------------------------------------------------------------------------
+# run names: nothing outside the run directory is ever touched
+
+
+def snapshot(folder):
+    """Every path under `folder` with what it holds (bytes, a link's target, None for a folder)."""
+    return {str(p.relative_to(folder)): os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture
+def runs_root_among_files(tmp_path):
+    """tmp_path/project holding a source file and the runs root `runs`, which holds a run directory (other),
+    a file, a folder no run wrote (foreign) and links out of the root (out) and to the root itself (itself)."""
+    project = tmp_path / "project"
+    root = project / "runs"
+    (root / "other").mkdir(parents=True)
+    (root / "other" / runs.CONFIG).write_text('{"run_name": "other", "model": "nwm"}')
+    (root / "other" / runs.METRICS).write_text("epoch\n1\n")
+    (root / "notes.txt").write_text("mine")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "thesis.tex").write_text("mine too")
+    (project / "source.py").write_text("print('mine')")
+    (root / "out").symlink_to(project)
+    (root / "itself").symlink_to(".")
+    return root
+
+
+@pytest.mark.parametrize("name", [
+    ".", "./", "", "..", "../", "a/../..", "a/../../runs", "other/../..", "out", "out/x", "itself", "itself/",
+    "foreign", "notes.txt", "x" * 300, "a" * 200 + "/b" * 2000, "a\nb"])
+@pytest.mark.parametrize("restart", [[], ["--restart"]])
+def test_a_run_name_that_could_reach_outside_the_runs_root_is_refused_before_any_work(
+        runs_root_among_files, run_train, tmp_path, capsys, monkeypatch, name, restart):
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(train, "load_dataset", no_training)
+    err = refused(capsys, run_train, runs_root_among_files, "--epochs", "1", "--run-name", name, *restart)
+    assert "--run-name" in err and "Traceback" not in err and "usage:" not in err
+    assert snapshot(tmp_path) == before
+
+
+def test_an_absolute_run_name_or_an_empty_runs_root_is_refused(runs_root_among_files, run_train, tmp_path, capsys,
+                                                                monkeypatch):
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(train, "load_dataset", no_training)
+    err = refused(capsys, run_train, runs_root_among_files, "--run-name", str(tmp_path / "project"), "--restart")
+    assert "a relative path inside the runs root" in err
+    err = refused(capsys, run_train, "", "--restart")
+    assert "--runs-root is empty" in err
+    assert snapshot(tmp_path) == before
+
+
+def test_restart_deletes_only_the_runs_files_and_follows_no_link(run_train, tmp_path, capsys):
+    run_train(tmp_path / "runs", "--run-name", "r", "--epochs", "1")
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "nested" / "run").mkdir(parents=True)
+    (run_dir / "nested" / "run" / runs.CONFIG).write_text("{}")
+    outside = tmp_path / "elsewhere.pt"
+    (run_dir / runs.LAST).rename(outside)
+    (run_dir / runs.LAST).symlink_to(outside)
+    (run_dir / runs.METRICS).rename(tmp_path / "m.csv")
+    (run_dir / runs.METRICS).symlink_to(tmp_path / "m.csv")  # a link a restart deletes, not what it names
+    kept = {p: p.read_bytes() for p in (outside, tmp_path / "m.csv", run_dir / "notes.txt",
+                                        run_dir / "nested" / "run" / runs.CONFIG)}
+    capsys.readouterr()
+    assert run_train(tmp_path / "runs", "--run-name", "r", "--epochs", "1", "--restart")["epochs_run"] == 1
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert not (run_dir / runs.LAST).is_symlink() and len(runs.load_metrics(run_dir)) == 1
+    assert "kept what no run writes: nested, notes.txt" in capsys.readouterr().out
+
+
+def test_a_moved_run_resumes_where_it_is(run_train, tmp_path, capsys):
+    run_train(tmp_path / "a", "--run-name", "x/y", "--epochs", "2", "--stop-after-minutes", "1e-9")
+    moved = tmp_path / "b" / "moved"
+    moved.parent.mkdir()
+    (tmp_path / "a" / "x" / "y").rename(moved)
+    capsys.readouterr()
+    result = train.main(["--resume", str(moved), "--no-progress"])
+    assert result["epochs_run"] == 2 and len(runs.load_metrics(moved)) == 2
+    assert f"resuming {moved} after epoch 1" in capsys.readouterr().out
+    assert list((tmp_path / "a").rglob("*")) == [tmp_path / "a" / "x"]  # nothing new where it was
+    assert list((tmp_path / "b").iterdir()) == [moved]
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(moved), "--run-name", "z", "--no-progress"])
+    assert exit_info.value.code == 2 and "leave out --run-name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit", [{"model": "lstm"}, {"c_mid": 4}])
+def test_a_config_edited_to_another_model_is_refused_on_resume(paused_run, tmp_path, capsys, monkeypatch, edit):
+    config = runs.load_json(paused_run / runs.CONFIG)
+    runs.save_json(dict(config, **edit), paused_run / runs.CONFIG)
+    before = snapshot(paused_run)
+    monkeypatch.setattr(train, "train_one_epoch", no_training)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--resume", str(paused_run), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"{paused_run / runs.LAST} holds another model than the one the run's settings build" in err
+    assert "--restart" in err and snapshot(paused_run) == {**before, ".lock": snapshot(paused_run)[".lock"]}
+
+# -----------------------------------------------------------------------------
 # damaged and missing run files
 
 
@@ -122,6 +224,7 @@ def truncate(path):
 @pytest.mark.parametrize("name, damage, says", [
     ("last.pt", truncate, "last.pt is damaged"),
     ("config.json", truncate, "config.json is damaged"),
+    ("config.json", lambda path: path.write_text("[]"), "config.json is damaged"),
     ("checkpoint.pt", truncate, "checkpoint.pt is damaged"),
     ("checkpoint.pt", lambda path: path.unlink(), "no checkpoint.pt"),
 ])
@@ -205,6 +308,46 @@ def test_a_read_only_runs_root_is_refused_with_its_path(run_train, tmp_path, cap
     assert "--runs-root" in err and "Traceback" not in err
 
 # -----------------------------------------------------------------------------
+# torch.compile failing at the first step (no Triton, an inductor bug), as on CUDA
+
+
+def failing_compile(fn, **kwargs):
+    def compiled(*args, **kw):
+        raise RuntimeError("Cannot find a working triton installation\nmore detail")
+    return compiled
+
+
+def as_on_cuda(monkeypatch):
+    """--compile auto decides as on CUDA (where it compiles), the run staying on the CPU."""
+    real = train.compile_checked
+    monkeypatch.setattr(train, "compile_checked",
+                        lambda model, mode, device, *a: real(model, mode, torch.device("cuda"), *a))
+
+
+@pytest.mark.parametrize("model", ["nwm", "unet"])
+def test_a_compile_error_falls_back_to_eager_steps_and_is_recorded(run_train, tmp_path, capsys, monkeypatch, model):
+    args = ("--run-name", "r", "--epochs", "2", "--model", model, "--width", "2")
+    reference = run_train(tmp_path / "eager", *args, "--compile", "off")
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    as_on_cuda(monkeypatch)
+    capsys.readouterr()
+    assert run_train(tmp_path / "auto", *args, "--compile", "auto") == reference  # the trial step left no trace
+    assert "warning: torch.compile failed (Cannot find a working triton installation); training with eager steps" \
+        in capsys.readouterr().err
+    assert runs.load_json(tmp_path / "auto" / "r" / runs.CONFIG)["compile"] == \
+        "failed: Cannot find a working triton installation"
+    assert metrics_rows(tmp_path / "auto" / "r") == metrics_rows(tmp_path / "eager" / "r")
+    assert runs.load_json(tmp_path / "eager" / "r" / runs.CONFIG)["compile"] == "off"
+
+
+def test_a_compile_error_with_compile_on_is_a_clear_error(run_train, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    monkeypatch.setattr(train, "train_one_epoch", no_training)
+    err = refused(capsys, run_train, tmp_path, "--compile", "on", code=1)
+    assert "--compile on: torch.compile failed (Cannot find a working triton installation)" in err
+    assert "--compile auto" in err and "Traceback" not in err
+
+# -----------------------------------------------------------------------------
 # a signal during the final test
 
 
@@ -272,7 +415,7 @@ def test_scores_go_under_the_runs_root_given(tiny_dataset, run_train, tmp_path, 
     monkeypatch.chdir(tmp_path)
     produce_scores.main(["--runs-root", str(tmp_path / "R"), "--data-root", str(tiny_dataset), "--no-progress",
                         "--device", "cpu"])
-    assert len(pd.read_csv(tmp_path / "R" / "scores.csv")) == 1
+    assert list(pd.read_csv(tmp_path / "R" / "scores.csv")["run"].dropna()) == ["r"]  # and the background row
     assert not (tmp_path / "runs").exists()
 
 

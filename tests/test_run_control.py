@@ -1,6 +1,7 @@
 """How a run behaves on a real machine: signals, time slices, continuing a finished run,
 what it records, and what it prints to a log. (Drop-last batching: tests/test_engine.py.)"""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import runs
+import train
 from conftest import FAST, REPO
 from data_scripts import create_tetrominoes
 
@@ -160,3 +162,40 @@ def test_help_shows_each_default_once():
     for command in ("tables", "squares", "erf"):
         assert command in analysis_help
     assert "square-area theory" in analysis_help
+
+
+
+@pytest.mark.slow
+def test_time_spent_stopped_counts_neither_toward_the_budget_nor_in_the_epochs_seconds(run_train, tmp_path,
+                                                                                      monkeypatch):
+    real_epoch, calls, stop_seconds = train.train_one_epoch, [], 10
+
+    def stopped_in_second_epoch(*a, **k):  # a helper process stops and continues this one, as Ctrl-Z and fg do
+        calls.append(1)
+        if len(calls) == 2:
+            pid = os.getpid()
+            subprocess.Popen(["sh", "-c", f"kill -STOP {pid}; sleep {stop_seconds}; kill -CONT {pid}"])
+            time.sleep(1)  # stopped in here
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(train, "train_one_epoch", stopped_in_second_epoch)
+    started = time.perf_counter()
+    run_train(tmp_path, "--run-name", "r", "--epochs", "3")
+    wall = time.perf_counter() - started
+    assert wall > stop_seconds  # it was stopped
+    # --max-minutes sums these; the running time of the batch the stop fell in is all they may lose
+    recorded = sum(float(row["seconds"]) for row in runs.load_metrics(tmp_path / "r"))
+    assert recorded < wall - stop_seconds + 3, (recorded, wall)
+
+
+def test_the_bf16_coupling_is_chosen_per_invocation_and_recorded(run_train, tmp_path, monkeypatch):
+    """--bf16-coupling only changes how a slice computes (like --amp): a run may continue with the other
+    value, and each invocation's record says which it ran with."""
+    from models import common
+    monkeypatch.setattr(common, "_bf16_coupling", False)
+    run_train(tmp_path, "--run-name", "r", "--epochs", "1", "--bf16-coupling", "on")
+    assert common.bf16_coupling()
+    run_train(tmp_path, "--run-name", "r", "--epochs", "2")
+    assert not common.bf16_coupling()
+    invocations = runs.load_json(tmp_path / "r" / runs.CONFIG)["invocations"]
+    assert [i["bf16_coupling"] for i in invocations] == [True, False]

@@ -1,9 +1,11 @@
-"""signals.py: a first SIGINT/SIGTERM asks for a stop at the next safe point, a second stops at once.
-(tests/test_run_control.py sends them to a real training process.)"""
+"""signals.py: a first SIGINT/SIGTERM asks for a stop at the next safe point, a second stops at once; time
+spent stopped (SIGSTOP, SIGCONT) is left out of running_time. (tests/test_run_control.py sends them to a real
+training process.)"""
 import signal
 
 import pytest
 
+import signals
 from signals import EXIT_STATUS, Interrupted, StopSignals
 
 
@@ -23,3 +25,20 @@ def test_a_signal_is_kept_until_the_safe_point_and_a_second_stops_at_once(signum
 
 def test_exit_status_is_128_plus_the_signal():
     assert EXIT_STATUS == {s: 128 + s for s in StopSignals.SIGNALS}
+
+
+def test_time_spent_stopped_is_left_out_of_the_running_time(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(signals.time, "perf_counter", lambda: now[0])
+    before = signal.getsignal(signal.SIGCONT)
+    with StopSignals() as stop:
+        start = stop.running_time()
+        now[0] += 2  # a batch runs
+        stop.check()
+        now[0] += 0.5  # part of the next batch, then SIGSTOP for an hour: nothing runs until SIGCONT
+        now[0] += 3600
+        signal.raise_signal(signal.SIGCONT)
+        now[0] += 1  # the rest of the batch
+        stop.tick()
+        assert stop.running_time() - start == pytest.approx(3)  # within a batch of the 3.5 s that ran
+    assert signal.getsignal(signal.SIGCONT) is before
