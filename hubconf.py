@@ -6,18 +6,45 @@
 
 A pretrained model comes in eval mode, with `model.class_names` (index = class id) and
 `model.config` (its run's settings) attached; an untrained one has the paper's settings
-for the dataset (configs.py), which keywords override. Shipped weights: pretrained.SHIPPED
-(see that module for what each was trained on).
+for the dataset (configs.py), which keywords override; a keyword out of its range (T=-5, dt=0)
+is refused with a ValueError that names the range, as train.py's flags are. Shipped weights:
+pretrained.SHIPPED (see that module for what each was trained on).
 """
+import math as _math
+import numbers as _numbers
+
 import pretrained as _pretrained
 from configs import model_config as _model_config
+from dataset_config import DATASETS as _DATASETS
 from dataset_config import get_info as _get_info
 from models import build_model as _build_model
 
 dependencies = ["torch", "numpy"]
 
+# the least value of each whole-number keyword, as train.py's flags take it (readout is checked by build_model)
+_AT_LEAST = dict(in_channels=1, num_classes=1, c_mid=1, hidden_channels=1, T=1, readout_width=1, readout_depth=0,
+                 depth=1, width=1, bptt_segment=0)
+
+
+def _check(settings):
+    """ValueError naming the keyword and its allowed values, for a value the model cannot be built with."""
+    for key, value in settings.items():
+        if key in _AT_LEAST and (isinstance(value, bool) or not isinstance(value, _numbers.Integral)
+                                or value < _AT_LEAST[key]):
+            raise ValueError(f"{key} must be a whole number >= {_AT_LEAST[key]}, got {value!r}")
+        if key == "dt" and (isinstance(value, bool) or not isinstance(value, _numbers.Real)
+                            or not _math.isfinite(value) or value <= 0):
+            raise ValueError(f"dt must be a positive finite number, got {value!r}")
+        if key == "fused" and not isinstance(value, bool):
+            raise ValueError(f"fused must be True or False, got {value!r}")
+
 
 def _entry(model, dataset, pretrained, settings):
+    if not isinstance(pretrained, bool):
+        raise ValueError(f"pretrained must be True or False, got {pretrained!r}")
+    if not isinstance(dataset, str) or dataset not in _DATASETS:
+        shipped = f"; trained models are shipped for {', '.join(_pretrained.SHIPPED)}" if pretrained else ""
+        raise ValueError(f"unknown dataset {dataset!r}; datasets: {', '.join(_DATASETS)}{shipped}")
     if pretrained:
         name = f"{dataset}/{model}"
         if name not in _pretrained.SHIPPED:
@@ -26,6 +53,7 @@ def _entry(model, dataset, pretrained, settings):
         if settings:
             raise ValueError(f"a pretrained model has its run's settings; {', '.join(settings)} cannot change")
         return _pretrained.load(name)
+    _check(settings)
     net = _build_model(model, **_model_config(dataset, model, **settings))
     net.class_names = _get_info(dataset).class_names
     return net

@@ -2,9 +2,12 @@
 
     import pretrained
     model = pretrained.load("polygons/nwm")                       # a shipped model, eval mode
-    model = pretrained.load("runs/tetrominoes/nwm-linear-T100-h2-seed0")   # a run directory
+    model = pretrained.load("runs/tetrominoes/nwm-linear-T100-h2-seed0")   # a run directory, or a file in it
     model = pretrained.load("runs/.../checkpoint.pt")             # a checkpoint inside its run directory
     model.class_names, model.config                               # what its outputs mean, how it was trained
+
+Files that do not make a model (a checkpoint overwritten, one of another run) raise runs.DamagedFile,
+naming the file.
 
 (torch.hub.load works too, see hubconf.py.) The shipped Tetrominoes models were trained on
 the paper's Tetrominoes arrays with the paper's recipe, seed 0, on a CPU (docs/results.md):
@@ -15,8 +18,11 @@ today's Polygons recipe, for 8 epochs.
 """
 from pathlib import Path
 
+import torch
+
 import runs
-from dataset_config import get_info
+import settings
+from dataset_config import DATASETS, get_info
 
 REPO = Path(__file__).resolve().parent
 # name -> run directory under the repository
@@ -29,25 +35,43 @@ SHIPPED = {
 
 
 def resolve(source):
-    """(run directory, checkpoint file name) of a shipped name, a run directory or a checkpoint file."""
+    """(run directory, checkpoint file name) of a shipped name, a run directory, a checkpoint (a .pt file) in
+    a run directory, or any other file in one (it names its run: config.json, metrics.csv, ...)."""
     if source in SHIPPED:
         return REPO / SHIPPED[source], runs.CHECKPOINT
     path = Path(source)
-    if path.is_file() and (path.parent / runs.CONFIG).is_file():
-        return path.parent, path.name
-    if (path / runs.CONFIG).is_file() and (path / runs.CHECKPOINT).is_file():
-        return path, runs.CHECKPOINT
+    run_dir = path.parent if path.is_file() else path
+    if path.is_file() and path.suffix == ".pt" and (run_dir / runs.CONFIG).is_file():
+        return run_dir, path.name
+    if (run_dir / runs.CONFIG).is_file() and (run_dir / runs.CHECKPOINT).is_file():
+        return run_dir, runs.CHECKPOINT
+    if (run_dir / runs.CONFIG).is_file():
+        raise ValueError(f"{run_dir} is a run directory without {runs.CHECKPOINT} (it has not finished an epoch); "
+                         f"resume its training, or pass a checkpoint in it")
     if path.is_file():
         raise ValueError(f"{source}: a checkpoint is read with the config.json of its run directory, and "
                          f"{path.parent} has none; pass the checkpoint inside its run directory")
     raise ValueError(f"{source} is not a shipped model ({', '.join(SHIPPED)}), nor a run directory with "
-                     f"{runs.CONFIG} and {runs.CHECKPOINT}, nor a checkpoint file")
+                     f"{runs.CONFIG} and {runs.CHECKPOINT}, nor a file in one")
 
 
 def load(source, device="cpu"):
-    """The model of `source` (see resolve) in eval mode, with `class_names` and `config` attached."""
+    """The model of `source` (see resolve) in eval mode, with `class_names` and `config` attached;
+    ValueError (runs.DamagedFile for files that do not make a model) with the file named."""
+    device = settings.pick_device(str(device))  # a device this PyTorch lacks is not a damaged checkpoint
     run_dir, checkpoint = resolve(source)
-    model, config = runs.load_model(run_dir, device, which=checkpoint)
+    try:
+        model, config = runs.load_model(run_dir, device, which=checkpoint)
+    except (runs.DamagedFile, torch.cuda.OutOfMemoryError):
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, RuntimeError, ValueError, OSError) as e:
+        # a file overwritten with other data or unreadable, a checkpoint of another run, a config.json edited by hand
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        raise runs.DamagedFile(f"{run_dir / checkpoint} with {run_dir / runs.CONFIG} does not make a model ("
+                               f"{reason}): one of them is damaged, or they are from different runs") from None
+    if not isinstance(config.get("dataset"), str) or config["dataset"] not in DATASETS:
+        raise runs.DamagedFile(f"{run_dir / runs.CONFIG}: trained on dataset {config.get('dataset')!r}, which "
+                               f"this project does not know ({', '.join(DATASETS)})")
     model.class_names = get_info(config["dataset"]).class_names
     model.config = config
     return model

@@ -1,4 +1,10 @@
 """Using trained models: predict.py on a user's own image files, pretrained.load and torch.hub."""
+import errno
+import io
+import json
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -7,8 +13,10 @@ from PIL import Image
 import plotting
 import predict
 import pretrained
+import runs
 import train
 from conftest import REPO
+from models import CONFIG_KEYS
 
 
 def predict_cpu(argv):
@@ -72,12 +80,12 @@ def test_predict_refuses_what_it_cannot_convert_before_writing(tiny_run, tmp_pat
         predict_cpu([str(tmp_path / "large.png"), str(tmp_path / "fake.png"), "--model", str(tiny_run),
                       "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "large.png: 40x40 pixels, but the model was trained on 16x16 images" in err and "--resize" in err
-    assert "fake.png: cannot be read as an image" in err
+    line = error_line(capsys.readouterr().err)  # one line names every image refused
+    assert "large.png: 40x40 pixels, but the model was trained on 16x16 images" in line and "--resize" in line
+    assert "fake.png: cannot be read as an image" in line
     assert not (tmp_path / "out").exists()
     predict_cpu([str(tmp_path / "large.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"), "--resize"])
-    assert np.asarray(Image.open(tmp_path / "out" / "large_mask.png")).shape == (16, 16, 3)
+    assert np.asarray(Image.open(tmp_path / "out" / "large_mask.png")).shape == (40, 40, 3)  # the image's size
     with pytest.raises(SystemExit):
         predict_cpu([str(tmp_path / "large.png"), "--model", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "is not a shipped model" in capsys.readouterr().err
@@ -102,3 +110,202 @@ def test_torch_hub_loads_shipped_and_untrained_models_from_a_clone():
         torch.hub.load(str(REPO), "unet", source="local", dataset="multi_mnist", pretrained=True)
     with pytest.raises(ValueError, match="cannot change"):
         torch.hub.load(str(REPO), "nwm", source="local", dataset="polygons", pretrained=True, T=50)
+
+
+# -----------------------------------------------------------------------------
+# faults: every one ends in complete outputs or a one-line refusal before any work, never a traceback
+
+
+def refusal(capsys, argv):
+    """The one-line error of predict.py refusing `argv` with exit 2, after checking that it shows no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cpu(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    return error_line(err)
+
+
+def error_line(err):
+    """The refusal's one line (cli.ArgumentParser follows it with a line naming --help)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "--help" in lines[1], err
+    return lines[0]
+
+
+def no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded although the command should have been refused before any work")
+
+
+def test_inputs_of_the_same_name_get_outputs_of_their_own(tiny_run, tmp_path, capsys):
+    for folder in ("a", "b", "out"):
+        (tmp_path / folder).mkdir()
+    squares_image().save(tmp_path / "a" / "x.png")
+    squares_image("L").save(tmp_path / "b" / "x.png")
+    squares_image().save(tmp_path / "a" / "y.png")
+    squares_image().save(tmp_path / "a" / "y.jpg")
+    squares_image().save(tmp_path / "z.png")
+    squares_image("L").save(tmp_path / "out" / "z_mask.png")  # an input where z.png's mask would go
+    kept = (tmp_path / "out" / "z_mask.png").read_bytes()
+    predict_cpu([str(tmp_path / "a"), str(tmp_path / "b" / "x.png"), str(tmp_path / "a" / "x.png"),
+                 str(tmp_path / "z.png"), str(tmp_path / "out" / "z_mask.png"), "--model", str(tiny_run),
+                 "--out", str(tmp_path / "out"), "--save-ids"])
+    out = capsys.readouterr().out
+    assert out.count(" -> ") == 6  # a/x.png named twice is segmented once
+    assert {p.name for p in (tmp_path / "out").glob("*_classes.npy")} == \
+        {"x_classes.npy", "x-2_classes.npy", "y_classes.npy", "y-2_classes.npy", "z-2_classes.npy",
+         "z_mask_classes.npy"}
+    assert "b/x.png -> " in out and "written as x-2" in out and "written as z-2" in out
+    assert (tmp_path / "out" / "z_mask.png").read_bytes() == kept
+    assert not list((tmp_path / "out").glob(".*"))  # no staging folder left behind
+    assert predict.output_names([tmp_path / "X.png", tmp_path / "x.png"], tmp_path) == \
+        {tmp_path / "X.png": "X", tmp_path / "x.png": "x-2"}  # one file on case-insensitive file systems
+
+
+def test_files_that_are_not_regular_are_skipped_in_folders_and_refused_when_named(tiny_run, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    squares_image().save(folder / "mine.png")
+    os.mkfifo(folder / "pipe.png")  # reading it would wait for a writer forever
+    (folder / "sub.png").mkdir()
+
+    def hung(signum, frame):
+        raise TimeoutError("predict.py hung on a FIFO")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        predict_cpu([str(folder), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
+        captured = capsys.readouterr()
+        assert "mine.png -> " in captured.out
+        assert "skipped" in captured.err and "pipe.png" in captured.err and "sub.png" in captured.err
+        assert "pipe.png: not a regular file" in refusal(capsys, [str(folder / "pipe.png"), "--model", str(tiny_run),
+                                                                 "--out", str(tmp_path / "out")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tiny_run, tmp_path, capsys, monkeypatch):
+    squares_image().save(tmp_path / "mine.png")
+    (tmp_path / "notes.txt").write_text("a user's file")
+    read_only = tmp_path / "mounted"
+    read_only.mkdir()
+    mkdir = os.mkdir
+
+    def read_only_mkdir(path, *args, **kwargs):  # what a read-only file system answers (root ignores chmod)
+        if str(path).startswith(str(read_only)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return mkdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    monkeypatch.setattr(pretrained, "load", no_model)
+    image = str(tmp_path / "mine.png")
+    assert "notes.txt is not a folder" in refusal(capsys, [image, "--model", str(tiny_run),
+                                                           "--out", str(tmp_path / "notes.txt")])
+    assert "notes.txt is not a folder" in refusal(capsys, [image, "--model", str(tiny_run),
+                                                           "--out", str(tmp_path / "notes.txt" / "masks")])
+    for out in (read_only, read_only / "masks"):
+        line = refusal(capsys, [image, "--model", str(tiny_run), "--out", str(out)])
+        assert f"cannot write in {read_only}" in line and "Read-only file system" in line
+    assert (tmp_path / "notes.txt").read_text() == "a user's file" and not list(read_only.iterdir())
+
+
+def test_a_disk_that_fills_up_while_writing_keeps_every_earlier_output_whole(tiny_run, tmp_path, capsys, monkeypatch):
+    squares_image().save(tmp_path / "mine.png")
+    predict_cpu([str(tmp_path / "mine.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def full_disk(fig, name, out_dir=None, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir / f"{name}.png"))
+    monkeypatch.setattr(plotting, "save_figure", full_disk)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cpu([str(tmp_path / "mine.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"),
+                     "--invert"])
+    err = capsys.readouterr().err
+    assert "No space left on device" in exit_info.value.code and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # the old mask, not half a new one
+
+
+def test_model_takes_any_file_of_a_run(tiny_run, tmp_path):
+    squares_image().save(tmp_path / "mine.png")
+    for name in (runs.METRICS, runs.CONFIG, runs.TEST_METRICS):  # each names its run
+        predict_cpu([str(tmp_path / "mine.png"), "--model", str(tiny_run / name), "--out", str(tmp_path / name)])
+        assert (tmp_path / name / "mine_mask.png").is_file()
+
+
+def test_run_files_that_make_no_model_are_refused_in_one_line(tiny_run, tmp_path, capsys):
+    squares_image().save(tmp_path / "mine.png")
+    config = json.loads((tiny_run / runs.CONFIG).read_text())
+    tensor = io.BytesIO()
+    torch.save(torch.zeros(3), tensor)
+    damages = {"text": ("checkpoint.pt", b"hello\n"), "csv": ("checkpoint.pt", (tiny_run / runs.METRICS).read_bytes()),
+               "tensor": ("checkpoint.pt", tensor.getvalue()),
+               "other model": ("config.json", json.dumps(dict(config, model="cnn")).encode()),
+               "list": ("config.json", b"[1]\n"),
+               "unknown dataset": ("config.json", json.dumps(dict(config, dataset="gone")).encode())}
+    for damage, (name, data) in damages.items():
+        damaged = tmp_path / damage
+        damaged.mkdir()
+        for path in tiny_run.iterdir():
+            (damaged / path.name).write_bytes(path.read_bytes())
+        (damaged / name).write_bytes(data)
+        line = refusal(capsys, [str(tmp_path / "mine.png"), "--model", str(damaged), "--out", str(tmp_path / "o")])
+        assert f"{damaged / name}" in line, damage
+    assert not (tmp_path / "o").exists()
+    if not torch.cuda.is_available():  # a device this PyTorch lacks is not a damaged checkpoint
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            pretrained.load(tiny_run, "cuda")
+
+
+def test_resize_gives_the_mask_and_class_ids_at_the_image_size(tiny_run, tmp_path, capsys):
+    squares_image(size=40).crop((0, 0, 40, 24)).save(tmp_path / "wide.png")
+    predict_cpu([str(tmp_path / "wide.png"), "--model", str(tiny_run), "--out", str(tmp_path / "out"), "--resize",
+                 "--save-ids"])
+    assert np.asarray(Image.open(tmp_path / "out" / "wide_mask.png")).shape == (24, 40, 3)
+    assert np.load(tmp_path / "out" / "wide_classes.npy").shape == (24, 40)
+    assert "scaled from 40x24 to 16x16" in capsys.readouterr().out
+
+
+def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
+    stored = np.zeros((16, 16), np.uint8)
+    stored[2:5, 3:12] = 255  # a bar in the top rows: asymmetric, so that any turn shows
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation 6, a camera held sideways: show the image turned 90 degrees clockwise
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    x, notes = predict.to_model_input(tmp_path / "photo.png", 1, (16, 16))
+    assert np.array_equal(x[0].numpy() * 255, np.rot90(stored, -1)) and "EXIF orientation" in " ".join(notes)
+
+
+def test_an_animated_image_is_read_at_its_first_frame_and_said_so(tmp_path):
+    frames = [Image.fromarray(np.full((16, 16), 40 * (i + 1), np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "moving.png", save_all=True, append_images=frames[1:])  # an animated PNG
+    x, notes = predict.to_model_input(tmp_path / "moving.png", 1, (16, 16))
+    assert torch.all(x == 40 / 255) and "3 frames (animated or multi-page): only the first is used" in notes
+
+
+def test_a_broken_png_is_refused_by_name(tmp_path):
+    header = b"\x89PNG\r\n\x1a\n" + (5).to_bytes(4, "big") + b"IHDR" + bytes(9)  # PIL raises ValueError, not OSError
+    (tmp_path / "broken.png").write_bytes(header)
+    with pytest.raises(predict.ImageError, match="broken.png: cannot be read as an image"):
+        predict.to_model_input(tmp_path / "broken.png", 1, (16, 16))
+
+
+def test_hub_keywords_out_of_range_are_refused_with_the_range():
+    bad = dict(T=-5, dt=0.0, c_mid=0, hidden_channels=0, readout_width=0, readout_depth=-1, width=0,
+               bptt_segment=-1, in_channels=0, num_classes=0, depth=0)
+    assert set(bad) | {"readout", "fused"} == set(CONFIG_KEYS)  # a new keyword needs its range here
+    for key, value in bad.items():
+        model = "unet" if key == "width" else "cnn" if key == "depth" else "nwm"
+        with pytest.raises(ValueError, match=f"^{key} must be a"):
+            torch.hub.load(str(REPO), model, source="local", **{key: value})
+    for key, value in [("T", 2.5), ("T", True), ("dt", float("nan")), ("fused", "yes")]:
+        with pytest.raises(ValueError, match=f"^{key} must be"):
+            torch.hub.load(str(REPO), "nwm", source="local", **{key: value})
+
+
+def test_hub_names_the_shipped_models_for_an_unknown_dataset():
+    with pytest.raises(ValueError, match="unknown dataset 'shapes'.*shipped for tetrominoes/nwm") as info:
+        torch.hub.load(str(REPO), "nwm", source="local", dataset="shapes", pretrained=True)
+    assert "train.py" not in str(info.value)
+    with pytest.raises(ValueError, match="pretrained must be True or False"):
+        torch.hub.load(str(REPO), "nwm", source="local", pretrained="no")
