@@ -11,12 +11,29 @@ Each finished run's best checkpoint is evaluated again on the test split, in flo
 (--no-eval reads the test metrics the run stored instead). A run is only re-evaluated on
 the data it was trained on: when its recorded data fingerprint differs from the dataset
 now under the data root (or it has none), its stored metrics are used, and the `data`
-column says which data each row comes from, so that no table mixes them. Rows are keyed
-by run name: scoring a run again replaces its row, and rows of runs not scored in this
-call are kept, so the table can be built up dataset by dataset. Unfinished and broken
-runs are listed and skipped.
+column says which data each row comes from, so that no table mixes them. Unfinished and
+damaged runs are listed and skipped.
+
+Rows are keyed by the run's path under the runs root (a copied run is a row of its own):
+scoring a run again replaces its row, and rows of runs not scored in this call are kept,
+so the table can be built up dataset by dataset. The table is updated after each run,
+under a lock on a file beside it (.<name>.lock), by reading it, merging and renaming a
+complete new file over it: several instances may write one table at once, and Ctrl-C or
+a kill keeps every run scored before it.
+
+Each dataset and data version with runs also gets one row with `model` "background only":
+predicting background everywhere, scored with the same metrics on the same test split
+(the floor a trained model must beat; its accuracy is the share of background pixels).
+It is computed on the test split under the data root when that holds the runs' data,
+else taken from a run's own test (train.py computes it there on the same split). Its
+`loss` and `loss_foreground` are empty: a prediction without probabilities has no
+cross-entropy (taken as certain, it would be 0 on every background pixel and infinite on
+every foreground one). Tables and means over runs leave these rows out (analysis/tables.py).
 """
-import argparse
+import contextlib
+import fcntl
+import io
+import signal
 import sys
 from pathlib import Path
 
@@ -25,19 +42,30 @@ from tqdm import tqdm
 
 import runs
 import settings
-from cli import (HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
+from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
                  shows_bars)
 from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
 from engine import evaluate
-from metrics import METRIC_NAMES
+from metrics import METRIC_NAMES, background_only_metrics
+from signals import EXIT_STATUS, Interrupted, StopSignals
 
 CONFIG_COLUMNS = ("dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
                   "num_params", "epochs", "train_size")
+# whole numbers that some rows leave empty: written as 16, not 16.0
+INTEGER_COLUMNS = ("epochs_run", "best_epoch", "T", "depth", "width", "hidden_channels", "seed", "num_params",
+                   "epochs", "train_size")
+# the `model` of the rows that score predicting background everywhere
+BASELINE = "background only"
+# what every score table holds: a CSV without them is someone else's file
+TABLE_COLUMNS = ("run", "dataset", "model")
+NOT_A_TABLE = "produce_scores.py writes those and leaves other files alone: name another file"
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("run_dirs", nargs="*", help="run directories to score (default: every run under --runs-root)")
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("run_dirs", nargs="*",
+                   help="run directories, or folders of runs, to score (default: every run under --runs-root, "
+                        "which they must lie under)")
     add_runs_root(p)
     add_data_root(p)
     p.add_argument("--out", default=None,
@@ -45,11 +73,162 @@ def build_parser():
     add_progress(p, log="one line per run")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="use each run's stored test_metrics.json instead of evaluating its checkpoint again")
-    p.add_argument("--fresh", action="store_true", help="ignore rows already in --out instead of merging")
+    p.add_argument("--fresh", action="store_true",
+                   help="once every run is scored, drop the rows of runs not scored in this call")
     add_device(p)
     add_threads(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=64, help="evaluation batch size")
     return p
+
+# -----------------------------------------------------------------------------
+# the score file
+
+
+class ScoresError(Exception):
+    """--out cannot be read as a score table or cannot be written; the message says what to do."""
+
+
+def row_keys(table):
+    """What identifies each row: a run's path under the runs root, or the dataset and data of a
+    background-only row."""
+    if not len(table):
+        return []
+    return [(None, dataset, data) if model == BASELINE else (run,)
+            for run, dataset, data, model in zip(table["run"], table["dataset"], table["data"], table["model"])]
+
+
+def tidy(table):
+    """Background-only rows of data that no run is left on dropped; sorted by dataset, its
+    background-only rows first, then by run; whole-number columns without a decimal point."""
+    baseline = table["model"] == BASELINE
+    with_runs = set(zip(table.loc[~baseline, "dataset"], table.loc[~baseline, "data"]))
+    table = table[[not b or key in with_runs for b, key in zip(baseline, zip(table["dataset"], table["data"]))]]
+    table = (table.assign(_trained=table["model"] != BASELINE)
+             .sort_values(["dataset", "_trained", "run", "data"], na_position="first", kind="stable")
+             .drop(columns="_trained").reset_index(drop=True))
+    for column in INTEGER_COLUMNS:
+        if column in table.columns:
+            table[column] = whole_numbers(table[column])
+    return table
+
+
+def whole_numbers(column):
+    """`column` as nullable integers when every value in it is a whole number, else as it is."""
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().sum() != column.notna().sum() or (numbers.dropna() % 1 != 0).any():
+        return column
+    return numbers.astype("Int64")
+
+
+class ScoresFile:
+    """The score table at `path`, changed only under an exclusive lock on a file beside it:
+    each update reads the rows there now, replaces those scored again and renames a complete
+    new file over it, so concurrent writers never lose each other's rows and a killed one
+    leaves the table whole."""
+
+    def __init__(self, path, flag="--out"):
+        self.path, self.flag = Path(path), flag  # the flag that named it, for the messages
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+
+    @contextlib.contextmanager
+    def locked(self):
+        try:
+            lock = open(self.lock_path, "a")
+        except OSError as e:
+            raise ScoresError(f"cannot write beside {self.path} ({self.lock_path}: {e.strerror}); "
+                              f"choose another --out") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
+            yield
+
+    def read(self):
+        """The rows there now (none without a file); ScoresError when it is not a score table."""
+        if self.path.is_dir():
+            raise ScoresError(f"{self.flag} {self.path} is a folder; name a CSV file, e.g. {self.path / 'scores.csv'}")
+        try:
+            text = self.path.read_bytes().decode()
+        except FileNotFoundError:
+            return pd.DataFrame()
+        except UnicodeDecodeError:
+            raise ScoresError(f"{self.flag} {self.path} is not a score table (not text); {NOT_A_TABLE}") from None
+        except OSError as e:
+            raise ScoresError(f"cannot read {self.flag} {self.path}: {e.strerror}; choose another "
+                              f"{self.flag}") from None
+        if not text.strip():
+            return pd.DataFrame()
+        try:
+            # names as text: a run named 7 must keep the key "7"
+            table = pd.read_csv(io.StringIO(text), dtype={c: str for c in (*TABLE_COLUMNS, "data")})
+        except pd.errors.ParserError as e:
+            raise ScoresError(f"{self.flag} {self.path} is not a score table ({str(e).strip()}); "
+                              f"{NOT_A_TABLE}") from None
+        missing = [c for c in TABLE_COLUMNS if c not in table.columns]
+        if missing:
+            raise ScoresError(f"{self.flag} {self.path} is not a score table (no {', '.join(missing)} column); "
+                              f"{NOT_A_TABLE}")
+        if "data" not in table.columns:  # written before runs recorded their data
+            table["data"] = None
+        return table
+
+    def check(self):
+        """Before any work: ScoresError unless the table can be read and written. Returns its rows."""
+        try:
+            runs.make_dir(self.path.parent)
+        except runs.WriteError as e:
+            raise ScoresError(f"{e}; choose another --out") from None
+        with self.locked():
+            return self.read()
+
+    def update(self, rows, keep_only=None):
+        """Merges `rows` into the table (a row scored again replaces its old one), or with
+        `keep_only` (row keys) drops every other row, and writes it whole; returns the table."""
+        with self.locked():
+            old, new = self.read(), pd.DataFrame(rows)
+            if keep_only is not None:
+                old = old[[key in keep_only for key in row_keys(old)]]
+            scored = set(row_keys(new))
+            old = old[[key not in scored for key in row_keys(old)]]
+            table = tidy(pd.concat([t for t in (old, new) if len(t)], ignore_index=True))
+            try:
+                runs.save_text(table.to_csv(index=False), self.path)
+            except runs.WriteError as e:
+                raise ScoresError(f"{e}; choose another --out") from None
+        return table
+
+# -----------------------------------------------------------------------------
+# runs and their rows
+
+
+def chosen_runs(paths, root):
+    """(run directory, key) of each run to score, the key being its path under the runs root:
+    the runs under each of `paths` (run directories or folders of runs), else under the root.
+    ScoresError for a path that holds no run or lies outside the runs root."""
+    if not paths:
+        if not root.is_dir():
+            raise ScoresError(f"no runs root at {root}; train with train.py first, or pass --runs-root")
+        found = runs.find_runs(root)
+        if not found:
+            raise ScoresError(f"no runs under {root} (no config.json in it); train with train.py first, or pass "
+                              f"--runs-root")
+    else:
+        found = []
+        for path in map(Path, paths):
+            if not path.exists():
+                raise ScoresError(f"no run directory at {path}; give a run's folder (or a folder of runs)")
+            under = runs.find_runs(path) if path.is_dir() else []
+            if not under:
+                raise ScoresError(f"{path} is not a run directory and holds none (no config.json); give a run's "
+                                  f"folder (or a folder of runs)")
+            found += under
+    chosen = {}
+    for run_dir in found:
+        try:
+            key = run_dir.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise ScoresError(f"{run_dir} is not under the runs root {root}, which the table's rows are keyed by; "
+                              f"pass --runs-root") from None
+        chosen.setdefault(key, run_dir)  # a run named twice is scored once
+    return [(run_dir, key) for key, run_dir in chosen.items()]
 
 
 def config_columns(config):
@@ -77,6 +256,13 @@ def data_label(config):
     return f"{origin}, seed {data['seed']}, sha256 {data['sha256'][:12]}"
 
 
+def metric_columns(metrics):
+    """The metrics of METRIC_NAMES (empty where `metrics` lacks one) and the per-class IoUs."""
+    row = {name: metrics.get(name) for name in METRIC_NAMES}
+    row.update({f"iou_class{i}": v for i, v in enumerate(metrics["iou_per_class"])})
+    return row
+
+
 class TestSplits:
     """Test splits and data fingerprints, loaded once per dataset, on the evaluation device."""
 
@@ -92,8 +278,8 @@ class TestSplits:
         return self.cache[dataset]
 
 
-def score_run(run_dir, test_splits, device, do_evaluate, batch_size):
-    """One table row for a finished run (raises on a broken one)."""
+def score_run(run_dir, key, test_splits, device, do_evaluate, batch_size, stop):
+    """(row, config, stored test metrics) of a finished run (raises on a broken one)."""
     config = runs.load_json(run_dir / runs.CONFIG)
     stored = runs.load_json(run_dir / runs.TEST_METRICS)
     metrics, evaluated = stored, "stored"
@@ -102,16 +288,39 @@ def score_run(run_dir, test_splits, device, do_evaluate, batch_size):
         images, masks, data = test_splits(config["dataset"])
         if trained_on == data["sha256"]:
             model, _ = runs.load_model(run_dir, device)
-            metrics = evaluate(model, images, masks, config["num_classes"], batch_size)
+            metrics = evaluate(model, images, masks, config["num_classes"], batch_size, stop=stop)
             evaluated = "re-evaluated"
         else:
             evaluated = "stored (trained on other data than the data root holds)"
-    row = {"run": config["run_name"], "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch"),
+    row = {"run": key, "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch"),
            "data": data_label(config), "evaluated": evaluated}
     row.update(config_columns(config))
-    row.update({name: metrics[name] for name in METRIC_NAMES})
-    row.update({f"iou_class{i}": v for i, v in enumerate(metrics["iou_per_class"])})
+    row.update(metric_columns(metrics))
+    return row, config, stored
+
+
+def baseline_row(config, stored, key, test_splits):
+    """The background-only row of the data the run `key` (its config and stored test metrics) was
+    trained on, or None: computed on the test split under the data root when that holds the
+    same data, else the one the run's own test stored."""
+    try:
+        _, masks, data = test_splits(config["dataset"])
+        same_data = data["sha256"] == (config.get("data") or {}).get("sha256")
+    except (DatasetError, runs.DamagedFile, OSError):  # not there, or not readable: the run's own test may say
+        same_data = False
+    if same_data:
+        metrics, evaluated = background_only_metrics(masks.cpu(), config["num_classes"]), "computed on the test split"
+    elif stored.get("background_only"):
+        metrics, evaluated = stored["background_only"], f"stored by the test of {key}"
+    else:
+        return None
+    row = {"run": None, "data": data_label(config), "evaluated": evaluated, "dataset": config["dataset"],
+           "model": BASELINE}
+    row.update(metric_columns(metrics))
     return row
+
+# -----------------------------------------------------------------------------
+# the command
 
 
 def main(argv=None):
@@ -122,48 +331,65 @@ def main(argv=None):
     except ValueError as e:
         parser.error(f"--device: {e}")
     settings.set_threads(args.threads)
-    if args.run_dirs:
-        run_dirs = [Path(d) for d in args.run_dirs]
-    else:
-        root = settings.runs_root(args.runs_root)
-        if not root.is_dir():
-            sys.exit(f"error: no runs root at {root}; train with train.py first, or pass --runs-root")
-        run_dirs = runs.find_runs(root)
+    scores = ScoresFile(settings.scores_path(args.out, args.runs_root))
+    try:
+        chosen = chosen_runs(args.run_dirs, settings.runs_root(args.runs_root))
+        table = scores.check()
+    except ScoresError as e:
+        sys.exit(f"error: {e}")
 
-    rows, skipped = [], []
+    rows, skipped, baselines = [], [], {}
     test_splits = TestSplits(args.data_root, device)
     terminal = shows_bars(args.progress)  # in a log, a line per run instead
-    for i, run_dir in enumerate(tqdm(run_dirs, desc="scoring runs", disable=not terminal, dynamic_ncols=True)):
-        if args.progress and not terminal:
-            print(f"[{i + 1}/{len(run_dirs)}] {run_dir}", flush=True)
-        if not (run_dir / runs.CONFIG).is_file():
-            skipped.append((run_dir, "not a run directory (no config.json)"))
-        elif not runs.is_finished(run_dir):
-            skipped.append((run_dir, "unfinished (no test_metrics.json): resume it with its train.py command"))
-        else:
-            try:
-                rows.append(score_run(run_dir, test_splits, device, args.evaluate, args.batch_size))
-            except runs.DamagedFile as e:
-                skipped.append((run_dir, f"{e}: restore it, or train the run again with --restart"))
-            except (DatasetError, OSError, KeyError, ValueError, RuntimeError) as e:
-                skipped.append((run_dir, f"broken: {type(e).__name__}: {e}"))
+    try:
+        with StopSignals() as stop:
+            for i, (run_dir, key) in enumerate(tqdm(chosen, desc="scoring runs", disable=not terminal,
+                                                    dynamic_ncols=True)):
+                stop.check()
+                if args.progress and not terminal:
+                    print(f"[{i + 1}/{len(chosen)}] {run_dir}", flush=True)
+                if not (run_dir / runs.CONFIG).is_file():
+                    skipped.append((run_dir, "not a run directory (no config.json)"))
+                    continue
+                if not runs.is_finished(run_dir):
+                    skipped.append((run_dir, "unfinished (no test_metrics.json): resume it with its train.py command"))
+                    continue
+                try:
+                    row, config, stored = score_run(run_dir, key, test_splits, device, args.evaluate,
+                                                    args.batch_size, stop)
+                    version = (row["dataset"], row["data"])
+                    baseline = None if version in baselines else baseline_row(config, stored, key, test_splits)
+                except runs.DamagedFile as e:
+                    skipped.append((run_dir, f"{e}: restore it, or train the run again with --restart"))
+                    continue
+                except Interrupted:
+                    raise
+                except Exception as e:  # whatever breaks one run must not stop the others' table
+                    skipped.append((run_dir, f"broken ({type(e).__name__}: {e}); check its files, or train it "
+                                             f"again with --restart"))
+                    continue
+                baselines.setdefault(version, baseline)
+                table = scores.update([row, *filter(None, [baseline])])  # after each run: Ctrl-C keeps the rest
+                rows.append(row)
+        if args.fresh and rows:
+            table = scores.update([], keep_only={(row["run"],) for row in rows}
+                                  | {(None, *version) for version, row in baselines.items() if row})
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"\ninterrupted ({signal.Signals(signum).name}) after scoring {len(rows)} of {len(chosen)} run(s), "
+              f"kept in {scores.path}; run the same command to score them all", file=sys.stderr)
+        sys.exit(EXIT_STATUS[signum])
+    except ScoresError as e:
+        sys.exit(f"error: {e}")
 
-    out = settings.scores_path(args.out, args.runs_root)
-    table = pd.DataFrame(rows)
-    if out.is_file() and not args.fresh:
-        old = pd.read_csv(out)
-        table = pd.concat([old[~old["run"].isin(table.get("run", []))], table], ignore_index=True)
-    if len(table):
-        table = table.sort_values("run").reset_index(drop=True)
-        try:
-            runs.make_dir(out.parent)
-            runs.save_text(table.to_csv(index=False), out)
-        except runs.WriteError as e:
-            sys.exit(f"error: {e}; choose another --out")
-    print(f"scored {len(rows)} run(s){' (re-evaluated on the test split)' if args.evaluate else ''}; "
-          f"{out} holds {len(table)} row(s)")
+    written = f"{scores.path} holds {len(table)} row(s)" if rows else f"{scores.path} is unchanged"
+    print(f"scored {len(rows)} run(s){' (re-evaluated on the test split)' if args.evaluate else ''}; {written}")
     for run_dir, why in skipped:
         print(f"skipped {run_dir}: {why}")
+    for (dataset, data), row in baselines.items():
+        if row is None:
+            print(f"no background-only row for {dataset} ({data}): the data root holds other data and no run's "
+                  f"test stored one")
     if rows:
         summary = (pd.DataFrame(rows).assign(variant=[runs.variant(r) for r in rows])
                    .groupby(["dataset", "data", "model", "variant"])["iou_foreground"].agg(["count", "mean", "std"]))

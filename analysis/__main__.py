@@ -11,6 +11,7 @@ import sys
 
 import pandas as pd
 
+import runs
 import settings
 from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
@@ -18,11 +19,24 @@ from analysis.tables import score_tables, write_tables
 from analysis.wave_report import report
 from cli import HelpFormatter, add_data_root, add_threads, int_at_least
 from dataset_config import DatasetError
+from produce_scores import ScoresError, ScoresFile
 
 
 def tables(args):
-    table = score_tables(pd.read_csv(settings.scores_path(args.scores)))
-    for path in write_tables(table, settings.tables_dir(args.out)):
+    path = settings.scores_path(args.scores)
+    if not path.is_file() and not path.is_dir():
+        sys.exit(f"error: no score table at {path}; make it with: python produce_scores.py (or pass --scores)")
+    try:
+        scores = ScoresFile(path, "--scores").read()
+    except ScoresError as e:
+        sys.exit(f"error: {e}")
+    if not len(scores):
+        sys.exit(f"error: {path} holds no rows; score runs into it with: python produce_scores.py")
+    try:
+        written = write_tables(score_tables(scores), settings.tables_dir(args.out))
+    except runs.WriteError as e:
+        sys.exit(f"error: {e}; choose another --out")
+    for path in written:
         print(f"wrote {path}")
 
 

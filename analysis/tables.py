@@ -1,5 +1,6 @@
 """Score tables: one row per run (produce_scores.py) -> statistics over seeds per configuration,
-as CSV, LaTeX and Markdown.
+as CSV, LaTeX and Markdown, each dataset's background-only row (predicting background
+everywhere) first and apart.
 
     table = score_tables(pd.read_csv("results/scores.csv"))
     write_tables(table, "runs/tables")
@@ -11,6 +12,7 @@ import pandas as pd
 import runs
 from metrics import METRIC_NAMES
 from models import is_recurrent
+from produce_scores import BASELINE, whole_numbers
 
 GROUP_KEYS = ("dataset", "data", "model", "variant", "T", "hidden_channels", "train_size")
 STATISTICS = ("mean", "std", "min", "median", "max")
@@ -27,22 +29,40 @@ def score_tables(scores):
 
     `scores` has one row per run (produce_scores.py). Runs that differ in T, hidden
     channels or training-set size are kept apart, so no group mixes configurations.
-    Runs on other data (the `data` column) are kept apart too.
+    Runs on other data (the `data` column) are kept apart too. The background-only rows
+    (model "background only") join no group: each stays a row of its own, first under its
+    dataset, its value as mean, min, median and max, with no std, n_seeds or num_params.
     Columns: the keys, n_seeds, num_params, then `<metric>_<statistic>`.
     """
     df = scores.copy()
-    df["variant"] = variants(df)
+    baseline = df["model"] == BASELINE
+    df["variant"] = ""
+    df.loc[~baseline, "variant"] = variants(df[~baseline])
     keys = [k for k in GROUP_KEYS if k in df.columns]
     metrics = [m for m in METRIC_NAMES if m in df.columns]
-    grouped = df.groupby(keys, dropna=False, sort=True)
-    table = grouped.agg(n_seeds=("model", "size"), num_params=("num_params", "first"))
-    for metric in metrics:
-        stats = grouped[metric].agg(list(STATISTICS))
-        table[[f"{metric}_{s}" for s in STATISTICS]] = stats.to_numpy()
-    table = table.reset_index()
-    # "depth 16" after "depth 8": order variants by their number where they end in one
+    parts = []
+    if (~baseline).any():
+        grouped = df[~baseline].groupby(keys, dropna=False, sort=True)
+        table = grouped.agg(n_seeds=("model", "size"), num_params=("num_params", "first"))
+        for metric in metrics:
+            stats = grouped[metric].agg(list(STATISTICS))
+            table[[f"{metric}_{s}" for s in STATISTICS]] = stats.to_numpy()
+        parts.append(table.reset_index())
+    if baseline.any():
+        alone = df.loc[baseline, keys].assign(n_seeds=None, num_params=None)
+        for metric in metrics:
+            for s in STATISTICS:
+                alone[f"{metric}_{s}"] = df.loc[baseline, metric] if s != "std" else float("nan")
+        parts.append(alone)
+    table = pd.concat(parts, ignore_index=True)
+    for column in ("T", "hidden_channels", "train_size", "n_seeds", "num_params"):
+        if column in table.columns:
+            table[column] = whole_numbers(table[column])
+    # background only first; "depth 16" after "depth 8": order variants by their number where they end in one
     number = pd.to_numeric(table["variant"].str.extract(r"(\d+)$")[0], errors="coerce")
-    order = table.assign(_number=number).sort_values(["dataset", "model", "_number", "variant"], kind="stable")
+    order = (table.assign(_trained=table["model"] != BASELINE, _number=number)
+             .sort_values(["dataset", "_trained", "model", "_number", "variant",
+                           *[k for k in ("data",) if k in table.columns]], kind="stable"))
     return table.loc[order.index].reset_index(drop=True)
 
 
@@ -53,12 +73,19 @@ METRIC_TITLES = {"iou_foreground": "fg IoU", "acc_foreground": "fg acc", "miou":
 
 def _formatted_rows(table):
     """Header and rows of strings: keys, n, params, each metric as mean ± std, and the
-    min / median / max of the foreground IoU (the paper's headline metric)."""
+    min / median / max of the foreground IoU (the paper's headline metric). A background-only
+    row shows its values alone and leaves n, params, the losses it has none of and the
+    spread empty."""
     header = ["dataset", "data", "model", "variant", "n", "params"]
     metrics = [m for m in METRIC_TITLES if f"{m}_mean" in table.columns]
     header += [METRIC_TITLES[m] for m in metrics] + ["fg IoU min / median / max"]
     rows = []
     for r in table.to_dict("records"):
+        if r["model"] == BASELINE:
+            row = [r["dataset"], str(r.get("data", "")), r["model"], "", "", ""]
+            row += ["" if pd.isna(r[f"{m}_mean"]) else f"{r[f'{m}_mean']:.3f}" for m in metrics]
+            rows.append(row + [""])
+            continue
         variant_text = str(r["variant"])
         # a CNN's config carries the default T too; only a recurrence runs for T steps
         if "T" in r and not pd.isna(r["T"]) and is_recurrent(r["model"]):
@@ -98,11 +125,11 @@ def to_latex(table):
 
 
 def write_tables(table, out_dir, name="scores"):
-    """Writes <name>.csv (every statistic), <name>.tex and <name>.md (formatted) to out_dir."""
+    """Writes <name>.csv (every statistic), <name>.tex and <name>.md (formatted) to out_dir,
+    each renamed over the old one whole (runs.WriteError when it cannot be written)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.make_dir(out_dir)
     paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "tex", "md")]
-    table.to_csv(paths[0], index=False)
-    paths[1].write_text(to_latex(table))
-    paths[2].write_text(to_markdown(table))
+    for path, text in zip(paths, (table.to_csv(index=False), to_latex(table), to_markdown(table))):
+        runs.save_text(text, path)
     return paths

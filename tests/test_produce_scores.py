@@ -1,4 +1,13 @@
-"""produce_scores.py: one row per finished run, idempotent, unfinished and broken runs listed."""
+"""produce_scores.py: one row per finished run keyed by its path, idempotent, unfinished and broken
+runs listed, safe under concurrent writers and Ctrl-C; the background-only row per dataset; the
+score tables made from it (analysis/tables.py)."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,21 +15,32 @@ import pytest
 import produce_scores
 import runs
 import train
+from analysis import __main__ as analysis_cli
+from analysis import tables
+from conftest import REPO
 from data_scripts import common
+from produce_scores import BASELINE
+
+
+TRAINED = {}  # the runs below, trained once: every test's tiny dataset holds the same bytes
 
 
 @pytest.fixture
-def runs_root(run_train, tmp_path, monkeypatch):
-    # one epoch each, in float32 (conftest.FAST: --amp off), as produce_scores.py re-evaluates
-    root = tmp_path / "runs"
-    run_train(root, "--epochs", "1", "--seed", "0")
-    run_train(root, "--epochs", "1", "--seed", "1")
-    run_train(root, "--epochs", "1", "--model", "cnn", "--depth", "2")
-    # a run killed during its first epoch: config.json but no test metrics
-    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(SystemExit):
-        run_train(root, "--epochs", "1", "--seed", "2")
-    return root
+def runs_root(run_train, tmp_path, tmp_path_factory, monkeypatch):
+    """A copy of three finished runs (NWM seeds 0 and 1, CNN depth 2) and one unfinished one."""
+    if "root" not in TRAINED:
+        # one epoch each, in float32 (conftest.FAST: --amp off), as produce_scores.py re-evaluates
+        root = tmp_path_factory.mktemp("trained") / "runs"
+        run_train(root, "--epochs", "1", "--seed", "0")
+        run_train(root, "--epochs", "1", "--seed", "1")
+        run_train(root, "--epochs", "1", "--model", "cnn", "--depth", "2")
+        # a run killed during its first epoch: config.json but no test metrics
+        with monkeypatch.context() as patch:
+            patch.setattr(train, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+            with pytest.raises(SystemExit):
+                run_train(root, "--epochs", "1", "--seed", "2")
+        TRAINED["root"] = root
+    return shutil.copytree(TRAINED["root"], tmp_path / "runs")
 
 
 def score(runs_root, data_root, out, *extra):
@@ -28,11 +48,18 @@ def score(runs_root, data_root, out, *extra):
                                 "--out", str(out), *extra])
 
 
+def trained(table):
+    """The rows of runs, without the background-only rows."""
+    return table[table["model"] != BASELINE].reset_index(drop=True)
+
+
 def test_one_row_per_finished_run_and_unfinished_runs_listed(runs_root, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "scores.csv"
     table, skipped = score(runs_root, tiny_dataset, out)
-    csv = pd.read_csv(out)
+    csv = trained(pd.read_csv(out))
     assert len(csv) == 3
+    assert sorted(csv["run"]) == sorted(d.relative_to(runs_root).as_posix() for d in runs.find_runs(runs_root)
+                                        if runs.is_finished(d))
     assert set(csv["model"]) == {"nwm", "cnn"} and set(csv["seed"]) == {0, 1}
     for column in ["dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
                    "num_params", "epochs", "acc", "acc_foreground", "iou_foreground", "loss",
@@ -52,13 +79,14 @@ def test_rescoring_replaces_rows_instead_of_appending(runs_root, tiny_dataset, t
     assert out.read_text() == first
     # scoring a single run again keeps the other rows
     one = runs.find_runs(runs_root)[0]
-    produce_scores.main(["--device", "cpu", str(one), "--data-root", str(tiny_dataset), "--out", str(out)])
+    produce_scores.main(["--device", "cpu", str(one), "--runs-root", str(runs_root), "--data-root", str(tiny_dataset),
+                         "--out", str(out)])
     assert out.read_text() == first
 
 
 def test_reevaluation_matches_the_stored_test_metrics(runs_root, tiny_dataset, tmp_path):
-    evaluated, _ = score(runs_root, tiny_dataset, tmp_path / "a.csv")
-    stored, _ = score(runs_root, tiny_dataset, tmp_path / "b.csv", "--no-eval")
+    evaluated, stored = (trained(score(runs_root, tiny_dataset, tmp_path / f"{name}.csv", *extra)[0])
+                         for name, extra in (("a", ()), ("b", ("--no-eval",))))
     for column in ["acc", "acc_foreground", "iou_foreground", "loss", "loss_foreground", "miou"]:
         assert evaluated[column].tolist() == pytest.approx(stored[column].tolist(), rel=1e-5)
 
@@ -67,13 +95,13 @@ def test_broken_run_is_skipped_with_a_reason(runs_root, tiny_dataset, tmp_path):
     victim = next(d for d in runs.find_runs(runs_root) if runs.is_finished(d))
     (victim / runs.CHECKPOINT).unlink()
     table, skipped = score(runs_root, tiny_dataset, tmp_path / "s.csv")
-    assert len(table) == 2
+    assert len(trained(table)) == 2
     reasons = dict((d.name, why) for d, why in skipped)
     assert "broken" in reasons[victim.name]
 
 
 def test_runs_on_other_data_keep_their_stored_metrics_and_are_labelled(runs_root, tiny_dataset, tmp_path):
-    table, _ = score(runs_root, tiny_dataset, tmp_path / "a.csv")
+    table = trained(score(runs_root, tiny_dataset, tmp_path / "a.csv")[0])
     assert set(table["evaluated"]) == {"re-evaluated"}
     assert all(label.startswith("our recipe, seed 0, sha256 ") for label in table["data"])
     # the dataset is made again with other bytes: the runs were not trained on it
@@ -84,6 +112,9 @@ def test_runs_on_other_data_keep_their_stored_metrics_and_are_labelled(runs_root
     common.write_dataset(folder, arrays, {k: v for k, v in meta.items() if k not in ("sha256", "paper_identical",
                                                                                      "stats")})
     again, _ = score(runs_root, tiny_dataset, tmp_path / "b.csv")
+    # the background-only row too comes from the runs' own tests, not from the other data
+    assert again.loc[again["model"] == BASELINE, "evaluated"].str.startswith("stored by the test of").all()
+    again = trained(again)
     assert all(e.startswith("stored (trained on other data") for e in again["evaluated"])
     for run in again["run"]:
         stored = runs.load_json(runs_root / run / runs.TEST_METRICS)
@@ -99,3 +130,182 @@ def test_a_log_gets_one_plain_line_per_run(runs_root, tiny_dataset, tmp_path, ca
                                                                                               "[3/4]", "[4/4]"]
     score(runs_root, tiny_dataset, tmp_path / "scores.csv", "--no-eval", "--no-progress")
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+
+# -----------------------------------------------------------------------------
+# the score file: keyed by path, locked, kept on Ctrl-C, refused when it is someone else's
+
+
+def test_a_copied_run_keeps_its_own_row(runs_root, tiny_dataset, tmp_path):
+    original = next(d for d in runs.find_runs(runs_root) if runs.is_finished(d))
+    shutil.copytree(original, runs_root / "copy" / original.name)  # same stored run name, another folder
+    table = trained(score(runs_root, tiny_dataset, tmp_path / "s.csv", "--no-eval")[0])
+    assert len(table) == 4
+    copied = table.set_index("run").loc[[original.relative_to(runs_root).as_posix(), f"copy/{original.name}"]]
+    assert copied["seed"].nunique() == 1
+
+
+# a writer that waits at a barrier, then scores; its slowed writes leave the others every chance to interleave
+WRITER = """
+import pathlib, sys, time
+import produce_scores, runs
+save_text = runs.save_text
+def slow_save_text(text, path):
+    time.sleep(0.5)
+    save_text(text, path)
+runs.save_text = slow_save_text
+pathlib.Path(sys.argv[1]).touch()
+while not pathlib.Path(sys.argv[2]).exists():
+    time.sleep(0.01)
+produce_scores.main(sys.argv[3:])
+"""
+
+
+def test_writers_at_once_lose_no_row(runs_root, tmp_path):
+    original = next(d for d in runs.find_runs(runs_root) if runs.is_finished(d))
+    copies = [runs_root / "copies" / f"c{i}" for i in range(4)]
+    for copy in copies:
+        shutil.copytree(original, copy)
+    out, go = tmp_path / "scores.csv", tmp_path / "go"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / f"ready{i}"), str(go), str(copy),
+                                 "--runs-root", str(runs_root), "--out", str(out), "--no-eval", "--no-progress",
+                                 "--device", "cpu", "--data-root", str(tmp_path / "no_data")],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i, copy in enumerate(copies)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready{i}").exists() for i in range(4)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    results = [w.communicate(timeout=120) for w in writers]
+    assert [w.returncode for w in writers] == [0] * 4, results
+    table = pd.read_csv(out)
+    assert sorted(trained(table)["run"]) == [f"copies/c{i}" for i in range(4)]
+    assert (table["model"] == BASELINE).sum() == 1  # the runs' data has one, however many wrote it
+
+
+def test_ctrl_c_keeps_every_run_scored_before_it(runs_root, tiny_dataset, tmp_path, capsys, monkeypatch):
+    evaluate, calls = produce_scores.evaluate, []
+
+    def evaluate_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # Ctrl-C during the second run's evaluation
+            os.kill(os.getpid(), signal.SIGINT)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(produce_scores, "evaluate", evaluate_then_ctrl_c)
+    out = tmp_path / "scores.csv"
+    with pytest.raises(SystemExit) as exit_info:
+        score(runs_root, tiny_dataset, out)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted (SIGINT) after scoring 1 of 4 run(s)" in err and "Traceback" not in err
+    first = runs.find_runs(runs_root)[0].relative_to(runs_root).as_posix()
+    assert list(trained(pd.read_csv(out))["run"]) == [first]
+    monkeypatch.setattr(produce_scores, "evaluate", evaluate)
+    score(runs_root, tiny_dataset, out)  # the same command scores them all
+    assert len(trained(pd.read_csv(out))) == 3
+
+
+def no_scoring(*args, **kwargs):
+    raise AssertionError("a run was scored although the command should have been refused before any work")
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"step,seconds\n1,2.5\n", "is not a score table (no run, dataset, model column)"),
+    (bytes(range(256)) * 4, "is not a score table (not text)"),
+    (b'run,dataset,model\n"x,1\n', "is not a score table (Error tokenizing data"),
+    (None, "is a folder"),
+])
+def test_an_out_that_is_not_a_score_table_is_refused_before_any_work(runs_root, tiny_dataset, tmp_path, capsys,
+                                                                     monkeypatch, content, says):
+    out = tmp_path / "other.csv"
+    out.mkdir() if content is None else out.write_bytes(content)
+    monkeypatch.setattr(produce_scores, "score_run", no_scoring)
+    with pytest.raises(SystemExit) as exit_info:
+        score(runs_root, tiny_dataset, out)
+    assert says in str(exit_info.value.code) and str(exit_info.value.code).startswith("error: --out")
+    assert out.is_dir() if content is None else out.read_bytes() == content
+
+
+def test_a_run_directory_that_does_not_exist_is_refused(runs_root, tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr(produce_scores, "score_run", no_scoring)
+    common_args = ["--device", "cpu", "--runs-root", str(runs_root), "--out", str(tmp_path / "s.csv")]
+    for args, says in (([str(runs_root / "no_such_run")], "no run directory at"),
+                       ([str(tmp_path / "s.csv")], "no run directory at"),
+                       ([str(tiny_dataset)], "is not a run directory and holds none"),
+                       ([str(runs_root / "empty")], "no run directory at")):
+        with pytest.raises(SystemExit) as exit_info:
+            produce_scores.main([*args, *common_args])
+        assert says in str(exit_info.value.code)
+    (tmp_path / "empty_root").mkdir()
+    with pytest.raises(SystemExit, match="no runs under"):
+        produce_scores.main(["--device", "cpu", "--runs-root", str(tmp_path / "empty_root")])
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(runs.find_runs(runs_root)[0], outside)
+    with pytest.raises(SystemExit, match="is not under the runs root"):
+        produce_scores.main([str(outside), *common_args])
+    assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_a_damaged_checkpoint_is_listed_and_the_table_goes_on(runs_root, tiny_dataset, tmp_path, damage):
+    victim = next(d for d in runs.find_runs(runs_root) if runs.is_finished(d))
+    checkpoint = victim / runs.CHECKPOINT
+    if damage == "text":  # a checkpoint overwritten with another run file
+        shutil.copy(victim / runs.METRICS, checkpoint)
+    else:
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    table, skipped = score(runs_root, tiny_dataset, tmp_path / "s.csv")
+    assert len(trained(table)) == 2 and victim.relative_to(runs_root).as_posix() not in set(table["run"])
+    assert [d for d, _ in skipped if d == victim] == [victim]
+
+
+def test_fresh_drops_the_rows_of_runs_not_scored_once_all_are(runs_root, tiny_dataset, tmp_path):
+    out = tmp_path / "s.csv"
+    score(runs_root, tiny_dataset, out, "--no-eval")
+    one = next(d for d in runs.find_runs(runs_root) if runs.is_finished(d))
+    table, _ = produce_scores.main(["--device", "cpu", str(one), "--runs-root", str(runs_root), "--out", str(out),
+                                    "--data-root", str(tiny_dataset), "--no-eval", "--fresh"])
+    model = runs.load_json(one / runs.CONFIG)["model"]
+    assert list(table["model"]) == [BASELINE, model] and len(pd.read_csv(out)) == 2
+
+# -----------------------------------------------------------------------------
+# the background-only row and the tables
+
+
+def test_the_background_only_row_equals_metrics_by_hand(runs_root, tiny_dataset, tmp_path):
+    table, _ = score(runs_root, tiny_dataset, tmp_path / "s.csv")
+    row = table[table["model"] == BASELINE]
+    assert len(row) == 1 and row.index[0] == 0  # first under its dataset
+    row = row.iloc[0]
+    masks = np.load(tiny_dataset / "tiny" / "test_masks.npy")
+    # every pixel predicted background: right exactly on the background pixels, never on a foreground one
+    assert row["acc"] == pytest.approx(np.mean([(m == 0).mean() for m in masks]), abs=1e-12)
+    assert row["acc_foreground"] == 0 and row["iou_foreground"] == 0
+    background_iou = (masks == 0).sum() / masks.size  # background: TP = its pixels, union = every pixel
+    present = [c for c in range(3) if (masks == c).any()]  # a class present in the truth has IoU 0
+    assert row["iou_class0"] == pytest.approx(background_iou, abs=1e-12)
+    assert [row[f"iou_class{c}"] for c in present[1:]] == [0] * (len(present) - 1)
+    assert row["miou"] == pytest.approx(background_iou / len(present), abs=1e-12)
+    assert pd.isna(row["loss"]) and pd.isna(row["loss_foreground"]) and pd.isna(row["run"])
+    assert row["evaluated"] == "computed on the test split" and row["data"] == trained(table)["data"].iloc[0]
+
+
+def test_tables_show_the_background_only_row_first_and_in_no_mean(runs_root, tiny_dataset, tmp_path):
+    scores, _ = score(runs_root, tiny_dataset, tmp_path / "s.csv", "--no-eval")
+    table = tables.score_tables(scores)
+    assert list(table["model"]) == [BASELINE, "cnn", "nwm"]
+    pd.testing.assert_frame_equal(table.drop(index=0).reset_index(drop=True), tables.score_tables(trained(scores)))
+    assert table.loc[0, "acc_mean"] == scores.loc[0, "acc"] and pd.isna(table.loc[0, "n_seeds"])
+    markdown = tables.to_markdown(table).splitlines()
+    assert markdown[2].startswith("| tiny | our recipe") and f"| {BASELINE} |  |  |  |" in markdown[2]
+    assert f"{scores.loc[0, 'acc']:.3f} |  |  |  |" in markdown[2]  # no losses, no spread
+    assert BASELINE in tables.to_latex(table).splitlines()[4]
+
+
+def test_the_tables_command_refuses_what_is_not_a_score_table(tmp_path):
+    (tmp_path / "other.csv").write_text("step,seconds\n1,2.5\n")
+    for scores, says in (("none.csv", "no score table at"), ("other.csv", "--scores")):
+        with pytest.raises(SystemExit) as exit_info:
+            analysis_cli.main(["tables", "--scores", str(tmp_path / scores), "--out", str(tmp_path / "t")])
+        assert says in str(exit_info.value.code)
+    assert not (tmp_path / "t").exists()
