@@ -84,8 +84,9 @@ def frame_indices(T, n):
 
 
 def score_strip(scores, dataset, metric="iou_foreground"):
-    """One dot per seed and a bar at the mean, for every model x variant on one dataset."""
-    df = scores[scores["dataset"] == dataset].copy()
+    """One dot per seed and a bar at the mean, for every model x variant on one dataset (trained runs
+    only: the background-only row of produce_scores has no run)."""
+    df = scores[(scores["dataset"] == dataset) & scores["run"].notna()].copy()
     df["label"] = [f"{row['model']}\n{runs.variant(row)}" for row in df.to_dict("records")]
     labels = sorted(df["label"].unique())
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 1.5), 3.2))

@@ -15,6 +15,7 @@ from nbclient import NotebookClient
 from PIL import Image
 
 import animate
+import plotting
 import produce_scores
 import runs
 import train
@@ -240,3 +241,11 @@ def test_animate_refuses_bad_arguments_by_flag(figure_inputs, tmp_path, capsys, 
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_score_strip_draws_trained_runs_only():
+    """The background-only row of a scores table (no run) is a reference line in the tables, not a bar."""
+    scores = pd.DataFrame([dict(dataset="d", model="background only", run=None, iou_foreground=0.0),
+                           dict(dataset="d", model="cnn", run="d/cnn", depth=2, iou_foreground=0.5)])
+    fig = plotting.score_strip(scores, "d")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["cnn\ndepth 2"]
