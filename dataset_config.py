@@ -17,13 +17,30 @@ wrote (docs/methods.md, "Data"), and `python data_scripts/verify_datasets.py` ch
 Every run checks the arrays against their dataset.json when it starts (check_arrays), since
 it records that file's hashes as the data it was trained on.
 
+Your own data: data_scripts/import_folder.py writes a folder of image and mask PNGs as
+<data root>/<name>/ in the same format; get_info reads such a dataset's entry from its
+dataset.json, and the imported datasets of the default data root join DATASETS when this
+module is imported, so every tool offers them by name (docs/extending.md).
+
+A dataset is written into a temporary folder beside its own and renamed into place
+(data_scripts/common.py), under an flock on the data root; a writer killed part-way leaves
+that folder behind, which the next writer, or the loader when no writer is at work, removes
+(or, when the kill came between the two renames of a replacement, puts in place).
+
     from dataset_config import load_dataset
     images, masks = load_dataset("tetrominoes", "train", limit=1000)  # float N x 3 x 64 x 64, int64 N x 64 x 64
 """
 
+import fcntl
 import hashlib
 import json
+import os
+import re
+import shutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -152,9 +169,74 @@ DATASETS = {
 }
 
 
-def get_info(name) -> DatasetInfo:
+# -----------------------------------------------------------------------------
+# datasets imported from a user's folder (data_scripts/import_folder.py)
+
+IMPORTER = "data_scripts/import_folder.py"
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")  # no dots: temporary folders are named .<name>.tmp-XXXX
+
+
+def imported_info(meta):
+    """The DatasetInfo of an imported dataset, from its dataset.json."""
+    sizes = meta["split_sizes"]
+    return DatasetInfo(
+        name=meta["dataset"], folder=meta["dataset"], image_size=tuple(meta["image_size"]),
+        channels=meta["channels"], num_classes=len(meta["class_names"]), class_names=tuple(meta["class_names"]),
+        paper_split_sizes=tuple(sizes[split] for split in SPLITS), create_command=meta["recipe"]["command"],
+        description=f"imported from {meta['recipe']['source']}", default_seed=meta["seed"])
+
+
+def read_imported(folder):
+    """The DatasetInfo of the imported dataset in `folder`, or None when the folder holds none
+    (no dataset.json, or one a generator wrote). CorruptDatasetError when its dataset.json is damaged."""
+    path = Path(folder) / METADATA
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+        if not (isinstance(meta, dict) and isinstance(meta.get("recipe"), dict)
+                and meta["recipe"].get("importer") == IMPORTER):
+            return None
+        if meta["dataset"] != Path(folder).name:
+            raise ValueError(f"it names dataset {meta['dataset']!r}")
+        return imported_info(meta)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptDatasetError(f"{path} is damaged ({e}); import the folder again with "
+                                  f"python {IMPORTER} ... --force") from None
+
+
+def imported_datasets(data_root=None):
+    """{name: DatasetInfo} of every readable imported dataset under the data root."""
+    root, found = resolve_data_root(data_root), {}
+    try:
+        folders = sorted(p for p in root.iterdir() if NAME_PATTERN.fullmatch(p.name) and p.name not in BUILT_IN)
+    except OSError:  # no data root yet, or not a folder: nothing imported
+        return found
+    for folder in folders:
+        try:
+            info = read_imported(folder)
+        except (CorruptDatasetError, OSError):  # named when asked for (get_info)
+            continue
+        if info is not None:
+            found[info.name] = info
+    return found
+
+
+BUILT_IN = tuple(DATASETS)
+# imported datasets under the default data root (./data or $WAVES_DATA_ROOT) are known by name to every tool
+DATASETS.update(imported_datasets())
+
+
+def get_info(name, data_root=None) -> DatasetInfo:
+    """The table's entry of dataset `name`: a built-in one, or one imported under the data root
+    (read from its dataset.json each time, since another data root may hold another dataset of that name)."""
+    if name not in BUILT_IN and isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        info = read_imported(resolve_data_root(data_root) / name)
+        if info is not None:
+            return info
     if name not in DATASETS:
-        raise UnknownDatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise UnknownDatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} (your own "
+                                  f"images and masks: python {IMPORTER} --help)")
     return DATASETS[name]
 
 
@@ -166,12 +248,12 @@ def _root_flag(data_root):
 
 def create_command(name, data_root=None) -> str:
     """The exact command that creates a dataset under the given data root."""
-    return get_info(name).create_command + _root_flag(data_root)
+    return get_info(name, data_root).create_command + _root_flag(data_root)
 
 
 def how_to_create(name, data_root=None) -> str:
     """create_command plus the dataset's extra advice, for "not found" errors."""
-    info, flag = get_info(name), _root_flag(data_root)
+    info, flag = get_info(name, data_root), _root_flag(data_root)
     return info.create_command + flag + ("\n" + info.create_hint.format(flag=flag) if info.create_hint else "")
 
 
@@ -182,7 +264,9 @@ def array_sha256(array):
 
 def rebuild_command(meta, data_root=None) -> str:
     """The command that writes the dataset a dataset.json describes again: its seed and sizes, --force."""
-    info = get_info(meta["dataset"])
+    info = get_info(meta["dataset"], data_root)
+    if (meta.get("recipe") or {}).get("importer") == IMPORTER:  # its recorded command names seed and splits
+        return create_command(info.name, data_root) + " --force"
     flags = f" --seed {meta['seed']}" if meta["seed"] != info.default_seed else ""
     for split, paper_size in zip(info.splits, info.paper_split_sizes):
         if meta["split_sizes"][split] != paper_size:
@@ -190,10 +274,80 @@ def rebuild_command(meta, data_root=None) -> str:
     return create_command(info.name, data_root) + flags + " --force"
 
 
+# -----------------------------------------------------------------------------
+# writers, and what a killed one leaves behind
+
+@contextmanager
+def directory_lock(directory, wait=True):
+    """Holds an exclusive flock on `directory` while a dataset is written into it. The kernel
+    drops it when its holder dies, even by SIGKILL, so a held lock means a live writer. Yields
+    True when held; False when wait=False and another process holds it, or when the folder
+    cannot be opened or this file system cannot lock."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:  # BlockingIOError: a live writer holds it; else no locks on this file system
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def temporary_folders(folder, kind):
+    """{suffix: path} of the temporary folders (kind "tmp": being written, "old": being replaced)
+    that writing dataset folder `folder` makes beside it: .<name>.<kind>-<suffix>."""
+    prefix = f".{folder.name}.{kind}-"
+    try:
+        entries = list(folder.parent.iterdir())
+    except OSError:
+        return {}
+    return {p.name[len(prefix):]: p for p in entries
+            if p.name.startswith(prefix) and "." not in p.name[len(prefix):] and p.is_dir()}
+
+
+def finish_interrupted_writes(folder):
+    """Cleans up after writers of dataset folder `folder` that died; call it holding the lock of
+    folder.parent, so every temporary folder there is a dead writer's. A swap that began (an
+    .old- folder exists, so the new one was complete) is finished; anything else is removed."""
+    for suffix, old in temporary_folders(folder, "old").items():
+        new = folder.parent / f".{folder.name}.tmp-{suffix}"
+        if not folder.exists() and new.is_dir():  # killed between the renames of the swap: finish it
+            for entry in old.iterdir():
+                if not (new / entry.name).exists():  # what the writer kept from the old folder (MNIST's raw/)
+                    os.rename(entry, new / entry.name)
+            os.rename(new, folder)
+        elif not folder.exists():
+            os.rename(old, folder)
+            continue
+        shutil.rmtree(old)
+        print(f"finished replacing {folder}: its writer was stopped during the swap", file=sys.stderr)
+    for temporary in temporary_folders(folder, "tmp").values():
+        shutil.rmtree(temporary)
+        print(f"removed {temporary}: a half-written copy of {folder.name} whose writer was stopped", file=sys.stderr)
+
+
+def dataset_folder(name, data_root=None):
+    """The folder of dataset `name`, after cleaning up what stopped writers left beside it (not
+    while a writer is at work there, and not where the data root cannot be written)."""
+    folder = resolve_data_root(data_root) / get_info(name, data_root).folder
+    with directory_lock(folder.parent, wait=False) as held:
+        if held:
+            try:
+                finish_interrupted_writes(folder)
+            except OSError as e:  # e.g. a read-only data root: reading still works
+                print(f"warning: could not clean up beside {folder} ({e})", file=sys.stderr)
+    return folder
+
+
 def read_metadata(name, data_root=None):
     """The dataset.json of a dataset folder, refusing folders the data scripts did not write."""
-    info = get_info(name)
-    folder = resolve_data_root(data_root) / info.folder
+    folder = dataset_folder(name, data_root)
     path = folder / METADATA
     if not folder.is_dir():
         raise DatasetNotFoundError(f"dataset {name!r} not found: no folder {folder}. Create it with:\n"
@@ -216,7 +370,7 @@ def read_metadata(name, data_root=None):
 def array_digests(name, data_root=None):
     """{array name: SHA-256 of the array on disk now, None when missing or unreadable} for every
     array the dataset's dataset.json records."""
-    folder = resolve_data_root(data_root) / get_info(name).folder
+    folder = resolve_data_root(data_root) / get_info(name, data_root).folder
     digests = {}
     for array_name in read_metadata(name, data_root)["sha256"]:
         try:
@@ -232,7 +386,7 @@ def check_arrays(name, data_root=None):
     meta = read_metadata(name, data_root)
     changed = [f"{k}.npy" for k, digest in array_digests(name, data_root).items() if digest != meta["sha256"][k]]
     if changed:
-        folder = resolve_data_root(data_root) / get_info(name).folder
+        folder = resolve_data_root(data_root) / get_info(name, data_root).folder
         raise CorruptDatasetError(f"{folder}: {', '.join(changed)} changed since the dataset was written (SHA-256 "
                                   f"differs from {METADATA}, or the file is missing or unreadable), so a run could "
                                   f"not say what it was trained on. Re-create the dataset with:\n"
@@ -252,10 +406,10 @@ def fingerprint(meta):
 def load_dataset(name, split, data_root=None, limit=None):
     """Returns (images, masks): float32 N x C x H x W in [0, 1] and int64 N x H x W class ids.
     `limit` keeps only the first `limit` samples (e.g. for --train-size)."""
-    info = get_info(name)
+    info = get_info(name, data_root)
     if split not in info.splits:
         raise DatasetError(f"unknown split {split!r} for {name}; valid splits: {', '.join(info.splits)}")
-    folder = resolve_data_root(data_root) / info.folder
+    folder = dataset_folder(name, data_root)
     image_path, mask_path = folder / f"{split}_images.npy", folder / f"{split}_masks.npy"
     if not (image_path.is_file() and mask_path.is_file()):
         raise DatasetNotFoundError(

@@ -18,8 +18,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cli import add_data_root, add_progress, int_at_least, shows_bars
-from dataset_config import (FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256,
-                            get_info, resolve_data_root)
+from dataset_config import (DATASETS, FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256, directory_lock,
+                            finish_interrupted_writes, resolve_data_root)
 
 # -----------------------------------------------------------------------------
 # command line
@@ -71,11 +71,18 @@ def output_dir(args, info):
 
 
 def run_cli(main):
-    """Runs a program's main(); dataset errors end it with their message, not a traceback."""
+    """Runs a program's main(); dataset errors, file system errors the checks before the work could
+    not foresee (a disk that fills up) and Ctrl-C end it with a message, not a traceback."""
     try:
         main()
     except DatasetError as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: {e.filename or ''}: {e.strerror or e} (no dataset was changed; no partial copy is left)")
+    except KeyboardInterrupt:
+        print("interrupted: no dataset was changed and no partial copy is left; the same command starts again",
+              file=sys.stderr)
+        sys.exit(130)
 
 # -----------------------------------------------------------------------------
 # generation
@@ -130,12 +137,27 @@ def describe(info, seed, split_sizes, files, recipe):
     return json.loads(json.dumps(request))  # as it will read back from the file (lists, str keys)
 
 
+def check_output_folder(out_dir):
+    """Refuses, before any work, an output folder that cannot be made or replaced: a file in its
+    place or above it, or a folder this process may not write in (permissions, a read-only file system)."""
+    out_dir = Path(out_dir)
+    existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())
+    if not existing.is_dir():
+        raise DatasetError(f"{existing} is a file, not a folder, so no dataset can be written to {out_dir}; "
+                           f"pick another --data-root (or --out)")
+    target = out_dir.parent if existing == out_dir else existing  # the new folder is made (or swapped in) here
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise DatasetError(f"cannot write in {target} (no permission, or a read-only file system), so no dataset "
+                           f"can be written to {out_dir}; pick another --data-root (or --out)")
+
+
 def already_done(out_dir, request, force, keep=()):
     """True if out_dir already holds a complete dataset made with this request (nothing to do).
-    Raises if it holds something else, unless --force. `keep` names entries of out_dir that
-    are not part of the dataset and survive a rewrite (MNIST's raw/ folder)."""
+    Raises if it holds something else, unless --force, or if the dataset cannot be written there.
+    `keep` names entries of out_dir that are not part of the dataset and survive a rewrite (MNIST's raw/ folder)."""
     out_dir = Path(out_dir)
-    if force or not out_dir.exists():
+    if force or not out_dir.is_dir():
+        check_output_folder(out_dir)
         return False
     meta_path = out_dir / METADATA
     if not meta_path.is_file():
@@ -144,6 +166,7 @@ def already_done(out_dir, request, force, keep=()):
             raise DatasetError(f"{out_dir} exists but is not a dataset (no {METADATA}; it holds "
                                f"{', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); "
                                f"re-run with --force to replace it, or pick another --out")
+        check_output_folder(out_dir)
         return False
     try:
         old = json.loads(meta_path.read_text())
@@ -166,7 +189,7 @@ def already_done(out_dir, request, force, keep=()):
 
 def compare_with_paper(name, digests):
     """(True if every array the paper pinned is here with the paper's SHA-256, a line saying so)."""
-    paper = get_info(name).paper_sha256
+    paper = DATASETS[name].paper_sha256 if name in DATASETS else {}  # an imported one is not in the table yet
     if not paper:
         return None, f"{name}: our own recipe, no paper arrays to compare with"
     equal = [k for k in paper if digests.get(k) == paper[k]]
@@ -176,17 +199,34 @@ def compare_with_paper(name, digests):
                    f"(expected with another seed or other sizes)")
 
 
-def write_dataset(out_dir, arrays, request, stats=None, keep=()):
+def write_dataset(out_dir, arrays, request, stats=None, keep=(), force=True):
     """Writes {name}.npy for every array plus dataset.json (the request, the SHA-256 of every
     array, whether they are the paper's, `stats`) into a temporary sibling folder, then
     renames it into place, so out_dir is never half written: a crash while writing leaves
     the old state. An existing out_dir is replaced (the caller checked --force); the
-    entries named in `keep` are carried over from it. Returns the metadata."""
-    digests = {name: array_sha256(array) for name, array in arrays.items()}
-    paper_identical, verdict = compare_with_paper(request["dataset"], digests)
-    meta = {**request, "sha256": digests, "paper_identical": paper_identical, "stats": stats or {}}
+    entries named in `keep` are carried over from it. Writers of one folder's datasets take
+    turns (directory_lock), and each first cleans up what killed writers left there
+    (dataset_config.finish_interrupted_writes). force=False, what the programs pass without
+    --force, checks out_dir again under the lock, since another creation may have written it
+    after the caller's already_done: an identical dataset is kept, another one is refused.
+    Returns the metadata (None when an identical dataset was already there)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out_dir.parent) as held:
+        if held:
+            finish_interrupted_writes(out_dir)
+        if not force and already_done(out_dir, request, False, keep):
+            return None
+        return _write_locked(out_dir, arrays, request, stats, keep)
+
+
+def _write_locked(out_dir, arrays, request, stats, keep):
+    digests = {name: array_sha256(array) for name, array in arrays.items()}
+    if request["recipe"].get("importer"):
+        paper_identical, verdict = None, f"{request['dataset']}: imported, no paper arrays to compare with"
+    else:
+        paper_identical, verdict = compare_with_paper(request["dataset"], digests)
+    meta = {**request, "sha256": digests, "paper_identical": paper_identical, "stats": stats or {}}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset folder should not be
     try:

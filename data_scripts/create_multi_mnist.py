@@ -106,7 +106,8 @@ def main(argv=None, checksums=MNIST_MD5):
     arrays = generate(digits, labels, sizes, args.seed)
     counts = {s: np.bincount(arrays[f"{s}_counts"], minlength=MAX_DIGITS + 1)[1:].tolist() for s in sizes}
     placed = {s: int(arrays[f"{s}_counts"].sum()) for s in sizes}
-    common.write_dataset(out_dir, arrays, request, {"images_with_1_to_4_digits": counts, "digits_placed": placed})
+    common.write_dataset(out_dir, arrays, request, {"images_with_1_to_4_digits": counts, "digits_placed": placed},
+                         force=args.force)
     return out_dir
 
 

@@ -114,7 +114,7 @@ def main(argv=None):
     left_out = {s: sum(i["left_out"] for i in infos[s]) for s in sizes}
     stats = {"redrawn_as_duplicates": redrawn, "images_with_1_to_4_polygons": counts,
              "polygons_left_out": left_out}
-    common.write_dataset(out_dir, arrays, request, stats)
+    common.write_dataset(out_dir, arrays, request, stats, force=args.force)
     return out_dir
 
 

@@ -114,7 +114,7 @@ def main(argv=None):
         return out_dir
     arrays = generate(sizes, args.seed)
     counts = {s: np.bincount(arrays[f"{s}_pieces"], minlength=MAX_PIECES + 1)[1:].tolist() for s in sizes}
-    common.write_dataset(out_dir, arrays, request, {"images_with_1_to_5_pieces": counts})
+    common.write_dataset(out_dir, arrays, request, {"images_with_1_to_5_pieces": counts}, force=args.force)
     return out_dir
 
 

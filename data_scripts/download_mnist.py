@@ -78,8 +78,9 @@ def describe(seed, checksums):
     return common.describe(INFO, seed, None, files, recipe)
 
 
-def prepare_mnist(raw_dir, out_dir, seed=INFO.default_seed, checksums=MNIST_MD5):
-    """Derives the segmentation dataset in out_dir from the raw files in raw_dir."""
+def prepare_mnist(raw_dir, out_dir, seed=INFO.default_seed, checksums=MNIST_MD5, force=True):
+    """Derives the segmentation dataset in out_dir from the raw files in raw_dir; force as in
+    common.write_dataset."""
     request = describe(seed, checksums)
     train_digits, train_labels = load_digits(raw_dir, "train", checksums)
     test_digits, test_labels = load_digits(raw_dir, "test", checksums)
@@ -91,7 +92,7 @@ def prepare_mnist(raw_dir, out_dir, seed=INFO.default_seed, checksums=MNIST_MD5)
         images, masks = segmentation_view(digits[index], labels[index], split)
         arrays.update({f"{split}_images": images, f"{split}_masks": masks, f"{split}_indices": index})
     request["split_sizes"] = {split: len(index) for split, index in indices.items()}
-    common.write_dataset(out_dir, arrays, request, keep=("raw",))
+    common.write_dataset(out_dir, arrays, request, keep=("raw",), force=force)
     return out_dir
 
 
@@ -107,7 +108,7 @@ def main(argv=None, checksums=MNIST_MD5):
         return out_dir
     raw_dir = raw_dir_of(args.data_root)
     fetch_raw(raw_dir, args.from_dir, checksums)
-    return prepare_mnist(raw_dir, out_dir, args.seed, checksums)
+    return prepare_mnist(raw_dir, out_dir, args.seed, checksums, args.force)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_config import DatasetError, resolve_data_root
+from dataset_config import DatasetError, directory_lock, resolve_data_root
 
 # MD5 of each file's decompressed content (the usual mirrors' .gz files differ in MD5
 # from one compression to the next; their content does not)
@@ -93,17 +93,53 @@ def _download(name, dest_dir):
                        f"python data_scripts/download_mnist.py --from-dir DIR")
 
 
+def checked_sources(from_dir, checksums=MNIST_MD5):
+    """{name: path} of the MNIST files in from_dir, every one checked; one DatasetError naming every
+    file that is missing, unreadable or not the standard file."""
+    from_dir = Path(from_dir)
+    if not from_dir.is_dir():
+        raise DatasetError(f"--from-dir {from_dir}: not a folder; it names the folder that holds the four MNIST "
+                           f"files: {', '.join(checksums)}")
+    missing = [name for name in checksums if find_file(from_dir, name) is None]
+    if missing:
+        raise DatasetError(f"--from-dir {from_dir}: missing {', '.join(missing)} (as the file itself or "
+                           f"gzip'd with .gz); it needs all four MNIST files: {', '.join(checksums)}")
+    sources, problems = {}, []
+    for name, md5 in checksums.items():
+        sources[name] = find_file(from_dir, name)
+        try:
+            actual = content_md5(sources[name])
+        except DatasetError as e:
+            problems.append(str(e))
+            continue
+        except OSError as e:
+            problems.append(f"{sources[name]}: cannot be read ({e.strerror or e})")
+            continue
+        if actual != md5:
+            problems.append(f"{sources[name]}: decompressed MD5 is {actual}, expected {md5}: not the standard "
+                            f"MNIST file {name}")
+    if problems:
+        raise DatasetError(f"--from-dir {from_dir}: {len(problems)} of the {len(checksums)} files cannot be used "
+                           f"(damaged, or another data set); get them again:\n  " + "\n  ".join(problems))
+    return sources
+
+
 def fetch_raw(raw_dir, from_dir=None, checksums=MNIST_MD5):
     """Makes sure raw_dir holds each file of `checksums` with the right content, copying it
-    from `from_dir` or downloading it. Returns {name: path}. A file arrives as .part and is
-    renamed once checked, so raw_dir never holds a half-copied file under its real name."""
+    from `from_dir` (every file checked first) or downloading it. Returns {name: path}. A file
+    arrives as .part and is renamed once checked, so raw_dir never holds a half-copied file
+    under its real name; fetchers take turns, and remove the .part files of killed ones."""
+    sources = checked_sources(from_dir, checksums) if from_dir is not None else None
     raw_dir = Path(raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
-    if from_dir is not None:
-        missing = [name for name in checksums if find_file(from_dir, name) is None]
-        if missing:
-            raise DatasetError(f"--from-dir {from_dir}: missing {', '.join(missing)} (as the file itself or "
-                               f"gzip'd with .gz); it needs all four MNIST files: {', '.join(checksums)}")
+    with directory_lock(raw_dir) as held:
+        if held:
+            for part in raw_dir.glob("*.part"):
+                part.unlink()
+        return _fetch_locked(raw_dir, sources, checksums)
+
+
+def _fetch_locked(raw_dir, sources, checksums):
     paths = {}
     for name, md5 in checksums.items():
         present = find_file(raw_dir, name)
@@ -112,14 +148,12 @@ def fetch_raw(raw_dir, from_dir=None, checksums=MNIST_MD5):
             continue
         if present is not None:
             present.unlink()  # damaged or foreign: replaced below
-        if from_dir is None:
+        if sources is None:
             paths[name] = _download(name, raw_dir)
             continue
-        source = find_file(from_dir, name)
-        check_file(source, name, md5)
-        dest = raw_dir / source.name
+        dest = raw_dir / sources[name].name
         part = dest.with_name(dest.name + ".part")
-        shutil.copyfile(source, part)
+        shutil.copyfile(sources[name], part)
         part.rename(dest)
         paths[name] = dest
     return paths

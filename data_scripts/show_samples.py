@@ -16,12 +16,13 @@ import plotting
 import settings
 from cli import HelpFormatter, add_data_root, int_at_least
 from data_scripts import common
-from dataset_config import DATASETS, get_info, load_dataset
+from dataset_config import BUILT_IN, get_info, load_dataset
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=list(DATASETS), help="which dataset")
+    parser.add_argument("--dataset", required=True,
+                        help=f"which dataset: {', '.join(BUILT_IN)}, or one imported under the data root")
     parser.add_argument("--split", default="train", choices=["train", "val", "test"], help="which split")
     parser.add_argument("--n", type=int_at_least(1), default=8, help="number of samples (the first n of the split)")
     parser.add_argument("--out", default=None,
@@ -35,7 +36,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     images, masks = load_dataset(args.dataset, args.split, args.data_root, limit=args.n)
     out = Path(args.out) if args.out else settings.figures_dir() / f"samples_{args.dataset}.png"
-    fig = plotting.sample_grid(images, masks, get_info(args.dataset).class_names, n=args.n)
+    fig = plotting.sample_grid(images, masks, get_info(args.dataset, args.data_root).class_names, n=args.n)
     path, = plotting.save_figure(fig, out.stem, out.parent, dpi=80)
     print(f"wrote {path}")
 

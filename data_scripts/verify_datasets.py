@@ -17,13 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
 from cli import add_data_root
-from dataset_config import (DATASETS, DatasetError, DatasetNotFoundError, array_digests, create_command,
-                            get_info, read_metadata)
+from dataset_config import (BUILT_IN, DatasetError, DatasetNotFoundError, array_digests, create_command,
+                            get_info, imported_datasets, read_metadata)
 
 
 def verify(name, data_root=None):
     """(ok, report line) for one dataset."""
-    info = get_info(name)
+    info = get_info(name, data_root)
     try:
         meta = read_metadata(name, data_root)
     except DatasetNotFoundError:
@@ -45,14 +45,15 @@ def verify(name, data_root=None):
                 parts[-1] += f" (seed {meta['seed']}, sizes {meta['split_sizes']}: not the paper's)"
             ok = ok and not paper_request
     else:
-        parts.append("our own recipe (no paper arrays)")
+        parts.append("our own recipe (no paper arrays)" if name in BUILT_IN else "imported (no paper arrays)")
     return ok, f"{name:12s} " + "; ".join(parts)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("datasets", nargs="*", metavar="DATASET",
-                        help=f"which datasets (default: all: {', '.join(DATASETS)})")
+                        help=f"which datasets (default: all: {', '.join(BUILT_IN)} and those imported under the data "
+                             f"root)")
     add_data_root(parser)
     return parser
 
@@ -60,10 +61,11 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    unknown = [name for name in args.datasets if name not in DATASETS]
+    known = [*BUILT_IN, *imported_datasets(args.data_root)]  # the imported ones of the root checked
+    unknown = [name for name in args.datasets if name not in known]
     if unknown:
-        parser.error(f"unknown dataset {', '.join(unknown)}; valid names: {', '.join(DATASETS)}")
-    results = [verify(name, args.data_root) for name in args.datasets or DATASETS]
+        parser.error(f"unknown dataset {', '.join(unknown)}; valid names: {', '.join(known)}")
+    results = [verify(name, args.data_root) for name in args.datasets or known]
     for _, line in results:
         print(line)
     return 0 if all(ok for ok, _ in results) else 1

@@ -8,20 +8,22 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy import ndimage
 
 import dataset_config as dc
 import plotting
 import settings
-from conftest import REPO as ROOT
+from conftest import REPO as ROOT, make_squares
 from data_scripts import common, create_multi_mnist, create_polygons, create_tetrominoes, download_mnist
-from data_scripts import mnist_files, show_samples, verify_datasets
+from data_scripts import import_folder, mnist_files, show_samples, verify_datasets
 
 # The four standard MNIST files, for machines without internet. Only the tests look here:
 # users pass their own folder with --from-dir.
@@ -92,7 +94,7 @@ def test_dataset_table_matches_spec():
                 "mnist": ((56, 56), 1, 11, (51_000, 9_000, 10_000)),
                 "multi_mnist": ((128, 128), 1, 11, (10_000, 1_000, 1_000)),
                 "polygons": ((64, 64), 1, 7, (10_000, 1_000, 1_000))}
-    assert set(dc.DATASETS) == set(expected)
+    assert set(dc.BUILT_IN) == set(expected)
     for name, (size, channels, classes, splits) in expected.items():
         info = dc.get_info(name)
         assert (info.image_size, info.channels, info.num_classes, info.paper_split_sizes) == (size, channels,
@@ -211,6 +213,181 @@ def test_temporary_folder_is_not_a_dataset(tmp_path):
         dc.load_dataset("tetrominoes", "train", tmp_path)
     out = create(create_tetrominoes, tmp_path)
     assert dc.load_dataset("tetrominoes", "train", tmp_path)[0].shape == (20, 3, 64, 64) and out.is_dir()
+
+
+def no_work(*args, **kwargs):
+    raise AssertionError("the work started before the output folder was checked")
+
+
+@pytest.mark.parametrize("module", [create_tetrominoes, create_polygons, create_multi_mnist, download_mnist])
+def test_a_data_root_that_cannot_hold_a_dataset_is_refused_before_work(tmp_path, module, monkeypatch, fake_mnist):
+    monkeypatch.setattr(common, "progress", no_work)
+    monkeypatch.setattr(mnist_files, "fetch_raw", no_work)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for argv in (["--data-root", str(a_file)], ["--data-root", str(a_file / "deeper")]):
+        with pytest.raises(dc.DatasetError, match="is a file, not a folder|raw MNIST files are missing"):
+            module.main([*argv, "--from-dir", str(fake_mnist[0])] if module is download_mnist else argv)
+    assert a_file.read_text() == "mine"
+    if module is not create_multi_mnist:  # it needs the raw files first, and says so
+        monkeypatch.setattr(common.os, "access", lambda path, mode: False)  # as root, chmod cannot deny writing
+        with pytest.raises(dc.DatasetError, match=f"cannot write in {tmp_path}.*read-only"):
+            module.main(["--data-root", str(tmp_path)])
+        with pytest.raises(dc.DatasetError, match="is a file, not a folder"):
+            module.main(["--out", str(a_file)])
+
+
+@pytest.mark.slow
+def test_the_command_the_loader_suggests_for_a_file_refuses_in_one_line(tmp_path):
+    a_file = tmp_path / "data"
+    a_file.write_text("")
+    with pytest.raises(dc.DatasetNotFoundError) as e:
+        dc.load_dataset("tetrominoes", "train", a_file)
+    suggested = str(e.value).splitlines()[-1].split()
+    run = subprocess.run([sys.executable, *suggested[1:]], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == f"error: {a_file} is a file, not a folder, so no dataset can be written to " \
+                                 f"{a_file / 'tetrominoes'}; pick another --data-root (or --out)"
+
+
+def test_a_file_system_error_or_ctrl_c_during_the_work_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    def disk_full(path, array):
+        raise OSError(28, "No space left on device", str(path))
+
+    def ctrl_c(path, array):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", disk_full)
+    with pytest.raises(SystemExit) as e:
+        common.run_cli(lambda: create(create_tetrominoes, tmp_path))
+    assert "No space left on device (no dataset was changed" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(np, "save", ctrl_c)
+    with pytest.raises(SystemExit) as e:
+        common.run_cli(lambda: create(create_polygons, tmp_path))
+    assert e.value.code == 130 and "interrupted: no dataset was changed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# A creation stopped at a chosen moment: np.save (writing the temporary folder) or the n-th os.rename
+# (the swap into place) kills the process from inside, so the moment is exact; "hold" makes it wait
+# while writing until the file <ready>.go exists, "announce" says when it starts to write.
+KILLER = """
+import os, signal, sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from data_scripts import common, create_tetrominoes
+moment, ready, count = sys.argv[1], sys.argv[2], [0]
+def hook(real, n):
+    def call(*args, **kwargs):
+        count[0] += 1
+        if count[0] == n and moment == "hold":
+            open(ready, "w").close()
+            while not os.path.exists(ready + ".go"):
+                time.sleep(0.05)
+        elif count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+def announce(real):
+    def call(*args, **kwargs):
+        open(ready, "w").close()
+        return real(*args, **kwargs)
+    return call
+if moment == "swap":
+    os.rename = hook(os.rename, 2)
+elif moment == "announce":
+    common.write_dataset = announce(common.write_dataset)
+else:
+    np.save = hook(np.save, 2)
+create_tetrominoes.main(sys.argv[3:])
+"""
+
+
+def stopped_creation(root, moment, *extra, ready=None):
+    """Runs create_tetrominoes into `root`, stopped at `moment` (see KILLER); returns the process."""
+    return subprocess.Popen([sys.executable, "-c", KILLER.format(root=str(ROOT)), moment, str(ready),
+                             "--data-root", str(root), *TINY, "--no-progress", *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, process):
+    for _ in range(600):
+        if path.exists() or process.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert path.exists(), process.communicate()
+
+
+@pytest.mark.slow
+def test_a_killed_creation_leaves_nothing_behind_once_the_next_one_or_the_loader_runs(tmp_path):
+    assert stopped_creation(tmp_path, "save").wait() == -9
+    stale, = tmp_path.glob(".tetrominoes.tmp-*")  # the fault: a half-written copy
+    create(create_tetrominoes, tmp_path)
+    assert not stale.exists() and [p.name for p in tmp_path.iterdir()] == ["tetrominoes"]
+    assert stopped_creation(tmp_path, "save", "--seed", "5", "--force").wait() == -9
+    assert len(list(tmp_path.glob(".tetrominoes.tmp-*"))) == 1
+    assert dc.load_dataset("tetrominoes", "test", tmp_path)[0].shape == (5, 3, 64, 64)
+    assert [p.name for p in tmp_path.iterdir()] == ["tetrominoes"]
+
+
+@pytest.mark.slow
+def test_a_creation_killed_during_the_swap_is_finished_by_the_loader(tmp_path):
+    old = npy_bytes(create(create_tetrominoes, tmp_path))
+    assert stopped_creation(tmp_path, "swap", "--seed", "5", "--force").wait() == -9
+    assert not (tmp_path / "tetrominoes").exists()  # the fault: the dataset moved aside, the new one not yet in place
+    meta = dc.read_metadata("tetrominoes", tmp_path)
+    assert meta["seed"] == 5 and npy_bytes(tmp_path / "tetrominoes") != old
+    assert [p.name for p in tmp_path.iterdir()] == ["tetrominoes"]
+    dc.check_arrays("tetrominoes", tmp_path)
+
+
+def test_a_swap_killed_after_moving_mnists_raw_files_keeps_them(tmp_path):
+    old, new = tmp_path / ".mnist.old-abc", tmp_path / ".mnist.tmp-abc"
+    (old / "raw").mkdir(parents=True)
+    (old / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"digits")
+    (old / "train_images.npy").write_bytes(b"old")
+    new.mkdir()
+    (new / "train_images.npy").write_bytes(b"new")
+    (new / "dataset.json").write_text("{}")
+    dc.finish_interrupted_writes(tmp_path / "mnist")
+    assert [p.name for p in tmp_path.iterdir()] == ["mnist"]
+    assert (tmp_path / "mnist" / "train_images.npy").read_bytes() == b"new"
+    assert (tmp_path / "mnist" / "raw" / "train-images-idx3-ubyte.gz").read_bytes() == b"digits"
+
+
+@pytest.mark.slow
+def test_the_temporary_folder_of_a_live_writer_is_left_alone(tmp_path):
+    ready = tmp_path / "ready"
+    writer = stopped_creation(tmp_path / "data", "hold", ready=ready)
+    try:
+        wait_for(ready, writer)
+        working, = (tmp_path / "data").glob(".tetrominoes.tmp-*")
+        with pytest.raises(dc.DatasetNotFoundError):
+            dc.load_dataset("tetrominoes", "train", tmp_path / "data")
+        assert working.is_dir()
+    finally:
+        writer.kill()
+        writer.communicate()
+    with pytest.raises(dc.DatasetNotFoundError):
+        dc.load_dataset("tetrominoes", "train", tmp_path / "data")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_creations_at_once_never_replace_each_others_dataset_without_force(tmp_path):
+    first_ready, second_ready = tmp_path / "first", tmp_path / "second"
+    first = stopped_creation(tmp_path / "data", "hold", ready=first_ready)
+    wait_for(first_ready, first)
+    # the second found no dataset either, made its own, and now waits for the first to finish writing
+    second = stopped_creation(tmp_path / "data", "announce", "--seed", "5", ready=second_ready)
+    wait_for(second_ready, second)
+    (tmp_path / "first.go").touch()
+    assert first.wait() == 0
+    _, err = second.communicate()
+    assert second.returncode == 1 and "different recipe (differs in: seed); re-run with --force" in err
+    assert dc.read_metadata("tetrominoes", tmp_path / "data")["seed"] == 42
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["tetrominoes"]
 
 
 def test_existing_folder_that_is_not_a_dataset_needs_force(tmp_path):
@@ -494,6 +671,36 @@ def test_mnist_from_dir_errors(tmp_path, fake_mnist):
         download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(partial)], checksums=sums)
 
 
+def test_mnist_from_dir_names_every_bad_file_before_copying_any(tmp_path, fake_mnist):
+    source, sums = fake_mnist
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in sums:
+        (mixed / f"{name}.gz").write_bytes((source / f"{name}.gz").read_bytes())
+    (mixed / "train-labels-idx1-ubyte.gz").write_bytes((source / "train-labels-idx1-ubyte.gz").read_bytes()[:12])
+    wrong = {**sums, "train-images-idx3-ubyte": "1" * 32, "t10k-labels-idx1-ubyte": "0" * 32}
+    with pytest.raises(dc.DatasetError) as e:
+        download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(mixed)], checksums=wrong)
+    message = str(e.value)
+    assert message.startswith(f"--from-dir {mixed}: 3 of the 4 files cannot be used")
+    assert "train-images-idx3-ubyte.gz: decompressed MD5 is" in message and "expected 1111" in message
+    assert "train-labels-idx1-ubyte.gz: cannot be decompressed" in message
+    assert "t10k-labels-idx1-ubyte.gz: decompressed MD5 is" in message and "t10k-images" not in message
+    assert not (tmp_path / "mnist" / "raw").exists() or not any((tmp_path / "mnist" / "raw").iterdir())
+    with pytest.raises(dc.DatasetError, match="--from-dir .*notes.txt: not a folder"):
+        (tmp_path / "notes.txt").write_text("")
+        download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(tmp_path / "notes.txt")], checksums=sums)
+
+
+def test_a_killed_copy_of_the_mnist_files_leaves_no_part_file(tmp_path, fake_mnist):
+    source, sums = fake_mnist
+    raw = tmp_path / "mnist" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.part").write_bytes(b"half a copy of an uncompressed source")  # a dead copier
+    mnist_files.fetch_raw(raw, source, sums)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{name}.gz" for name in sums)
+
+
 def test_mnist_download_failure_message(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise OSError("no network")
@@ -568,7 +775,7 @@ def test_default_mnist_datasets_equal_the_papers_arrays(name, paper_mnist_root):
 
 
 @pytest.mark.parametrize("module", [create_tetrominoes, create_polygons, create_multi_mnist, download_mnist,
-                                    show_samples, verify_datasets])
+                                    show_samples, verify_datasets, import_folder])
 def test_help(module, capsys):
     with pytest.raises(SystemExit) as e:
         module.main(["--help"])
@@ -609,3 +816,186 @@ def test_data_scripts_write_plain_lines_in_a_log(tmp_path):
     assert "\r" not in output
     assert [line for line in output.splitlines() if line.startswith("tetrominoes ")] == [
         "tetrominoes train: 8 img", "tetrominoes val: 4 img", "tetrominoes test: 4 img"]
+
+# -----------------------------------------------------------------------------
+# your own data: data_scripts/import_folder.py
+
+
+def write_pair_folder(folder, n=20, seed=0):
+    """`n` pairs images/imgNN.png (16x16 RGB, one grey square) and masks/imgNN.png (8-bit class ids:
+    1 for a small square, 2 for a large one) and classes.txt, as a user's folder would hold them."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    images, masks = make_squares(n, np.random.default_rng(seed))
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        Image.fromarray(image).save(folder / "images" / f"img{i:02d}.png")
+        Image.fromarray(mask).save(folder / "masks" / f"img{i:02d}.png")
+    (folder / "classes.txt").write_text("background\nsmall\nlarge\n")
+    return images, masks
+
+
+def file_states(folder):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_import_folder_writes_a_dataset_the_loader_takes_and_keeps_the_originals(tmp_path, capsys):
+    images, masks = write_pair_folder(tmp_path / "mine")
+    before = file_states(tmp_path / "mine")
+    out = import_folder.main([str(tmp_path / "mine"), "--name", "my_shapes", "--data-root", str(tmp_path / "data")])
+    assert out == tmp_path / "data" / "my_shapes" and file_states(tmp_path / "mine") == before
+    assert f"WAVES_DATA_ROOT={tmp_path / 'data'} python train.py --dataset my_shapes" in capsys.readouterr().out
+    meta = dc.read_metadata("my_shapes", tmp_path / "data")
+    assert meta["split_sizes"] == {"train": 16, "val": 2, "test": 2} and meta["class_names"] == ["background", "small",
+                                                                                                 "large"]
+    assert meta["recipe"]["command"] == f"python data_scripts/import_folder.py {tmp_path / 'mine'} --name my_shapes"
+    assert meta["recipe"]["source_sha256"]["masks/img07.png"] == hashlib.sha256(
+        (tmp_path / "mine" / "masks" / "img07.png").read_bytes()).hexdigest()
+    names = meta["recipe"]["names"]
+    assert sorted(sum(names.values(), [])) == [f"img{i:02d}" for i in range(20)]
+    info = dc.get_info("my_shapes", tmp_path / "data")
+    assert (info.image_size, info.channels, info.num_classes) == ((16, 16), 3, 3)
+    for split in dc.SPLITS:  # each row is its named pair, exactly
+        x, y = dc.load_dataset("my_shapes", split, tmp_path / "data")
+        rows = [int(name[3:]) for name in names[split]]
+        assert torch.equal(x, torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255)
+        assert torch.equal(y, torch.from_numpy(masks[rows]).long())
+    dc.check_arrays("my_shapes", tmp_path / "data")
+    assert "my_shapes" in dc.imported_datasets(tmp_path / "data")
+    capsys.readouterr()
+    assert verify_datasets.main(["my_shapes", "--data-root", str(tmp_path / "data")]) == 0
+    assert "my_shapes    6/6 arrays intact; imported" in capsys.readouterr().out
+    show_samples.main(["--dataset", "my_shapes", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").is_file()
+    import_folder.main([str(tmp_path / "mine"), "--name", "my_shapes", "--data-root", str(tmp_path / "data")])
+    assert "nothing to do" in capsys.readouterr().out
+    import_folder.main([str(tmp_path / "mine"), "--name", "my_shapes", "--data-root", str(tmp_path / "data"),
+                        "--seed", "1", "--force"])
+    assert dc.read_metadata("my_shapes", tmp_path / "data")["recipe"]["names"] != names  # another seed, another split
+    (tmp_path / "mine" / "masks" / "img03.png").write_bytes((tmp_path / "mine" / "masks" / "img04.png").read_bytes())
+    with pytest.raises(dc.DatasetError, match="different recipe.*recipe.source_sha256.*--force"):
+        import_folder.main([str(tmp_path / "mine"), "--name", "my_shapes", "--data-root", str(tmp_path / "data"),
+                            "--seed", "1"])
+
+
+def test_import_folder_splits_by_given_lists(tmp_path):
+    write_pair_folder(tmp_path / "mine", n=6)
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for split, names in (("train", "img00\nimg01.png\nimg02\n"), ("val", "img03\n"), ("test", "img04\nimg05\n")):
+        (lists / f"{split}.txt").write_text(names)
+    import_folder.main([str(tmp_path / "mine"), "--name", "listed", "--data-root", str(tmp_path),
+                        "--split-lists", str(lists)])
+    assert dc.read_metadata("listed", tmp_path)["recipe"]["names"] == {
+        "train": ["img00", "img01", "img02"], "val": ["img03"], "test": ["img04", "img05"]}
+    (lists / "val.txt").write_text("img03\nimg02\nimg09\n")
+    (lists / "test.txt").write_text("img04\n")
+    with pytest.raises(dc.DatasetError) as e:
+        import_folder.main([str(tmp_path / "mine"), "--name", "listed2", "--data-root", str(tmp_path),
+                            "--split-lists", str(lists)])
+    assert f"{lists / 'val.txt'}:2: img02 is already listed in train.txt" in str(e.value)
+    assert f"{lists / 'val.txt'}:3: img09 is not a pair of the folder" in str(e.value)
+    assert f"img05: a pair in no list of {lists}" in str(e.value)
+    assert not (tmp_path / "listed2").exists()
+
+
+def test_import_folder_refuses_a_bad_folder_file_by_file_before_writing(tmp_path):
+    folder = tmp_path / "mine"
+    write_pair_folder(folder, n=12)
+    (folder / "masks" / "img00.png").unlink()  # an image without its mask
+    (folder / "images" / "img01.png").unlink()  # a mask without its image
+    (folder / "images" / "img02.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")  # does not decode
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(folder / "masks" / "img03.png")  # not its image's size
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "images" / "img04.png")  # not the others' size
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(folder / "masks" / "img04.png")
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(folder / "masks" / "img05.png")  # an id without a name
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "masks" / "img06.png")  # colours, not ids
+    (folder / "images" / "notes.txt").write_text("mine")
+    before = file_states(folder)
+    with pytest.raises(dc.DatasetError) as e:
+        import_folder.main([str(folder), "--name", "broken", "--data-root", str(tmp_path / "data")])
+    message = str(e.value)
+    expected = [f"{folder / 'images' / 'img00.png'}: no mask {folder / 'masks' / 'img00.png'}",
+                f"{folder / 'masks' / 'img01.png'}: no image {folder / 'images' / 'img01.png'}",
+                f"{folder / 'images' / 'img02.png'}: cannot be decoded as an image",
+                f"{folder / 'masks' / 'img03.png'}: 16x8 pixels, its image img03.png 16x16",
+                f"{folder / 'images' / 'img04.png'}: 20x20 pixels, the other images 16x16",
+                f"{folder / 'masks' / 'img05.png'}: class id(s) 7 but only 3 classes are named (0..2)",
+                f"{folder / 'masks' / 'img06.png'}: a RGB image: a mask holds one class id per pixel",
+                f"{folder / 'images' / 'notes.txt'}: not a PNG file"]
+    assert message.startswith(f"{folder}: {len(expected)} problem(s), nothing was written")
+    assert all(line in message for line in expected), message
+    assert not (tmp_path / "data").exists() and file_states(folder) == before
+    (folder / "classes.txt").unlink()
+    with pytest.raises(dc.DatasetError, match="classes.txt: missing; write the class names there"):
+        import_folder.main([str(folder), "--name", "broken", "--data-root", str(tmp_path / "data")])
+
+
+@pytest.mark.parametrize("name", ["tetrominoes", "My-Data", "a.b", ""])
+def test_import_folder_refuses_names_a_tool_could_not_take(tmp_path, name):
+    write_pair_folder(tmp_path / "mine", n=3)
+    with pytest.raises(dc.DatasetError, match="--name .*lower-case letters"):
+        import_folder.main([str(tmp_path / "mine"), "--name", name, "--data-root", str(tmp_path / "data")])
+
+
+def test_import_folder_refuses_a_data_root_it_cannot_write_before_reading_the_pairs(tmp_path, monkeypatch):
+    write_pair_folder(tmp_path / "mine", n=3)
+    monkeypatch.setattr(import_folder, "read_pairs", no_work)
+    (tmp_path / "data").write_text("")
+    with pytest.raises(dc.DatasetError, match="data is a file, not a folder"):
+        import_folder.main([str(tmp_path / "mine"), "--name", "mine", "--data-root", str(tmp_path / "data")])
+
+
+def test_import_folder_converts_gray_16_bit_transparent_and_palette_files(tmp_path):
+    folder = tmp_path / "mine"
+    write_pair_folder(folder, n=4)
+    Image.fromarray(np.full((16, 16), 65535, np.uint16)).save(folder / "images" / "img00.png")  # 16-bit gray
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0], rgba[:8, :, 3] = 200, 255  # red, opaque in the top half only
+    Image.fromarray(rgba).save(folder / "images" / "img01.png")
+    palette = Image.fromarray(np.full((16, 16), 2, np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    palette.save(folder / "masks" / "img01.png")  # a palette mask: its indices are the ids
+    import_folder.main([str(folder), "--name", "mixed", "--data-root", str(tmp_path), "--split-lists",
+                        str(split_lists(tmp_path, ["img00", "img01"], ["img02"], ["img03"]))])
+    images = np.load(tmp_path / "mixed" / "train_images.npy")
+    assert images.shape == (2, 16, 16, 3) and (images[0] == 255).all()  # gray copied into 3 channels
+    assert (images[1, :8, :, 0] == 200).all() and (images[1, 8:] == 0).all()  # transparent -> black
+    assert (np.load(tmp_path / "mixed" / "train_masks.npy")[1] == 2).all()
+    gray = tmp_path / "gray"
+    (gray / "images").mkdir(parents=True)
+    (gray / "masks").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 5 * i, np.uint8)).save(gray / "images" / f"g{i}_mask.png")
+        Image.fromarray(np.full((8, 8), 5 * i, np.uint8)).save(gray / "images" / f"g{i}.png")
+    flags = ["--masks", "images", "--mask-suffix", "_mask", "--classes", ",".join(["background"] + list("abcdefghij"))]
+    with pytest.raises(dc.DatasetError, match="over or inside the folder it is read from"):
+        import_folder.main([str(gray), "--name", "gray", "--data-root", str(tmp_path), *flags])
+    import_folder.main([str(gray), "--name", "gray", "--data-root", str(tmp_path / "data"), *flags])
+    assert dc.get_info("gray", tmp_path / "data").channels == 1
+    assert dc.load_dataset("gray", "val", tmp_path / "data")[0].shape[1] == 1
+
+
+def split_lists(root, train, val, test):
+    lists = root / "lists"
+    lists.mkdir()
+    for split, names in zip(dc.SPLITS, (train, val, test)):
+        (lists / f"{split}.txt").write_text("\n".join(names))
+    return lists
+
+
+@pytest.mark.slow
+def test_imported_datasets_of_the_default_root_are_known_by_name(tmp_path):
+    write_pair_folder(tmp_path / "mine", n=5)
+    import_folder.main([str(tmp_path / "mine"), "--name", "my_shapes", "--data-root", str(tmp_path / "data")])
+    (tmp_path / "data" / "damaged").mkdir()
+    (tmp_path / "data" / "damaged" / "dataset.json").write_text('{"recipe": {"importer": "data_scripts/import_')
+    code = "import dataset_config as d; print(sorted(d.DATASETS)); d.get_info('damaged')"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, settings.DATA_ROOT_ENV: str(tmp_path / "data")})
+    assert run.stdout.strip() == str(sorted([*dc.BUILT_IN, "my_shapes"]))
+    assert "damaged/dataset.json is damaged" in run.stderr
+    with pytest.raises(dc.UnknownDatasetError, match="import_folder.py --help"):
+        dc.get_info("my_shapes", tmp_path)  # another data root: not there
+    assert dc.rebuild_command(dc.read_metadata("my_shapes", tmp_path / "data"), tmp_path / "data") == (
+        f"python data_scripts/import_folder.py {tmp_path / 'mine'} --name my_shapes --data-root {tmp_path / 'data'} "
+        f"--force")

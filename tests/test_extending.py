@@ -1,0 +1,93 @@
+"""docs/extending.md, run: every command and code block of the page, in its order, in a copy of
+the repository (so the page's model file and registry line can be added), on twenty 16x16 pairs
+written as a user's folder, with the tiny sizes of conftest.FAST."""
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import FAST, REPO
+from test_data import write_pair_folder
+
+PAGE = REPO / "docs" / "extending.md"
+COPY_IGNORES = shutil.ignore_patterns(".git", ".venv", "data", "runs", "results", "notebooks", "__pycache__",
+                                      ".pytest_cache", "predictions")
+# what makes each tool tiny and quiet here: appended to the page's commands (a later flag wins); the page's
+# batch size is kept, since it must suit the twenty pairs as typed
+FAST_SIZES = [word for i, word in enumerate(FAST) if "--batch-size" not in (word, FAST[i - 1])]
+TEST_FLAGS = {"train.py": [*FAST_SIZES, "--no-progress", "--epochs", "1"],
+              "produce_scores.py": ["--device", "cpu", "--no-progress"],
+              "predict.py": ["--device", "cpu"],
+              "data_scripts/import_folder.py": ["--no-progress"],
+              "data_scripts/show_samples.py": []}
+
+
+def blocks(text):
+    """(language, body) of every fenced code block, in order."""
+    return re.findall(r"^```(\w+)\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def add_to_registry(repo, lines):
+    """The page's registry lines put where it says: imports after the last import, entries at the end of _REGISTRY."""
+    path = repo / "models" / "__init__.py"
+    source = path.read_text().splitlines()
+    last_import = max(i for i, line in enumerate(source) if line.startswith("from ."))
+    registry_end = source.index("}", next(i for i, line in enumerate(source) if line.startswith("_REGISTRY = {")))
+    entries = [line for line in lines if line.startswith(" ")]
+    imports = [line for line in lines if line.startswith("from ")]
+    assert len(entries) + len(imports) == len(lines), lines
+    source[registry_end:registry_end] = entries
+    source[last_import + 1:last_import + 1] = imports
+    path.write_text("\n".join(source) + "\n")
+
+
+def run_page_command(line, repo):
+    words = shlex.split(line)
+    assert words[0] == "python" and words[1] in TEST_FLAGS, f"docs/extending.md: no test flags for {line}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAVES_")}  # the defaults, as for a user
+    run = subprocess.run([sys.executable, *words[1:], *TEST_FLAGS[words[1]]], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, f"{line}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return run.stdout
+
+
+@pytest.mark.slow
+def test_every_command_of_docs_extending_md(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO, repo, ignore=COPY_IGNORES)
+    write_pair_folder(repo / "my_folder")
+    commands = []
+    for language, body in blocks(PAGE.read_text()):
+        lines = body.strip().splitlines()
+        if language == "bash":
+            for line in lines:
+                commands.append(line)
+                run_page_command(line, repo)
+        elif language == "python" and lines[0] == "# models/heat.py":
+            (repo / "models" / "heat.py").write_text(body)
+        elif language == "python" and lines[0].startswith("# models/__init__.py"):
+            add_to_registry(repo, lines[1:])
+    assert [c.split()[1] for c in commands] == [
+        "data_scripts/import_folder.py", "data_scripts/show_samples.py", "train.py", "produce_scores.py", "predict.py",
+        "train.py", "produce_scores.py", "predict.py"]
+
+    meta = json.loads((repo / "data" / "my_shapes" / "dataset.json").read_text())
+    assert meta["split_sizes"] == {"train": 16, "val": 2, "test": 2} and meta["class_names"][2] == "large"
+    assert (repo / "my_shapes_samples.png").is_file()
+    for run in ("nwm", "heat"):
+        config = json.loads((repo / "runs" / "my_shapes" / run / "config.json").read_text())
+        assert config["dataset"] == "my_shapes" and config["model"] == run
+        assert (repo / "runs" / "my_shapes" / run / "test_metrics.json").is_file()
+    scores = pd.read_csv(repo / "runs" / "scores.csv")
+    assert set(scores["run"].dropna()) == {"my_shapes/nwm", "my_shapes/heat"}
+    assert set(scores.loc[scores["run"].notna(), "evaluated"]) == {"re-evaluated"}
+    assert (repo / "predictions" / "img02_mask.png").is_file() and (repo / "predictions" / "img02_panel.png").is_file()
+    assert (repo / "predictions" / "heat" / "img02_waves.gif").is_file()
+    assert not (REPO / "models" / "heat.py").exists()  # the model went into the copy only
+
