@@ -216,7 +216,7 @@ step_bench() {
 
 step_per_gpu() {
   local n gpu start root device_args=()
-  gpu=$(visible_gpus | head -n 1)  # one GPU: the images/s one GPU gives
+  gpu=$("$PYTHON" -c 'import launch; print(*launch.visible_gpus()[:1])')  # one GPU: the images/s one GPU gives
   [[ -z $gpu ]] || export CUDA_VISIBLE_DEVICES=$gpu
   ((!cpu)) || device_args=(--device cpu)
   for n in 1 2 4; do

@@ -1,45 +1,53 @@
-"""scripts/: the experiment grid as shell scripts. Every test runs bash on the real scripts;
-nothing is trained (a fake interpreter and a fake sbatch record what they are called with)."""
+"""launch.py and the scripts on it. Most tests call launch.main in this process with a fake
+interpreter that records how it was called (nothing is trained); a few start real processes: the
+family scripts against configs.GRID, SLURM tasks, the three stop signals, and time slices of tiny
+training runs end to end."""
 import os
 import re
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import launch
 import train
+from configs import GRID
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-READOUTS = ["linear", "fft", "last", "mean_time", "max_time"]
-# script: dataset, model, the flag the configurations vary, its values, the paper's seed count
-FAMILIES = {
-    "tetrominoes/nwm.sh": ("tetrominoes", "nwm", "readout", READOUTS, 10),
-    "tetrominoes/lstm.sh": ("tetrominoes", "lstm", "readout", ["linear", "fft"], 10),
-    "tetrominoes/cnn.sh": ("tetrominoes", "cnn", "depth", [2, 4, 8, 16, 32], 10),
-    "mnist/nwm.sh": ("mnist", "nwm", "readout", READOUTS, 10),
-    "mnist/lstm.sh": ("mnist", "lstm", "readout", ["linear", "fft"], 10),
-    "mnist/cnn.sh": ("mnist", "cnn", "depth", [2, 4, 8, 16, 32], 10),
-    "multi_mnist/nwm.sh": ("multi_mnist", "nwm", "readout", ["linear"], 12),
-    "multi_mnist/unet.sh": ("multi_mnist", "unet", "width", [2, 3, 4, 5], 12),
-    "polygons/nwm.sh": ("polygons", "nwm", "readout", ["linear"], 10),
-}
+FAMILIES = [f"{dataset}/{model}" for dataset, model in GRID]
+TINY = "--device cpu --batch-size 16 --T 6 --c-mid 4 --readout-width 8 --amp off"
 
 
 @pytest.fixture
-def env(tmp_path):
-    """The environment of a script run: runs root in tmp_path, no data root override."""
-    env = dict(os.environ, WAVES_RUNS_ROOT=str(tmp_path / "runs"))
-    env.pop("WAVES_DATA_ROOT", None)
-    return env
+def env(tmp_path, monkeypatch):
+    """Runs root in tmp_path, no data root override, no GPU unless a test gives one; the working
+    directory (which the launcher changes to the repository root) restored afterwards."""
+    monkeypatch.setenv("WAVES_RUNS_ROOT", str(tmp_path / "runs"))
+    monkeypatch.delenv("WAVES_DATA_ROOT", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.chdir(tmp_path)
+    return os.environ
 
 
-def bash(script, *args, env, cwd, timeout=60):
-    return subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+def bash(script, *args, cwd, env=None, timeout=120):
+    return subprocess.run(["bash", str(SCRIPTS / script), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def launched(capsys, *argv):
+    """(exit status, stdout, stderr) of launch.main(argv), a usage error's status included."""
+    capsys.readouterr()
+    try:
+        status = launch.main(list(argv))
+    except SystemExit as e:
+        status = e.code
+    out = capsys.readouterr()
+    return status, out.out, out.err
 
 
 def parse(line):
@@ -55,108 +63,280 @@ def write_executable(path, text):
     return path
 
 
-def fake_python(tmp_path, fail_on=None):
-    """An interpreter that logs its working directory and arguments, failing (status 3)
-    when its arguments contain `fail_on`."""
+def fake_python(tmp_path, fail_on=None, line='$(pwd) $*'):
+    """An interpreter that logs `line` (default: its working directory and arguments), failing with
+    status 3 when its arguments contain `fail_on`."""
     fail = f'case "$*" in *"{fail_on}"*) exit 3 ;; esac\n' if fail_on else ""
-    return write_executable(tmp_path / "python", f'#!/bin/sh\necho "$(pwd) $*" >> "{tmp_path}/calls.log"\n{fail}')
+    return write_executable(tmp_path / "python", f'#!/bin/sh\necho "{line}" >> "{tmp_path}/calls.log"\n{fail}')
 
 
 def calls(tmp_path):
-    return (tmp_path / "calls.log").read_text().splitlines()
+    path = tmp_path / "calls.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def config_args(family):
+    configs, seeds = launch.grid_configs(family)
+    return [*(f"--config={c}" for c in configs), "--paper-seeds", str(seeds)]
+
+# -----------------------------------------------------------------------------
+# the grid: the family scripts run configs.GRID
 
 
 def test_every_script_is_covered_and_executable():
     scripts = {str(p.relative_to(SCRIPTS)) for p in SCRIPTS.rglob("*.sh")}
-    assert scripts == set(FAMILIES) | {"lib.sh", "create_data.sh", "run_all.sh", "advance_runs.sh", "gpu_check.sh"}
+    assert scripts == {f"{f}.sh" for f in FAMILIES} | {"lib.sh", "create_data.sh", "run_all.sh", "advance_runs.sh",
+                                                        "gpu_check.sh"}
     for script in scripts - {"lib.sh"}:  # lib.sh is sourced, not run
         assert os.access(SCRIPTS / script, os.X_OK), script
         assert "set -euo pipefail" in (SCRIPTS / script).read_text(), script
 
 
-@pytest.mark.parametrize("script", FAMILIES)
-def test_dry_run_prints_every_configuration_times_seeds(script, env, tmp_path):
-    dataset, model, flag, values, _ = FAMILIES[script]
-    result = bash(script, "--dry-run", "--seeds", "2", env=env, cwd=tmp_path)  # any cwd works
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_script_prints_its_grid_entry(family, tmp_path, capsys, env):
+    result = bash(f"{family}.sh", "--dry-run", cwd=tmp_path)  # any working directory
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == len(values) * 2
-    parsed = [parse(line)[1] for line in lines]
-    assert {(getattr(a, flag), a.seed) for a in parsed} == {(v, s) for v in values for s in (0, 1)}
-    assert all(a.dataset == dataset and a.model == model for a in parsed)
-    assert [a.seed for a in parsed] == sorted(a.seed for a in parsed)  # seeds outermost
-    if model == "lstm":
-        assert all(a.T == 20 for a in parsed)
+    status, out, _ = launched(capsys, "--grid", family, "--dry-run")
+    assert status == 0 and result.stdout == out
+    dataset, model = family.split("/")
+    setting, values, seeds = GRID[dataset, model]
+    parsed = [parse(line)[1] for line in out.splitlines()]
+    assert [(a.dataset, a.model, getattr(a, setting), a.seed) for a in parsed] == [
+        (dataset, model, v, s) for s in range(seeds) for v in values]  # seeds outermost
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("script", ["multi_mnist/nwm.sh", "polygons/nwm.sh"])
-def test_paper_seed_count_and_override(script, env, tmp_path):
-    paper_seeds = FAMILIES[script][4]
-    lines = bash(script, "--dry-run", env=env, cwd=tmp_path).stdout.splitlines()
-    assert [parse(line)[1].seed for line in lines] == list(range(paper_seeds))
-    lines = bash(script, "--dry-run", "--seeds=3", env=env, cwd=tmp_path).stdout.splitlines()
-    assert [parse(line)[1].seed for line in lines] == [0, 1, 2]
+def methods_grid():
+    """docs/methods.md's table of the grid as {(dataset, model): (setting, values, seeds)}."""
+    names = {"Tetrominoes": "tetrominoes", "MNIST": "mnist", "Multi-MNIST": "multi_mnist", "Polygons": "polygons",
+             "NWM": "nwm", "ConvLSTM": "lstm", "CNN": "cnn", "U-Net": "unet"}
+    text = (REPO / "docs" / "methods.md").read_text().split("The grid (`configs.GRID`")[1]
+    grid = {}
+    for dataset, models, varied, seeds in re.findall(r"^\| (\S+) \| ([^|]+) \| ([^|]+) \| (\d+) \|$", text, re.M):
+        for model in re.split(r", (?![^(]*\))", models):  # not the commas inside "(16 channels, 32-wide head)"
+            key = names[dataset], names[model.split(" (")[0]]
+            if varied.startswith("as for "):
+                grid[key] = grid[names[varied.split()[-1]], key[1]][:2] + (int(seeds),)
+            elif ": " in varied:
+                setting, values = varied.split(": ")
+                grid[key] = setting, tuple(int(v) if v.isdigit() else v for v in values.split(", ")), int(seeds)
+            else:  # "linear readout"
+                grid[key] = varied.split()[1], (varied.split()[0],), int(seeds)
+    return grid
 
 
-def test_extra_args_and_python_reach_every_command(env, tmp_path):
-    result = bash("mnist/cnn.sh", "--dry-run", "--seeds", "1", "--python", "/opt/py/bin/python",
-                  "--", "--epochs", "50", "--train-size", "2000", env=env, cwd=tmp_path)
-    lines = result.stdout.splitlines()
-    assert len(lines) == 5
+def test_the_grid_is_the_papers_table_in_methods_md():
+    assert methods_grid() == {key: (setting, tuple(values), seeds) for key, (setting, values, seeds) in GRID.items()}
+
+
+def test_tetrominoes_nwm_prints_the_same_50_commands(tmp_path):
+    result = bash("tetrominoes/nwm.sh", "--dry-run", cwd=tmp_path)
+    readouts = ["linear", "fft", "last", "mean_time", "max_time"]
+    python = ".venv/bin/python" if os.access(REPO / ".venv/bin/python", os.X_OK) else "python3"
+    assert result.stdout.splitlines() == [f"{python} train.py --dataset tetrominoes --model nwm --readout {r} "
+                                          f"--seed {s}" for s in range(10) for r in readouts]
+
+
+def test_seeds_extra_args_and_python_reach_every_command(capsys, env):
+    status, out, _ = launched(capsys, *config_args("mnist/cnn"), "--dry-run", "--seeds", "08", "--python",
+                              "/opt/py/bin/python", "--", "--epochs", "50", "--train-size", "2000")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 5 * 8  # --seeds 08 is eight seeds, not an error
     for line in lines:
-        assert line.endswith("--seed 0 --epochs 50 --train-size 2000")
+        assert line.endswith("--epochs 50 --train-size 2000")
         python, args = parse(line)
-        assert python == "/opt/py/bin/python"
-        assert (args.epochs, args.train_size) == (50, 2000)
+        assert python == "/opt/py/bin/python" and (args.epochs, args.train_size) == (50, 2000)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bogus"], "unknown option '--bogus'"),
-    (["--seeds"], "--seeds needs a value"),
-    (["--seeds", "two"], "--seeds needs a whole number"),
+    (["--bogus"], "unknown option '--bogus'; train.py flags go after --"),
+    (["--seeds"], "--seeds: expected one argument"),
+    (["--seeds", "two"], "must be a whole number"),
+    (["--seeds", "99999"], "must be at most 100"),
+    (["--seeds", "0"], "must be at least 1"),
+    (["--per-gpu", "-1"], "--per-gpu: must be at least 1"),
+    (["--seed", "3"], "unknown option '--seed'"),  # not taken for --seeds
     (["--partition", "gpu"], "--partition needs --slurm"),
+    (["--minutes", "5"], "--minutes needs --slice"),
+    (["--slice"], "--minutes is required"),
 ])
-def test_bad_options_are_usage_errors(args, message, env, tmp_path):
-    result = bash("tetrominoes/nwm.sh", *args, env=env, cwd=tmp_path)
-    assert result.returncode == 2
-    assert message in result.stderr and "usage:" in result.stderr
-    assert result.stdout == ""
+def test_bad_options_are_refused_before_any_work(args, message, capsys, env, tmp_path):
+    status, out, err = launched(capsys, *config_args("tetrominoes/nwm"), "--python", str(fake_python(tmp_path)),
+                                *args)
+    assert status == 2 and out == ""
+    assert message in err and err.startswith("usage:") and len(err.splitlines()) == 2
+    assert calls(tmp_path) == []
 
 
-def test_help_shows_the_script_and_the_shared_options(env, tmp_path):
-    result = bash("multi_mnist/unet.sh", "--help", env=env, cwd=tmp_path)
+def test_help_shows_the_script_and_the_shared_options(tmp_path):
+    result = bash("multi_mnist/unet.sh", "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "U-Net baseline" in result.stdout
-    for option in ["--dry-run", "--seeds N", "--keep-going", "--slurm", "--max-parallel N", "-- ARGS"]:
+    for option in ["--dry-run", "--seeds N", "--keep-going", "--per-gpu N", "--slurm", "--max-parallel N",
+                   "-- ARGS"]:
         assert option in result.stdout
 
+# -----------------------------------------------------------------------------
+# commands files
 
-def test_local_mode_runs_in_order_from_the_repo_root(env, tmp_path):
+
+def test_a_commands_file_is_read_with_shell_rules(capsys, env, tmp_path):
+    commands = tmp_path / "commands.txt"
+    commands.write_text("# a comment\n\n"
+                        "py train.py --dataset mnist --seed 1  # a note at the end\n"
+                        "py train.py --dataset mnist --run-name 'with space' --seed 2\n")
+    status, out, _ = launched(capsys, str(commands), "--dry-run", "--", "--runs-root", "R", "--epochs", "3")
+    assert status == 0
+    parsed = [parse(line)[1] for line in out.splitlines()]
+    assert [(a.seed, a.runs_root, a.epochs) for a in parsed] == [(1, "R", 3), (2, "R", 3)]  # the note kept nothing
+    assert parsed[1].run_name == "with space"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("py train.py --seed 'unclosed", "line 2: cannot read it (No closing quotation)"),
+    ("rm -rf /tmp/x", "line 2: not a train.py command"),
+    ("py train.py --dataset nope", "line 2: train.py would refuse it (argument --dataset: invalid choice"),
+    ("py train.py --data-root $HOME/data", "line 2: '$HOME/data' would not be expanded here"),
+    ("py train.py --data-root ~/data", "line 2: '~/data' would not be expanded here"),
+    ("CUDA_VISIBLE_DEVICES=1 py train.py", "line 2: not a train.py command"),
+    ("py train.py --seed 0 > log", "line 2: train.py would refuse it (unrecognized arguments: > log)"),
+    ("py train.py --epochs 5  # the same run with another budget", "line 2 and "),
+])
+def test_a_bad_line_is_refused_with_its_number_before_anything_runs(line, message, capsys, env, tmp_path):
     python = fake_python(tmp_path)
-    dry = bash("tetrominoes/cnn.sh", "--dry-run", "--seeds", "2", "--python", str(python), env=env, cwd=tmp_path)
-    result = bash("tetrominoes/cnn.sh", "--seeds", "2", "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert calls(tmp_path) == [f"{REPO} {line.split(' ', 1)[1]}" for line in dry.stdout.splitlines()]
-    assert "all 10 runs done" in result.stdout
+    commands = tmp_path / "commands.txt"
+    commands.write_text(f"{python} train.py --seed 0\n{line}\n")
+    status, _, err = launched(capsys, "--commands", str(commands))
+    assert status == 2 and f"{commands} {message}" in err
+    assert calls(tmp_path) == []
 
 
-def test_local_mode_stops_at_the_first_failure(env, tmp_path):
+def test_a_file_that_is_not_text_is_refused(capsys, env, tmp_path):
+    commands = tmp_path / "commands.bin"
+    commands.write_bytes(b"\xff\xfe\x00binary")
+    status, _, err = launched(capsys, str(commands), "--dry-run")
+    assert status == 2 and f"cannot read {commands} as a text file of commands" in err
+
+
+def test_a_dry_run_into_a_closed_pipe_stops_quietly(tmp_path):
+    dry = subprocess.Popen([sys.executable, "launch.py", "--grid", "tetrominoes/nwm", "--seeds", "100", "--dry-run"],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dry.stdout.close()  # as `| head -1` does once it has its line
+    assert dry.wait(timeout=120) == 141 and "Traceback" not in dry.stderr.read()
+
+
+def test_two_commands_on_one_run_directory_are_refused(capsys, env, tmp_path):
+    status, _, err = launched(capsys, *config_args("tetrominoes/cnn"), "--seeds", "1", "--dry-run",
+                              "--", "--run-name", "mine")
+    assert status == 2 and f"command 2 and command 1 both train the run {tmp_path}/runs/mine" in err
+    status, _, _ = launched(capsys, *config_args("tetrominoes/cnn"), "--seeds", "1", "--dry-run")
+    assert status == 0  # the paper's names tell them apart
+
+# -----------------------------------------------------------------------------
+# running here
+
+
+def test_runs_go_in_order_from_the_repo_root(capsys, env, tmp_path):
+    python = fake_python(tmp_path)
+    _, dry, _ = launched(capsys, *config_args("tetrominoes/cnn"), "--seeds", "2", "--python", str(python),
+                         "--dry-run")
+    status, out, _ = launched(capsys, *config_args("tetrominoes/cnn"), "--seeds", "2", "--python", str(python))
+    assert status == 0
+    assert calls(tmp_path) == [f"{REPO} {line.split(' ', 1)[1]}" for line in dry.splitlines()]
+    assert "all 10 runs done" in out
+
+
+def test_the_first_failure_stops_the_grid_with_its_status(capsys, env, tmp_path):
     python = fake_python(tmp_path, fail_on="--seed 1")
-    result = bash("mnist/lstm.sh", "--seeds", "3", "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 3
+    status, _, err = launched(capsys, *config_args("mnist/lstm"), "--seeds", "3", "--python", str(python))
+    assert status == 3
     assert len(calls(tmp_path)) == 3  # seed 0 linear, seed 0 fft, seed 1 linear
-    assert "run 3/6 failed (exit status 3)" in result.stderr
+    assert "run 3/6 failed (exit status 3)" in err
 
 
-def test_keep_going_runs_everything_and_lists_the_failures(env, tmp_path):
+def test_keep_going_runs_everything_and_lists_the_failures(capsys, env, tmp_path):
     python = fake_python(tmp_path, fail_on="--seed 1")
-    result = bash("mnist/lstm.sh", "--seeds", "3", "--python", str(python), "--keep-going", env=env, cwd=tmp_path)
-    assert result.returncode == 1
-    assert len(calls(tmp_path)) == 6
-    assert "2 of 6 runs failed" in result.stderr
-    failed = [line.strip() for line in result.stderr.splitlines() if "train.py" in line]
+    status, _, err = launched(capsys, *config_args("mnist/lstm"), "--seeds", "3", "--python", str(python),
+                              "--keep-going")
+    assert status == 1 and len(calls(tmp_path)) == 6
+    assert "2 of 6 runs failed" in err
+    failed = [line.strip() for line in err.splitlines() if line.startswith("  ")]
     assert [parse(line)[1].readout for line in failed] == ["linear", "fft"]
+
+
+def test_a_missing_interpreter_fails_its_run(capsys, env, tmp_path):
+    status, _, err = launched(capsys, *config_args("mnist/lstm"), "--seeds", "1", "--python", str(tmp_path / "nope"))
+    assert status == 127 and "cannot start" in err
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
+def test_runs_on_the_cpu_each_get_their_share_of_the_cores(capsys, env, tmp_path):
+    python = fake_python(tmp_path, line="$(grep Cpus_allowed_list /proc/self/status | cut -f2) $*")
+    status, out, _ = launched(capsys, *config_args("mnist/lstm"), "--seeds", "1", "--per-gpu", "2", "--python",
+                              str(python))
+    assert status == 0 and "2 runs, 2 at a time on each of: the CPU" in out
+    pinned = [launch.slot_cores(k, 2) for k in range(2)]
+    allowed = [cpu_list(line.split()[0]) for line in calls(tmp_path)]
+    assert sorted(map(sorted, allowed)) == sorted(map(sorted, pinned)) and pinned[0].isdisjoint(pinned[1])
+    assert len(list((tmp_path / "runs" / "logs").glob("launch_*.log"))) == 2  # each run's output in its own log
+def test_runs_on_the_cpu_start_nothing_more_after_a_failure(capsys, env, tmp_path):
+    python = fake_python(tmp_path, fail_on="--seed 0")
+    status, _, err = launched(capsys, *config_args("mnist/lstm"), "--seeds", "3", "--per-gpu", "2", "--python",
+                              str(python))
+    assert status == 1 and len(calls(tmp_path)) == 2  # both seed 0 runs failed: nothing more started
+    assert "2 of 6 runs failed" in err
+
+
+def cpu_list(text):
+    """"0-2,5" -> {0, 1, 2, 5}."""
+    return {core for part in text.split(",") for a, _, b in [part.partition("-")] for core in range(int(a), int(b or a) + 1)}
+
+
+def fake_nvidia_smi(tmp_path, monkeypatch, free_mib):
+    """An nvidia-smi that lists GPUs 0 and 1, each with `free_mib` MiB free."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    write_executable(bin_dir / "nvidia-smi", f"""#!/bin/sh
+case "$*" in *memory.free*) echo {free_mib} ;; *) printf '0\\n1\\n' ;; esac
+""")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+
+
+def test_per_gpu_packs_no_more_runs_than_the_gpu_memory_holds(capsys, env, tmp_path, monkeypatch):
+    python = fake_python(tmp_path, line="${CUDA_VISIBLE_DEVICES} $*")
+    fake_nvidia_smi(tmp_path, monkeypatch, 60_000)  # 58 GB free: two Multi-MNIST NWM runs of 28 GB each
+    status, out, err = launched(capsys, *config_args("multi_mnist/nwm"), "--seeds", "4", "--per-gpu", "4",
+                                "--python", str(python))
+    assert status == 0 and "2 at a time instead of 4" in err and "4 at a time on each of: 0 1" in out
+    assert re.findall(r"started on GPU (\d)", out) == ["0", "1", "0", "1"]  # round robin
+    assert sorted(line.split()[0] for line in calls(tmp_path)) == ["0", "0", "1", "1"]
+
+
+def test_per_gpu_refuses_a_gpu_without_room_for_one_run(capsys, env, tmp_path, monkeypatch):
+    python = fake_python(tmp_path)
+    fake_nvidia_smi(tmp_path, monkeypatch, 20_000)
+    status, _, err = launched(capsys, *config_args("multi_mnist/nwm"), "--seeds", "1", "--per-gpu", "2",
+                              "--python", str(python))
+    assert status == 1 and "GPU 0 has 19 GB free and a run takes about 28 GB" in err
+    assert calls(tmp_path) == []  # nothing started
+    status, _, _ = launched(capsys, *config_args("multi_mnist/nwm"), "--seeds", "1", "--per-gpu", "2",
+                            "--gpu-gb", "8", "--python", str(python))
+    assert status == 0
+
+
+def test_per_gpu_lists_the_runs_whose_cuda_graph_failed(capsys, env, tmp_path, monkeypatch):
+    python = write_executable(tmp_path / "python", """#!/bin/sh
+case "$*" in *"--seed 0"*) echo "warning: CUDA graph capture failed (boom); training with eager steps" >&2 ;; esac
+""")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    status, out, _ = launched(capsys, *config_args("mnist/lstm"), "--seeds", "2", "--per-gpu", "2", "--python",
+                              str(python))
+    assert status == 0 and "2 of 4 runs trained with eager steps, their CUDA graph capture failed" in out
+
+# -----------------------------------------------------------------------------
+# SLURM
 
 
 def slurm_files(runs_root):
@@ -164,64 +344,62 @@ def slurm_files(runs_root):
     return commands, commands.with_suffix(".sbatch")
 
 
-def test_slurm_writes_a_job_array_and_submits_it(env, tmp_path):
+def run_task(sbatch, task, cwd):
+    return subprocess.run(["bash", str(sbatch)], env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task)), cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_slurm_writes_a_job_array_whose_tasks_run_their_lines(capsys, env, tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    write_executable(bin_dir / "sbatch", f'#!/bin/sh\necho "$@" > "{tmp_path}/sbatch_args"\necho "Submitted batch job 7"\n')
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    write_executable(bin_dir / "sbatch", f'#!/bin/sh\necho "$@" > "{tmp_path}/sbatch_args"\necho "Submitted 7"\n')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     python = fake_python(tmp_path)
-    result = bash("tetrominoes/cnn.sh", "--slurm", "--seeds", "2", "--python", str(python), "--partition", "gpu",
-                  "--time", "02:00:00", "--gpus", "2", "--cpus", "8", "--mem", "32G", "--account", "lab",
-                  "--max-parallel", "3", "--", "--epochs", "5", env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "Submitted batch job 7" in result.stdout
-
+    status, _, _ = launched(capsys, "--grid", "tetrominoes/cnn", "--slurm", "--seeds", "2", "--python", str(python),
+                            "--partition", "gpu", "--time", "02:00:00", "--gpus", "2", "--cpus", "8", "--mem", "32G",
+                            "--account", "lab", "--max-parallel", "3", "--per-gpu", "3", "--", "--epochs", "5")
+    assert status == 0
     commands, sbatch = slurm_files(tmp_path / "runs")
     assert (tmp_path / "sbatch_args").read_text().strip() == str(sbatch)
     lines = commands.read_text().splitlines()
     assert len(lines) == 10 and all(parse(line)[1].epochs == 5 for line in lines)
-    text = sbatch.read_text()
-    for directive in ["--job-name=tetrominoes_cnn", "--array=0-9%3", f"--output={tmp_path}/runs/slurm/logs/%A_%a.out",
-                      "--partition=gpu", "--time=02:00:00", "--gres=gpu:2", "--cpus-per-task=8", "--mem=32G",
-                      "--account=lab"]:
-        assert f"#SBATCH {directive}\n" in text
-    assert "first=$((SLURM_ARRAY_TASK_ID * 1 + 1))" in text
+    directives = re.findall(r"^#SBATCH (\S+)$", sbatch.read_text(), re.M)
+    assert directives == ["--job-name=tetrominoes_cnn", "--array=0-3%3", f"--output={tmp_path}/runs/slurm/logs/%A_%a.out",
+                          "--partition=gpu", "--time=02:00:00", "--gres=gpu:2", "--cpus-per-task=8", "--mem=32G",
+                          "--account=lab"]
     assert (tmp_path / "runs" / "slurm" / "logs").is_dir()
+    for task, expected in ((1, lines[3:6]), (3, lines[9:])):  # 10 runs, 3 a task: 4 tasks
+        (tmp_path / "calls.log").unlink(missing_ok=True)
+        result = run_task(sbatch, task, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert sorted(calls(tmp_path)) == sorted(f"{REPO} {line.split(' ', 1)[1]}" for line in expected)
 
-    # Array task 4 runs line 5 of the commands file, from the repository root.
-    task = subprocess.run(["bash", str(sbatch)], env=dict(env, SLURM_ARRAY_TASK_ID="4"), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
-    assert task.returncode == 0, task.stderr
-    assert calls(tmp_path) == [f"{REPO} {lines[4].split(' ', 1)[1]}"]
 
-
-def test_slurm_defaults_and_runs_root_from_extra_args(env, tmp_path):
+def test_slurm_dry_run_and_defaults(capsys, env, tmp_path):
     runs_root = tmp_path / "elsewhere"
-    result = bash("tetrominoes/cnn.sh", "--slurm", "--dry-run", "--seeds", "1",
-                  "--", f"--runs-root={runs_root}", env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    commands, sbatch = slurm_files(runs_root)
-    assert "not submitted (--dry-run)" in result.stdout and str(sbatch) in result.stdout
-    text = sbatch.read_text()
-    assert text in result.stdout
-    directives = re.findall(r"^#SBATCH (\S+)$", text, re.M)
-    assert directives == ["--job-name=tetrominoes_cnn", "--array=0-4", f"--output={runs_root}/slurm/logs/%A_%a.out",
-                          "--gres=gpu:1"]
+    status, out, _ = launched(capsys, "--grid", "tetrominoes/cnn", "--slurm", "--dry-run", "--seeds", "1",
+                              "--", f"--runs-root={runs_root}")
+    assert status == 0
+    _, sbatch = slurm_files(runs_root)
+    assert "not submitted (--dry-run)" in out and sbatch.read_text() in out
+    assert re.findall(r"^#SBATCH (\S+)$", sbatch.read_text(), re.M) == [
+        "--job-name=tetrominoes_cnn", "--array=0-4", f"--output={runs_root}/slurm/logs/%A_%a.out", "--gres=gpu:1"]
 
 
-def test_slurm_without_sbatch_says_how_to_submit(env, tmp_path):
-    env["PATH"] = os.defpath
-    if shutil.which("sbatch", path=env["PATH"]):
-        pytest.skip("sbatch is installed here")
-    result = bash("tetrominoes/cnn.sh", "--slurm", "--seeds", "1", env=env, cwd=tmp_path)
-    assert result.returncode == 1
+def test_slurm_without_sbatch_says_how_to_submit(capsys, env, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    status, _, err = launched(capsys, "--grid", "tetrominoes/cnn", "--slurm", "--seeds", "1")
     _, sbatch = slurm_files(tmp_path / "runs")
-    assert "sbatch not found" in result.stderr and f"sbatch {sbatch}" in result.stderr
+    assert status == 1 and "sbatch not found" in err and f"sbatch {sbatch}" in err
+
+# -----------------------------------------------------------------------------
+# the other scripts
 
 
-def test_create_data_commands(env, tmp_path):
+def test_create_data_commands(tmp_path):
     result = bash("create_data.sh", "--dry-run", "--data-root", "/data/waves", "--mnist-from-dir", "/dl/mnist",
-                  "--python", "py", env=env, cwd=tmp_path)
+                  "--python", "py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "py data_scripts/create_tetrominoes.py --data-root /data/waves",
@@ -230,23 +408,25 @@ def test_create_data_commands(env, tmp_path):
         "py data_scripts/create_multi_mnist.py --data-root /data/waves",
         "py data_scripts/verify_datasets.py --data-root /data/waves",
     ]
-    assert bash("create_data.sh", "--seeds", "1", env=env, cwd=tmp_path).returncode == 2
+    for refused in (["--seeds", "1"], ["--", "--epochs", "3"]):
+        result = bash("create_data.sh", *refused, cwd=tmp_path)
+        assert result.returncode == 2 and result.stdout == "", refused
 
 
-def test_run_all_covers_the_whole_grid(env, tmp_path):
+@pytest.mark.slow
+def test_run_all_covers_the_whole_grid(tmp_path):
     result = bash("run_all.sh", "--dry-run", "--seeds", "1", "--python", "py",
-                  "--", "--data-root", "/data/waves", "--runs-root", "/runs/waves", env=env, cwd=tmp_path)
+                  "--", "--data-root", "/data/waves", "--runs-root", "/runs/waves", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[1] for line in lines[:5]] == [
         "data_scripts/create_tetrominoes.py", "data_scripts/create_polygons.py",
         "data_scripts/download_mnist.py", "data_scripts/create_multi_mnist.py", "data_scripts/verify_datasets.py"]
-    assert all(line.endswith("--data-root /data/waves") for line in lines[:5])
     assert lines[-1] == "py produce_scores.py --runs-root /runs/waves --data-root /data/waves"
     trained = [parse(line)[1] for line in lines[5:-1]]
-    assert len(trained) == sum(len(values) for _, _, _, values, _ in FAMILIES.values())
-    assert [a.dataset for a in trained] == sorted([a.dataset for a in trained], key=["tetrominoes", "mnist",
-                                                  "multi_mnist", "polygons"].index)
+    assert [(a.dataset, a.model) for a in trained] == [tuple(f.split("/")) for f in FAMILIES for _ in
+                                                       GRID[tuple(f.split("/"))][1]]
+    assert bash("run_all.sh", "--bogus", cwd=tmp_path).returncode == 2
 
 
 def test_environment_yml_matches_requirements():
@@ -262,208 +442,207 @@ def test_environment_yml_matches_requirements():
     assert required <= names
 
 
-def fake_python_recording_overlap(tmp_path, seconds=0.6):
-    """An interpreter that logs "<start> <end> <CUDA_VISIBLE_DEVICES> <args>" after sleeping a while."""
-    return write_executable(tmp_path / "python", f"""#!/bin/sh
-start=$(date +%s.%N)
-sleep {seconds}
-echo "$start $(date +%s.%N) ${{CUDA_VISIBLE_DEVICES:-none}} $*" >> "{tmp_path}/calls.log"
-""")
-
-
-def most_at_once(lines, gpu=None):
-    spans = [(float(a), float(b)) for a, b, g, *_ in (line.split() for line in lines) if gpu in (None, g)]
-    return max(sum(a <= t < b for a, b in spans) for t, _ in spans)
-
-
-@pytest.mark.slow
-def test_per_gpu_runs_n_at_a_time_on_every_visible_gpu(env, tmp_path):
-    python = fake_python_recording_overlap(tmp_path)
-    env["CUDA_VISIBLE_DEVICES"] = "3,5"
-    result = bash("tetrominoes/cnn.sh", "--seeds", "2", "--per-gpu", "2", "--python", str(python), env=env,
-                  cwd=tmp_path, timeout=120)
+def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(tmp_path):
+    result = bash("gpu_check.sh", "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "all 10 runs done" in result.stdout and "2 at a time on each of: 3 5" in result.stdout
-    lines = calls(tmp_path)
-    assert len(lines) == 10 and {line.split()[2] for line in lines} == {"3", "5"}
-    assert most_at_once(lines, "3") == 2 and most_at_once(lines, "5") == 2 and most_at_once(lines) == 4
-    logs = sorted((tmp_path / "runs" / "logs").glob("tetrominoes_cnn_*.log"))
-    assert len(logs) == 10  # each run's output in its own log
+    steps = re.findall(r"^  (\w+) +(\d+)s  ", result.stdout, re.MULTILINE)
+    assert [name for name, _ in steps] == ["data", "cuda_tests", "resume", "graph_nwm", "graph_lstm", "graph_unet",
+                                           "tf32", "bench", "per_gpu"]
+    assert sum(int(seconds) for _, seconds in steps) < 9 * 60
+    cpu = bash("gpu_check.sh", "--dry-run", "--device", "cpu", cwd=tmp_path)
+    assert "cuda_tests" in cpu.stdout and "skipped on the CPU: needs CUDA" in cpu.stdout
+
+# -----------------------------------------------------------------------------
+# real processes: stop signals and time slices
 
 
-def test_per_gpu_without_a_gpu_shares_the_cpu_and_stops_after_a_failure(env, tmp_path):
-    python = fake_python(tmp_path, fail_on="--seed 0")
-    env["PATH"] = os.defpath  # no nvidia-smi
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    result = bash("mnist/lstm.sh", "--seeds", "3", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 1
-    assert "at a time on each of: the CPU" in result.stdout
-    assert len(calls(tmp_path)) == 2  # the first two (both seed 0) ran at once and failed: nothing more started
-    assert "2 of 6 runs failed" in result.stderr
+def children(pid):
+    """The process ids whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
-def fake_nvidia_smi(tmp_path, free_mib):
-    """An nvidia-smi that lists GPUs 0 and 1, each with `free_mib` MiB free."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    write_executable(bin_dir / "nvidia-smi", f"""#!/bin/sh
-case "$*" in *memory.free*) echo {free_mib} ;; *) printf '0\\n1\\n' ;; esac
-""")
-    return f"{bin_dir}:{os.defpath}"
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_an_empty_cuda_visible_devices_means_no_gpu(env, tmp_path):
-    python = fake_python(tmp_path)
-    env.update(PATH=fake_nvidia_smi(tmp_path, 80_000), CUDA_VISIBLE_DEVICES="")
-    result = bash("mnist/lstm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "at a time on each of: the CPU" in result.stdout
+def wait_for(condition, timeout, what):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_per_gpu_packs_no_more_runs_than_the_gpu_memory_holds(env, tmp_path):
-    python = fake_python_recording_overlap(tmp_path)
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    env["PATH"] = fake_nvidia_smi(tmp_path, 60_000)  # 58 GB free: two Multi-MNIST NWM runs of 28 GB each
-    result = bash("multi_mnist/nwm.sh", "--seeds", "6", "--per-gpu", "4", "--python", str(python), env=env,
-                  cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "GPU 0: 58 GB free, about 28 GB a run (--gpu-gb): 2 at a time instead of 4" in result.stderr
-    lines = calls(tmp_path)
-    assert len(lines) == 6 and most_at_once(lines, "0") == 2 and most_at_once(lines, "1") == 2
-
-
-def test_per_gpu_refuses_a_gpu_without_room_for_one_run(env, tmp_path):
-    python = fake_python(tmp_path)
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    env["PATH"] = fake_nvidia_smi(tmp_path, 20_000)
-    result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env,
-                  cwd=tmp_path)
-    assert result.returncode == 1 and "GPU 0 has 19 GB free and a run takes about 28 GB" in result.stderr
-    assert not (tmp_path / "calls.log").exists()  # nothing started
-    result = bash("multi_mnist/nwm.sh", "--seeds", "1", "--per-gpu", "2", "--gpu-gb", "8", "--python", str(python),
-                  env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-
-
-@pytest.mark.skipif(shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
-def test_per_gpu_runs_each_get_their_share_of_the_cores(env, tmp_path):
+def start_two_runs(tmp_path):
+    """A launcher running two of three runs of an interpreter that records the signals it gets; (launcher, run pids)."""
     python = write_executable(tmp_path / "python", f"""#!/bin/sh
-echo "$(grep Cpus_allowed_list /proc/self/status | cut -f2) $*" >> "{tmp_path}/calls.log"
+trap 'echo "$$ TERM" >> "{tmp_path}/signals"; exit 143' TERM
+trap 'echo "$$ INT" >> "{tmp_path}/signals"; exit 130' INT
+while :; do sleep 0.1; done
 """)
-    env["PATH"] = os.defpath  # no GPU: the runs share the CPU
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    result = bash("mnist/lstm.sh", "--seeds", "1", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    cores = sorted(os.sched_getaffinity(0))
-    half = len(cores) // 2
-    pinned = {line.split()[0] for line in calls(tmp_path)}
-    assert len(calls(tmp_path)) == 2 and len(pinned) == 2  # two runs, on different cores
-    for allowed in pinned:  # each on half of the cores
-        assert len(set().union(*(range(int(a), int(b or a) + 1) for a, _, b in
-                                 (part.partition("-") for part in allowed.split(","))))) == half
+    commands = tmp_path / "commands.txt"
+    commands.write_text("".join(f"{python} train.py --seed {seed}\n" for seed in range(3)))
+    launcher = subprocess.Popen([sys.executable, "launch.py", str(commands), "--per-gpu", "2"], cwd=REPO,
+                                env=dict(os.environ, CUDA_VISIBLE_DEVICES="", WAVES_RUNS_ROOT=str(tmp_path / "r")),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(children(launcher.pid)) == 2, 60, "two runs")
+    return launcher, children(launcher.pid)
 
 
-def test_per_gpu_lists_the_runs_whose_cuda_graph_failed(env, tmp_path):
-    python = write_executable(tmp_path / "python", """#!/bin/sh
-case "$*" in *"--seed 0"*) echo "warning: CUDA graph capture failed (boom); training with eager steps" >&2 ;; esac
-""")
-    env["CUDA_VISIBLE_DEVICES"] = "0"
-    result = bash("mnist/lstm.sh", "--seeds", "2", "--per-gpu", "2", "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2 of 4 runs trained with eager steps, their CUDA graph capture failed" in result.stdout
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_stops_every_run_and_leaves_no_process(signum, tmp_path):
+    """The fault of issue 37: `kill PID` of a slice left its train.py children running as orphans."""
+    launcher, runs = start_two_runs(tmp_path)
+    launcher.send_signal(signum)
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signum, err
+    assert "stopped by" in err and "[3/3]" not in out  # nothing more started
+    forwarded = "INT" if signum == signal.SIGINT else "TERM"  # train.py pauses on both
+    assert sorted((tmp_path / "signals").read_text().split()) == sorted([str(pid) for pid in runs] + [forwarded] * 2)
+    wait_for(lambda: not any(alive(pid) for pid in runs), 5, "no run left")
 
 
-def test_slurm_packs_n_runs_into_each_array_task(env, tmp_path):
-    python = fake_python(tmp_path)
-    result = bash("tetrominoes/cnn.sh", "--slurm", "--dry-run", "--seeds", "1", "--per-gpu", "2",
-                  "--python", str(python), env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    commands, sbatch = slurm_files(tmp_path / "runs")
-    lines = commands.read_text().splitlines()
-    assert len(lines) == 5 and "#SBATCH --array=0-2\n" in sbatch.read_text()  # 5 runs, 2 per task: 3 tasks
-    for task, expected in ((1, lines[2:4]), (2, lines[4:])):
-        (tmp_path / "calls.log").unlink(missing_ok=True)
-        run = subprocess.run(["bash", str(sbatch)], env=dict(env, SLURM_ARRAY_TASK_ID=str(task)), cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
-        assert sorted(calls(tmp_path)) == sorted(f"{REPO} {line.split(' ', 1)[1]}" for line in expected)
+@pytest.mark.slow
+def test_a_launcher_killed_outright_still_stops_its_runs(tmp_path):
+    launcher, runs = start_two_runs(tmp_path)
+    launcher.kill()
+    launcher.communicate(timeout=60)
+    wait_for(lambda: not any(alive(pid) for pid in runs), 10, "no run left")
+    assert sorted((tmp_path / "signals").read_text().split()) == sorted([str(pid) for pid in runs] + ["TERM"] * 2)
 
+
+def test_a_slice_creates_the_missing_datasets_first_and_trains_nothing_when_that_fails(capsys, env, tmp_path):
+    python = fake_python(tmp_path, fail_on="create_multi_mnist")
+    commands, data = tmp_path / "commands.txt", str(tmp_path / "data")
+    commands.write_text(f"{python} train.py --dataset multi_mnist --model unet\n{python} train.py --dataset polygons\n")
+    status, _, err = launched(capsys, "--slice", str(commands), "--minutes", "5", "--data-root", data,
+                              "--mnist-from-dir", "M", "--python", str(python), "--runs-root", str(tmp_path / "r"))
+    assert status == 1 and "creating multi_mnist failed: nothing was trained" in err
+    assert [line.split()[1:] for line in calls(tmp_path)] == [  # the offline one first
+        ["data_scripts/create_polygons.py", "--data-root", data],
+        ["data_scripts/download_mnist.py", "--data-root", data, "--from-dir", "M"],
+        ["data_scripts/create_multi_mnist.py", "--data-root", data]]
 
 
 @pytest.fixture
 def small_tetrominoes(tmp_path):
     data = tmp_path / "data"
     subprocess.run([sys.executable, "data_scripts/create_tetrominoes.py", "--data-root", str(data), "--train", "32",
-                    "--val", "8", "--test", "8"], cwd=REPO, check=True, capture_output=True)
+                    "--val", "8", "--test", "8", "--no-progress"], cwd=REPO, check=True, capture_output=True)
     return data
 
 
+def slice_args(commands, runs_root, data):
+    return [str(commands), "--runs-root", str(runs_root), "--data-root", str(data), "--python", sys.executable]
+
+
 @pytest.mark.slow
-def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(env, tmp_path, small_tetrominoes):
-    runs_root, archive = tmp_path / "slices", tmp_path / "out" / "runs"
-    tiny = "--device cpu --batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 2 --amp off"
+def test_a_slice_stopped_by_sigterm_leaves_no_process_and_its_runs_resume(tmp_path, small_tetrominoes):
+    runs_root = tmp_path / "r"
     commands = tmp_path / "commands.txt"
-    commands.write_text(f"# two runs\n{sys.executable} train.py --dataset tetrominoes --seed 0 {tiny}\n"
-                        f"{sys.executable} train.py --dataset tetrominoes --seed 1 {tiny}\n")
-    args = [str(commands), "--minutes", "1e-9", "--per-gpu", "2", "--runs-root", str(runs_root), "--data-root",
-            str(small_tetrominoes), "--archive", str(archive), "--python", sys.executable]
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --seed 0 {TINY} --epochs 3  # a note\n")
+    slice_ = subprocess.Popen(["bash", str(SCRIPTS / "advance_runs.sh"), *slice_args(commands, runs_root,
+                              small_tetrominoes), "--minutes", "30"], cwd=tmp_path, text=True,
+                              env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    metrics = runs_root / "tetrominoes" / "nwm-linear-T6-h2-seed0" / "metrics.csv"
+    wait_for(lambda: metrics.is_file(), 240, "the first epoch")  # the note did not swallow --runs-root
+    run, = children(slice_.pid)
+    slice_.send_signal(signal.SIGTERM)
+    out, _ = slice_.communicate(timeout=120)
+    assert slice_.returncode == 143, out
+    assert not alive(run)
+    assert "3/3 epochs, finished" not in out
+    again = bash("advance_runs.sh", *slice_args(commands, runs_root, small_tetrominoes), "--minutes", "30",
+                 cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3/3 epochs, finished" in again.stdout
+
+
+@pytest.mark.slow
+def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(tmp_path, small_tetrominoes):
+    runs_root, archive = tmp_path / "slices", tmp_path / "out" / "runs"
+    commands = tmp_path / "commands.txt"
+    commands.write_text(f"# two runs\n{sys.executable} train.py --dataset tetrominoes --seed 0 {TINY} --epochs 2\n"
+                        f"{sys.executable} train.py --dataset tetrominoes --seed 1 {TINY} --epochs 2\n")
+    args = [*slice_args(commands, runs_root, small_tetrominoes), "--minutes", "1e-9", "--per-gpu", "2",
+            "--archive", str(archive)]
     for slice_number in (1, 2):
-        result = bash("advance_runs.sh", *args, env=env, cwd=tmp_path, timeout=300)
+        result = bash("advance_runs.sh", *args, cwd=tmp_path, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
+                      timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "tetrominoes  9/9 arrays intact" in result.stdout  # checked before training
         state = "in progress" if slice_number == 1 else "finished"
         assert result.stdout.count(f"{slice_number}/2 epochs, {state}") == 2
-    # the archive holds both run directories, which unpack to what the runs root holds
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
     parts = sorted((tmp_path / "out").glob("runs.tar.gz.part-*"))
+    assert [p.name for p in parts] == ["runs.tar.gz.part-aa"]
     subprocess.run(f"cat {' '.join(map(str, parts))} | tar xzf - -C {unpacked}", shell=True, check=True)
     for seed in (0, 1):
         name = f"tetrominoes/nwm-linear-T6-h2-seed{seed}"
         assert (unpacked / name / "test_metrics.json").read_bytes() == (runs_root / name / "test_metrics.json").read_bytes()
-    assert len(list((unpacked / "logs").glob("*.log"))) == 2  # and what the runs printed
+    assert len(list((unpacked / "logs").glob("scripts_advance_runs_*.log"))) == 2  # what the runs printed, named as before
 
 
 @pytest.mark.slow
-def test_advance_runs_trains_nothing_on_data_that_differs(env, tmp_path, small_tetrominoes):
+def test_advance_runs_trains_nothing_on_data_that_differs(tmp_path, small_tetrominoes):
     (small_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
     commands = tmp_path / "commands.txt"
     commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --device cpu --epochs 1\n")
-    result = bash("advance_runs.sh", str(commands), "--minutes", "1", "--runs-root", str(tmp_path / "r"),
-                  "--data-root", str(small_tetrominoes), "--python", sys.executable, env=env, cwd=tmp_path)
+    result = bash("advance_runs.sh", *slice_args(commands, tmp_path / "r", small_tetrominoes), "--minutes", "1",
+                  cwd=tmp_path)
     assert result.returncode == 1 and "nothing was trained" in result.stderr
     assert not (tmp_path / "r" / "tetrominoes").exists()
 
 
 @pytest.mark.slow
-def test_advance_runs_queue_shares_one_slice_among_the_runs(env, tmp_path, small_tetrominoes):
-    tiny = "--batch-size 16 --T 6 --c-mid 4 --readout-width 8 --epochs 1 --amp off --device cpu"
+def test_advance_runs_queue_shares_one_slice_among_the_runs(tmp_path, small_tetrominoes):
     commands = tmp_path / "commands.txt"
-    commands.write_text("".join(f"{sys.executable} train.py --dataset tetrominoes --seed {seed} {tiny}\n"
+    commands.write_text("".join(f"{sys.executable} train.py --dataset tetrominoes --seed {seed} {TINY} --epochs 1\n"
                                 for seed in (0, 1, 2)))
-    common = [str(commands), "--queue", "--runs-root", str(tmp_path / "r"), "--data-root", str(small_tetrominoes),
-              "--python", sys.executable]
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    common = [*slice_args(commands, tmp_path / "r", small_tetrominoes), "--queue"]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     # a slice too short for any run: none starts
-    spent = bash("advance_runs.sh", *common, "--minutes", "0.01", "--min-start", "1", env=env, cwd=tmp_path)
+    spent = bash("advance_runs.sh", *common, "--minutes", "0.01", "--min-start", "1", cwd=tmp_path, env=env)
     assert spent.returncode == 0, spent.stdout + spent.stderr
-    logs = "".join(p.read_text() for p in (tmp_path / "r" / "logs").glob("*.log"))
-    assert logs.count("not started, under 1 minutes of the slice left") == 3
+    assert spent.stdout.count("not started, under 1 minutes of the slice left") == 3
     assert not (tmp_path / "r" / "tetrominoes").exists()
     # a long one: the runs go one after another, each with what is left of it, until all are done
-    result = bash("advance_runs.sh", *common, "--minutes", "30", env=env, cwd=tmp_path, timeout=300)
+    result = bash("advance_runs.sh", *common, "--minutes", "30", cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("1/1 epochs, finished") == 3
+    assert re.search(r"--no-progress --stop-after-minutes (29|30)\.\d\b", result.stdout)
 
 
-def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(env, tmp_path):
-    result = bash("gpu_check.sh", "--dry-run", env=env, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    steps = re.findall(r"^  (\w+) +(\d+)s  ", result.stdout, re.MULTILINE)
-    assert [name for name, _ in steps] == ["data", "cuda_tests", "resume", "graph_nwm", "graph_lstm", "graph_unet",
-                                           "tf32", "bench", "per_gpu"]
-    assert sum(int(seconds) for _, seconds in steps) < 9 * 60
-    cpu = bash("gpu_check.sh", "--dry-run", "--device", "cpu", env=env, cwd=tmp_path)
-    assert "cuda_tests" in cpu.stdout and "skipped on the CPU: needs CUDA" in cpu.stdout
+def test_the_archive_is_split_into_parts_that_unpack_to_the_runs(tmp_path, capsys):
+    runs_root = tmp_path / "r"
+    run = runs_root / "tetrominoes" / "nwm-seed0"
+    run.mkdir(parents=True)
+    (run / "last.pt").write_bytes(os.urandom(int(2.5 * 2**20)))  # does not compress: three parts of 1 MB
+    (runs_root / "logs").mkdir()
+    (runs_root / "logs" / "a.log").write_text("epoch 1\n")
+    archive = tmp_path / "out" / "runs"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "runs.tar.gz.part-ad").write_text("a part of an older archive")
+    launch.pack(archive, runs_root, [run], part_mb=1)
+    parts = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in parts] == ["runs.tar.gz.part-aa", "runs.tar.gz.part-ab", "runs.tar.gz.part-ac"]
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(f"cat {archive}.tar.gz.part-* | tar xzf - -C {unpacked}", shell=True, check=True)
+    assert (unpacked / "tetrominoes" / "nwm-seed0" / "last.pt").read_bytes() == (run / "last.pt").read_bytes()
+    assert (unpacked / "logs" / "a.log").read_text() == "epoch 1\n"

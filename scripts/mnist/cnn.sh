@@ -3,9 +3,9 @@
 # (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_options "$@"
 
+configs=()
 for depth in 2 4 8 16 32; do
-  add_config --dataset mnist --model cnn --depth "$depth"
+  configs+=(--config="--dataset mnist --model cnn --depth $depth")
 done
-run_grid 10
+launch --paper-seeds 10 "${configs[@]}" "$@"

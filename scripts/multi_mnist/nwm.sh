@@ -3,7 +3,5 @@
 # linear readout x 12 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_options "$@"
 
-add_config --dataset multi_mnist --model nwm --readout linear
-run_grid 12
+launch --paper-seeds 12 --config="--dataset multi_mnist --model nwm --readout linear" "$@"

@@ -2,9 +2,9 @@
 # Multi-MNIST, U-Net baseline: base widths 2, 3, 4, 5 x 12 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_options "$@"
 
+configs=()
 for width in 2 3 4 5; do
-  add_config --dataset multi_mnist --model unet --width "$width"
+  configs+=(--config="--dataset multi_mnist --model unet --width $width")
 done
-run_grid 12
+launch --paper-seeds 12 "${configs[@]}" "$@"

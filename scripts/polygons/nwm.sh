@@ -3,7 +3,5 @@
 # linear readout x 10 seeds (docs/methods.md, "Experiments": multi-polygon classification).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_options "$@"
 
-add_config --dataset polygons --model nwm --readout linear
-run_grid 10
+launch --paper-seeds 10 --config="--dataset polygons --model nwm --readout linear" "$@"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Tetrominoes, ConvLSTM baseline (T=20): linear and fft readouts x 10 seeds (docs/methods.md, "Results").
+# Tetrominoes, ConvLSTM baseline (T=20, train.py's default for it): linear and fft readouts x 10 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_options "$@"
 
+configs=()
 for readout in linear fft; do
-  add_config --dataset tetrominoes --model lstm --T 20 --readout "$readout"
+  configs+=(--config="--dataset tetrominoes --model lstm --readout $readout")
 done
-run_grid 10
+launch --paper-seeds 10 "${configs[@]}" "$@"

@@ -2,9 +2,9 @@
 # Tetrominoes, NWM (hidden channels 2, T=100): the five temporal readouts x 10 seeds (docs/methods.md, "Results").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-parse_options "$@"
 
+configs=()
 for readout in linear fft last mean_time max_time; do
-  add_config --dataset tetrominoes --model nwm --readout "$readout"
+  configs+=(--config="--dataset tetrominoes --model nwm --readout $readout")
 done
-run_grid 10
+launch --paper-seeds 10 "${configs[@]}" "$@"
