@@ -46,10 +46,10 @@ def default_help(key):
     return f"(default: {text})"
 
 
-def model_config(dataset, model, **overrides):
-    """build_model keywords for `model` on `dataset`: the dataset's channels and classes,
-    the paper's settings, then `overrides`."""
-    info = get_info(dataset)
+def model_config(dataset, model, data_root=None, **overrides):
+    """build_model keywords for `model` on `dataset` (built in, or imported under `data_root`): the
+    dataset's channels and classes, the paper's settings, then `overrides`."""
+    info = get_info(dataset, data_root)
     config = dict(in_channels=info.channels, num_classes=info.num_classes)
     config.update({k: v for k, v in paper_settings(dataset, model).items() if k in model_config_keys(model)})
     config.update(overrides)

@@ -55,7 +55,8 @@ def _entry(model, dataset, pretrained, settings):
         return _pretrained.load(name)
     _check(settings)
     net = _build_model(model, **_model_config(dataset, model, **settings))
-    net.class_names = _get_info(dataset).class_names
+    info = _get_info(dataset)
+    net.class_names, net.image_size = info.class_names, info.image_size
     return net
 
 

@@ -36,7 +36,7 @@ import train
 import cli
 from cli import float_at_least, int_at_least, positive_float
 from configs import GRID
-from dataset_config import get_info
+from dataset_config import DatasetError, get_info
 from models import is_recurrent
 
 REPO = Path(__file__).resolve().parent
@@ -219,18 +219,24 @@ def train_parser():
     return parser
 
 
-def check_command(argv, where):
-    """train.py's parsed flags of `argv`, or CommandError saying why train.py would refuse it."""
+def check_command(argv, where, data_root=None):
+    """train.py's parsed flags of `argv`, or CommandError saying why train.py would refuse it (`data_root`: the
+    launcher's, which a slice appends to the commands)."""
     if len(argv) < 2 or argv[1] != "train.py":
         raise CommandError(f"{where}: not a train.py command (INTERPRETER train.py FLAGS...): {shlex.join(argv)}")
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            return train_parser().parse_args(argv[2:])
+            parsed = train_parser().parse_args(argv[2:])
     except SystemExit:
         errors = [line for line in captured.getvalue().splitlines() if line.startswith("train.py: error: ")]
         why = errors[-1].removeprefix("train.py: error: ") if errors else "no reason given"
         raise CommandError(f"{where}: train.py would refuse it ({why}): {shlex.join(argv)}") from None
+    try:  # as train.parse_args checks it: the parser cannot list the datasets imported under a data root
+        get_info(parsed.dataset, parsed.data_root or data_root)
+    except DatasetError as e:
+        raise CommandError(f"{where}: train.py would refuse it (--dataset: {e}): {shlex.join(argv)}") from None
+    return parsed
 
 
 def grid_configs(family):
@@ -289,7 +295,7 @@ def make_commands(args, extra):
                  enumerate(grid_commands(args.python, configs, args.seeds or paper_seeds, extra), 1)]
         if args.array_task is not None:
             raise CommandError("a SLURM task runs lines of a commands file")
-    checked, trained_by = [(argv, check_command(argv, where), where) for argv, where in found], {}
+    checked, trained_by = [(argv, check_command(argv, where, args.data_root), where) for argv, where in found], {}
     for argv, args, where in checked:
         folder = run_dir(args)
         if folder in trained_by:

@@ -37,7 +37,6 @@ import pretrained
 import settings
 from analysis.animation import write_animation
 from cli import ArgumentParser, HelpFormatter, add_device, add_threads, int_at_least
-from dataset_config import get_info
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 OUTPUTS = ("_mask.png", "_panel.png", "_classes.npy", "_waves.gif", "_waves.png")  # <name> + each, per image
@@ -235,7 +234,7 @@ def main(argv=None):
         parser.error(str(e))
     settings.set_threads(args.threads)
     config, class_names = model.config, model.class_names
-    info = get_info(config["dataset"])
+    channels, image_size = config["in_channels"], model.image_size
     if args.animate and not model.recurrent:
         parser.error(f"--animate: a {config['model']} has no hidden state over time; use an nwm or lstm model")
     if args.animate and args.channel >= config["hidden_channels"]:
@@ -245,7 +244,7 @@ def main(argv=None):
     problems = []
     for path in paths:  # every image checked before anything is written
         try:
-            to_model_input(path, info.channels, info.image_size, args.resize, args.invert)
+            to_model_input(path, channels, image_size, args.resize, args.invert)
         except ImageError as e:
             problems.append(str(e))
     if problems:
@@ -256,14 +255,14 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         for path in paths:  # read again, so that one image at a time is held at its full size
             try:
-                x, notes = to_model_input(path, info.channels, info.image_size, args.resize, args.invert)
+                x, notes = to_model_input(path, channels, image_size, args.resize, args.invert)
             except ImageError as e:
                 sys.exit(f"predict.py: error: {e} (it changed while predict.py ran); the images listed above have "
                          f"all their outputs, the others none")
             name = names[path]
             if name != path.stem:
                 notes.append(f"written as {name}: another input or its outputs have the name {path.stem}")
-            mask = class_ids(model, x, info.image_size, device)
+            mask = class_ids(model, x, image_size, device)
             with staged(out, name) as folder:
                 Image.fromarray(coloured(mask.numpy(), len(class_names))).save(folder / f"{name}_mask.png")
                 fig = plotting.prediction_panel(x, mask, class_names, path.name)
@@ -271,7 +270,7 @@ def main(argv=None):
                 if args.save_ids:
                     np.save(folder / f"{name}_classes.npy", mask.numpy().astype(np.uint8))
                 if args.animate:
-                    write_animation(model.cpu(), model_size(x, info.image_size), len(class_names), folder,
+                    write_animation(model.cpu(), model_size(x, image_size), len(class_names), folder,
                                     f"{name}_waves", f"{path.name}: hidden channel {args.channel}",
                                     channel=args.channel)
                     model.to(device)

@@ -56,7 +56,7 @@ def resolve(source):
 
 
 def load(source, device="cpu"):
-    """The model of `source` (see resolve) in eval mode, with `class_names` and `config` attached;
+    """The model of `source` (see resolve) in eval mode, with `class_names`, `image_size` and `config` attached;
     ValueError (runs.DamagedFile for files that do not make a model) with the file named."""
     device = settings.pick_device(str(device))  # a device this PyTorch lacks is not a damaged checkpoint
     run_dir, checkpoint = resolve(source)
@@ -69,9 +69,13 @@ def load(source, device="cpu"):
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
         raise runs.DamagedFile(f"{run_dir / checkpoint} with {run_dir / runs.CONFIG} does not make a model ("
                                f"{reason}): one of them is damaged, or they are from different runs") from None
-    if not isinstance(config.get("dataset"), str) or config["dataset"] not in DATASETS:
+    if "class_names" in config and "image_size" in config:  # recorded by train.py: any dataset, wherever it is
+        model.class_names, model.image_size = tuple(config["class_names"]), tuple(config["image_size"])
+    elif isinstance(config.get("dataset"), str) and config["dataset"] in DATASETS:  # runs from before they were
+        info = get_info(config["dataset"])
+        model.class_names, model.image_size = info.class_names, info.image_size
+    else:
         raise runs.DamagedFile(f"{run_dir / runs.CONFIG}: trained on dataset {config.get('dataset')!r}, which "
                                f"this project does not know ({', '.join(DATASETS)})")
-    model.class_names = get_info(config["dataset"]).class_names
     model.config = config
     return model

@@ -36,7 +36,7 @@ import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads,
                  float_at_least, int_at_least, positive_float, shows_bars)
 from configs import default_help, model_config, paper_settings
-from dataset_config import DATASETS, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
+from dataset_config import BUILT_IN, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from cuda_graphs import make_steps
 from engine import CompileError, NonFiniteLossError, compile_checked, evaluate, set_backends, train_one_epoch
@@ -70,7 +70,9 @@ def model_help(key):
 def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="tetrominoes", choices=sorted(DATASETS), help="dataset to train on")
+    g.add_argument("--dataset", default="tetrominoes",
+                   help=f"dataset to train on: {', '.join(BUILT_IN)}, or one imported under the data root "
+                        f"(data_scripts/import_folder.py)")
     add_data_root(g)
     g.add_argument("--train-size", type=int_at_least(1), default=None,
                    help="train on the first N training images only (default: all)")
@@ -182,6 +184,10 @@ def parse_args(argv=None):
             parser.error(f"--resume {args.resume} names the run's folder itself: leave out --run-name and --runs-root")
         parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k not in OUTCOMES})
         args = parser.parse_args(argv)
+    try:  # a built-in dataset, or one imported under this run's data root (the parser cannot list those)
+        get_info(args.dataset, args.data_root)
+    except DatasetError as e:
+        parser.error(f"--dataset: {e}")
     fill_model_defaults(args)
     return parser, args
 
@@ -218,7 +224,7 @@ def check_settings(parser, args):
     """Refuse impossible settings before any work starts; returns the dataset's metadata."""
     if args.model == "cnn" and args.T < 4:
         parser.error(f"--T {args.T}: the CNN makes T/2 - 1 features per channel, so --T must be at least 4")
-    if args.model == "unet" and min(get_info(args.dataset).image_size) < 16:
+    if args.model == "unet" and min(get_info(args.dataset, args.data_root).image_size) < 16:
         parser.error("the U-Net pools four times: images must be at least 16x16")
     try:
         meta = read_metadata(args.dataset, args.data_root)
@@ -243,7 +249,7 @@ def check_memory(parser, args, meta, device):
     hidden sequence alone exceed the device's memory, before any of it is allocated."""
     with torch.device("meta"):  # shapes only
         params = count_parameters(build_model(args.model, **run_model_config(args)))
-    info, sizes = get_info(args.dataset), meta["split_sizes"]
+    info, sizes = get_info(args.dataset, args.data_root), meta["split_sizes"]
     H, W = info.image_size
     images = (args.train_size or sizes["train"]) + (args.val_size or sizes["val"]) + sizes["test"]
     steps = (min(args.bptt_segment, args.T) if args.bptt_segment else args.T) if is_recurrent(args.model) else 0
@@ -273,14 +279,16 @@ def ensure_quickstart_data(args):
 
 def run_model_config(args):
     """build_model keywords of this run: every model setting comes from a flag (filled by fill_model_defaults)."""
-    return model_config(args.dataset, args.model, **{k: getattr(args, k) for k in model_config_keys(args.model)
+    return model_config(args.dataset, args.model, args.data_root, **{k: getattr(args, k) for k in model_config_keys(args.model)
                                                      if hasattr(args, k)})
 
 
 def write_config(args, run_dir, model, device, amp, data, computed, invocation):
     """config.json: the settings, the data's fingerprint, `computed` (how this invocation computes:
     precision, TF32, the CUDA graph's outcome) and the list of invocations (see `invocation`)."""
-    config = dict(vars(args), **run_model_config(args), **computed, invocations=[invocation])
+    info = get_info(args.dataset, args.data_root)  # what predict.py and pretrained.load need, wherever the data is
+    config = dict(vars(args), **run_model_config(args), **computed, invocations=[invocation],
+                  class_names=list(info.class_names), image_size=list(info.image_size))
     config.update(  # the run's first invocation says where it started (git commit, command, device)
         data=data, num_params=count_parameters(model), device=str(device), amp=amp,
         versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__),
@@ -322,7 +330,7 @@ class Run:
 
     @property
     def num_classes(self):
-        return get_info(self.args.dataset).num_classes
+        return get_info(self.args.dataset, self.args.data_root).num_classes
 
     @property
     def terminal(self):
@@ -511,7 +519,7 @@ def run_command(argv, invoked):
     allow_bf16_coupling(args.bf16_coupling == "on")
     if args.bptt_segment == "auto":
         args.bptt_segment = auto_bptt_segment(is_recurrent(args.model), args.batch_size, args.T,
-                                              args.hidden_channels, get_info(args.dataset).image_size, device)
+                                              args.hidden_channels, get_info(args.dataset, args.data_root).image_size, device)
     ensure_quickstart_data(args)
     meta = check_settings(parser, args)
     check_memory(parser, args, meta, device)

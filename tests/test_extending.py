@@ -91,3 +91,23 @@ def test_every_command_of_docs_extending_md(tmp_path):
     assert (repo / "predictions" / "heat" / "img02_waves.gif").is_file()
     assert not (REPO / "models" / "heat.py").exists()  # the model went into the copy only
 
+
+
+def test_an_imported_dataset_under_another_data_root_trains_and_its_model_loads_without_the_data(tmp_path):
+    """--data-root reaches imported datasets as it does the built-in ones, and a trained run records its class
+    names and image size, so pretrained.load and predict.py need no data at all."""
+    import pretrained
+    import train
+    from data_scripts import import_folder
+    write_pair_folder(tmp_path / "my_folder")
+    root = tmp_path / "elsewhere"
+    import_folder.main([str(tmp_path / "my_folder"), "--name", "my_shapes", "--data-root", str(root), "--no-progress"])
+    train.main(["--dataset", "my_shapes", "--data-root", str(root), "--runs-root", str(tmp_path / "runs"),
+                "--run-name", "r", "--no-progress", *FAST_SIZES, "--batch-size", "8", "--epochs", "1"])
+    shutil.rmtree(root)
+    model = pretrained.load(tmp_path / "runs" / "r")
+    assert model.class_names == ("background", "small", "large") and model.image_size == (16, 16)
+    with pytest.raises(SystemExit) as refused:  # and a name no data root holds is refused before any work
+        train.main(["--dataset", "my_shapes", "--data-root", str(root), "--runs-root", str(tmp_path / "runs"),
+                    "--run-name", "s"])
+    assert refused.value.code == 2 and not (tmp_path / "runs" / "s").exists()

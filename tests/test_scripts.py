@@ -196,7 +196,7 @@ def test_a_commands_file_is_read_with_shell_rules(capsys, env, tmp_path):
 @pytest.mark.parametrize("line, message", [
     ("py train.py --seed 'unclosed", "line 2: cannot read it (No closing quotation)"),
     ("rm -rf /tmp/x", "line 2: not a train.py command"),
-    ("py train.py --dataset nope", "line 2: train.py would refuse it (argument --dataset: invalid choice"),
+    ("py train.py --dataset nope", "line 2: train.py would refuse it (--dataset: unknown dataset 'nope'"),
     ("py train.py --data-root $HOME/data", "line 2: '$HOME/data' would not be expanded here"),
     ("py train.py --data-root ~/data", "line 2: '~/data' would not be expanded here"),
     ("CUDA_VISIBLE_DEVICES=1 py train.py", "line 2: not a train.py command"),

@@ -203,7 +203,7 @@ def cli(*args, env=None):
 @pytest.mark.parametrize("args, message", [
     (["--model", "transformer"], "invalid choice: 'transformer'"),
     (["--readout", "median"], "invalid choice: 'median'"),
-    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--dataset", "cifar"], "--dataset: unknown dataset 'cifar'"),
     (["--model", "cnn", "--T", "2"], "--T must be at least 4"),
     (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
