@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -25,7 +27,10 @@ TEST_FLAGS = {"train.py": [*FAST_SIZES, "--no-progress", "--epochs", "1"],
               "produce_scores.py": ["--device", "cpu", "--no-progress"],
               "predict.py": ["--device", "cpu"],
               "data_scripts/import_folder.py": ["--no-progress"],
-              "data_scripts/show_samples.py": []}
+              "data_scripts/show_samples.py": [],
+              "launch.py": [*FAST_SIZES, "--no-progress", "--epochs", "1"],  # after the page's `--`: train.py's
+              "-m analysis tables": [],
+              "-m analysis waves": ["--n", "2", "--split", "test"]}
 
 
 def blocks(text):
@@ -49,9 +54,10 @@ def add_to_registry(repo, lines):
 
 def run_page_command(line, repo):
     words = shlex.split(line)
-    assert words[0] == "python" and words[1] in TEST_FLAGS, f"docs/extending.md: no test flags for {line}"
+    tool = " ".join(words[1:4]) if words[1] == "-m" else words[1]
+    assert words[0] == "python" and tool in TEST_FLAGS, f"docs/extending.md: no test flags for {line}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVES_")}  # the defaults, as for a user
-    run = subprocess.run([sys.executable, *words[1:], *TEST_FLAGS[words[1]]], cwd=repo, env=env,
+    run = subprocess.run([sys.executable, *words[1:], *TEST_FLAGS[tool]], cwd=repo, env=env,
                          capture_output=True, text=True)
     assert run.returncode == 0, f"{line}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run.stdout
@@ -61,6 +67,7 @@ def run_page_command(line, repo):
 def test_every_command_of_docs_extending_md(tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(REPO, repo, ignore=COPY_IGNORES)
+    (repo / ".venv").symlink_to(Path(sys.executable).parents[1])  # the launcher's runs use the repo's interpreter
     write_pair_folder(repo / "my_folder")
     commands = []
     for language, body in blocks(PAGE.read_text()):
@@ -75,7 +82,7 @@ def test_every_command_of_docs_extending_md(tmp_path):
             add_to_registry(repo, lines[1:])
     assert [c.split()[1] for c in commands] == [
         "data_scripts/import_folder.py", "data_scripts/show_samples.py", "train.py", "produce_scores.py", "predict.py",
-        "train.py", "produce_scores.py", "predict.py"]
+        "train.py", "produce_scores.py", "predict.py", "launch.py", "produce_scores.py", "-m", "-m"]
 
     meta = json.loads((repo / "data" / "my_shapes" / "dataset.json").read_text())
     assert meta["split_sizes"] == {"train": 16, "val": 2, "test": 2} and meta["class_names"][2] == "large"
@@ -85,10 +92,16 @@ def test_every_command_of_docs_extending_md(tmp_path):
         assert config["dataset"] == "my_shapes" and config["model"] == run
         assert (repo / "runs" / "my_shapes" / run / "test_metrics.json").is_file()
     scores = pd.read_csv(repo / "runs" / "scores.csv")
-    assert set(scores["run"].dropna()) == {"my_shapes/nwm", "my_shapes/heat"}
+    grid = {f"my_shapes/{model}-linear-T8-h2-seed{seed}" for model in ("nwm", "heat") for seed in (0, 1)}
+    assert set(scores["run"].dropna()) == {"my_shapes/nwm", "my_shapes/heat"} | grid  # one run per seed, scored
     assert set(scores.loc[scores["run"].notna(), "evaluated"]) == {"re-evaluated"}
     assert (repo / "predictions" / "img02_mask.png").is_file() and (repo / "predictions" / "img02_panel.png").is_file()
     assert (repo / "predictions" / "heat" / "img02_waves.gif").is_file()
+    table = (repo / "runs" / "tables" / "scores.md").read_text()
+    assert "my_shapes" in table and "background only" in table and "heat" in table
+    waves = pd.read_csv(repo / "runs" / "tables" / "waves.csv")
+    assert set(waves["run"]) == {"my_shapes/nwm", "my_shapes/heat"}
+    assert (repo / "runs" / "sounds" / "my_shapes_heat-small.wav").is_file()
     assert not (REPO / "models" / "heat.py").exists()  # the model went into the copy only
 
 
