@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+import dataset_config
 import runs
 import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
@@ -252,6 +253,8 @@ def data_label(config):
         return data["label"]
     if data["paper_identical"]:
         return "paper"
+    if config["dataset"] not in dataset_config.BUILT_IN:  # a folder of the user's, by data_scripts/import_folder.py
+        return f"imported, sha256 {data['sha256'][:12]}"
     origin = "our recipe" if data["paper_identical"] is None else "paper's recipe"
     return f"{origin}, seed {data['seed']}, sha256 {data['sha256'][:12]}"
 

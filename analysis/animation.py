@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import plotting
-import runs
+import pretrained
 import settings
 from analysis.trained import hidden_sequence
-from dataset_config import get_info, load_dataset
+from dataset_config import load_dataset
 
 LABEL_HEIGHT = 12  # pixels of caption above each panel
 
@@ -76,12 +76,13 @@ def make_animation(run_dir, split="test", index=0, channel=0, out_dir=None, data
     """write_animation for image `index` of a split of the run's dataset, into
     <out_dir>/<run>-<split><index>-ch<channel>.gif and .png; `out_dir` defaults to the
     animations folder under settings.figures_dir()."""
-    model, config = runs.load_model(run_dir)
+    model = pretrained.load(run_dir)  # the class names the run recorded: imported datasets too
+    config = model.config
     if not model.recurrent:
         raise ValueError(f"{run_dir} holds a {config['model']}, which has no hidden state over time")
     images, masks = load_dataset(config["dataset"], split, data_root, limit=index + 1)
     out_dir = Path(out_dir) if out_dir is not None else settings.figures_dir() / "animations"
     stem = f"{config['run_name'].replace('/', '_')}-{split}{index}-ch{channel}"
     title = f"{config['run_name']}: hidden channel {channel}, {split} image {index}"
-    return write_animation(model, images[index], get_info(config["dataset"]).num_classes, out_dir, stem, title,
+    return write_animation(model, images[index], len(model.class_names), out_dir, stem, title,
                            masks[index], channel, stride, scale)

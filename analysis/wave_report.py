@@ -22,9 +22,10 @@ import scipy.signal
 import torch
 
 import plotting
+import pretrained
 import runs
 from analysis import sound, waves
-from dataset_config import get_info, load_dataset
+from dataset_config import load_dataset, read_metadata
 
 WELL_SEGMENTED = 0.8  # object recall from which an object counts as segmented well
 MEASURES = ("speed", "directionality", "local_directionality", "travelling", "dominant_frequency")
@@ -35,9 +36,9 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
     """Measures the first `n` images of a split of the run's dataset. Returns
     (rows: one dict per object, with waves.object_measures' keys plus run, model, image,
     class, recall and local_directionality; spectra: class name -> list of (freqs, power)
-    per object; example: image 0's input, mask and sequence)."""
-    model, config = runs.load_model(run_dir)
-    info = get_info(config["dataset"])
+    per object; example: image 0's input, mask, sequence and the number of classes)."""
+    model = pretrained.load(run_dir)  # the class names the run recorded: imported datasets too
+    config, class_names = model.config, model.class_names
     images, masks = load_dataset(config["dataset"], split, data_root, limit=n)
     rows, spectra, example = [], {}, None
     for start in range(0, len(images), batch_size):
@@ -45,18 +46,18 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
         for offset, (prediction, sequence) in enumerate(zip(logits.argmax(1).numpy(), sequences.numpy())):
             index, mask = start + offset, masks[start + offset].numpy()
             if example is None:
-                example = dict(image=images[index], mask=mask, sequence=sequence)
+                example = dict(image=images[index], mask=mask, sequence=sequence, num_classes=len(class_names))
             a = waves.trimmed_analytic_signal(sequence, trim)
             local = waves.local_directionality(a)
             for row in waves.object_measures(sequence, mask, trim, a):
                 region = mask == row["label"]
-                name = info.class_names[row["label"]]
+                name = class_names[row["label"]]
                 row.update(run=config["run_name"], model=config["model"], image=index, **{"class": name},
                            recall=float((prediction[region] == row["label"]).mean()),
                            local_directionality=float(np.median(local[..., region])))
                 rows.append(row)
                 spectra.setdefault(name, []).append(waves.power_spectrum(sequence, region))
-    return rows, {name: spectra[name] for name in info.class_names if name in spectra}, example
+    return rows, {name: spectra[name] for name in class_names if name in spectra}, example
 
 
 def summary(rows):
@@ -182,19 +183,26 @@ def spectrogram_figure(paths, rate=sound.RATE, max_hz=1500, dynamic_range=60):
 
 
 def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None):
-    """measure_run on each run, then writes <tables>/waves.csv (summary), waves_classes.csv
-    (class_frequencies) and waves_objects.csv (every object); <figures>/waves_comparison.png,
+    """measure_run on each run (the first `n` images of the split, all where it holds fewer), then
+    writes <tables>/waves.csv (summary), waves_classes.csv (class_frequencies) and
+    waves_objects.csv (every object); <figures>/waves_comparison.png,
     and from the first run given of each dataset and model, <figures>/waves_maps_<dataset>.png
     (one row per model), its class sounds <sounds>/<dataset>_<model>-<class>.wav and their
     spectrograms <figures>/waves_spectrogram_<dataset>_<model>.png. Returns
     dict(summary, classes, rows, sounds: (dataset, model) -> {class: path}, figures: [paths])."""
+    counts = {}  # images measured per run: n, or the whole split where it holds fewer
     for run_dir in run_dirs:  # every run's files and data first: a missing one stops before minutes of measuring
         if not (Path(run_dir) / runs.CHECKPOINT).is_file():
             raise FileNotFoundError(f"{run_dir} has no {runs.CHECKPOINT}: not a trained run directory")
-        load_dataset(runs.load_json(Path(run_dir) / runs.CONFIG)["dataset"], split, data_root, limit=1)
+        dataset = runs.load_json(Path(run_dir) / runs.CONFIG)["dataset"]
+        load_dataset(dataset, split, data_root, limit=1)
+        counts[run_dir] = min(n, read_metadata(dataset, data_root)["split_sizes"][split])
     rows, examples, sound_paths, figure_paths, labels = [], {}, {}, [], {}
     for run_dir in run_dirs:
-        run_rows, spectra, example = measure_run(run_dir, split, n, data_root)
+        run_rows, spectra, example = measure_run(run_dir, split, counts[run_dir], data_root)
+        if not run_rows:  # e.g. a dataset whose first images are background only
+            print(f"{run_dir}: no object in the first {counts[run_dir]} {split} images; skipped")
+            continue
         config = runs.load_json(Path(run_dir) / runs.CONFIG)
         dataset, model = config["dataset"], config["model"]
         labels[config["run_name"]] = f"{model.upper()} seed {config['seed']}\n{dataset}"
@@ -206,8 +214,11 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
         figure_paths += plotting.save_figure(spectrogram_figure(sound_paths[dataset, model]),
                                              f"waves_spectrogram_{dataset}_{model}", figures, dpi=72)
     for dataset, by_model in examples.items():
-        figure_paths += plotting.save_figure(maps_figure(by_model, get_info(dataset).num_classes),
+        num_classes = next(iter(by_model.values()))["num_classes"]
+        figure_paths += plotting.save_figure(maps_figure(by_model, num_classes),
                                              f"waves_maps_{dataset}", figures)
+    if not rows:
+        raise ValueError(f"no object in the {split} images measured of {', '.join(map(str, run_dirs))}")
     figure_paths += plotting.save_figure(comparison_figure(rows, labels), "waves_comparison", figures)
     tables = Path(tables)
     tables.mkdir(parents=True, exist_ok=True)

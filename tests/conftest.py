@@ -55,6 +55,7 @@ def tiny_dataset(tmp_path, monkeypatch):
         class_names=("background", "small", "large"), paper_split_sizes=(48, 16, 16),
         create_command="(written by the test fixture)", description="test squares", default_seed=0)
     monkeypatch.setitem(dataset_config.DATASETS, "tiny", info)
+    monkeypatch.setattr(dataset_config, "BUILT_IN", (*dataset_config.BUILT_IN, "tiny"))  # a generator's, not imported
     root = tmp_path / "data"
     rng = np.random.default_rng(0)
     arrays, sizes = {}, dict(zip(info.splits, info.paper_split_sizes))

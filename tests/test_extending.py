@@ -11,6 +11,7 @@ import sys
 
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -18,7 +19,7 @@ from conftest import FAST, REPO
 from test_data import write_pair_folder
 
 PAGE = REPO / "docs" / "extending.md"
-COPY_IGNORES = shutil.ignore_patterns(".git", ".venv", "data", "runs", "results", "notebooks", "__pycache__",
+COPY_IGNORES = shutil.ignore_patterns(".git", ".venv", "data", "runs", "results", "__pycache__",
                                       ".pytest_cache", "predictions")
 # what makes each tool tiny and quiet here: appended to the page's commands (a later flag wins); the page's
 # batch size is kept, since it must suit the twenty pairs as typed
@@ -30,7 +31,8 @@ TEST_FLAGS = {"train.py": [*FAST_SIZES, "--no-progress", "--epochs", "1"],
               "data_scripts/show_samples.py": [],
               "launch.py": [*FAST_SIZES, "--no-progress", "--epochs", "1"],  # after the page's `--`: train.py's
               "-m analysis tables": [],
-              "-m analysis waves": ["--n", "2", "--split", "test"]}
+              "-m analysis waves": ["--n", "2", "--split", "test"],
+              "jupyter nbconvert": []}  # WAVES_QUICK=1 makes the notebooks small
 
 
 def blocks(text):
@@ -53,11 +55,15 @@ def add_to_registry(repo, lines):
 
 
 def run_page_command(line, repo):
+    """Runs one command of the page (VAR=value words first, as a shell takes them) with its TEST_FLAGS."""
     words = shlex.split(line)
-    tool = " ".join(words[1:4]) if words[1] == "-m" else words[1]
-    assert words[0] == "python" and tool in TEST_FLAGS, f"docs/extending.md: no test flags for {line}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAVES_")}  # the defaults, as for a user
-    run = subprocess.run([sys.executable, *words[1:], *TEST_FLAGS[tool]], cwd=repo, env=env,
+    while "=" in words[0]:
+        env.update([words.pop(0).split("=", 1)])
+    tool = " ".join(words[1:4]) if words[1] == "-m" else words[1] if words[0] == "python" else " ".join(words[:2])
+    assert words[0] in ("python", "jupyter") and tool in TEST_FLAGS, f"docs/extending.md: no test flags for {line}"
+    program = [sys.executable] if words[0] == "python" else [str(Path(sys.executable).parent / "jupyter")]
+    run = subprocess.run([*program, *words[1:], *TEST_FLAGS[tool]], cwd=repo, env=dict(env, WAVES_QUICK="1"),
                          capture_output=True, text=True)
     assert run.returncode == 0, f"{line}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     return run.stdout
@@ -82,7 +88,8 @@ def test_every_command_of_docs_extending_md(tmp_path):
             add_to_registry(repo, lines[1:])
     assert [c.split()[1] for c in commands] == [
         "data_scripts/import_folder.py", "data_scripts/show_samples.py", "train.py", "produce_scores.py", "predict.py",
-        "train.py", "produce_scores.py", "predict.py", "launch.py", "produce_scores.py", "-m", "-m"]
+        "train.py", "produce_scores.py", "predict.py", "launch.py", "produce_scores.py", "-m", "-m",
+        "WAVES_SCORES=runs/scores.csv"]
 
     meta = json.loads((repo / "data" / "my_shapes" / "dataset.json").read_text())
     assert meta["split_sizes"] == {"train": 16, "val": 2, "test": 2} and meta["class_names"][2] == "large"
@@ -95,13 +102,22 @@ def test_every_command_of_docs_extending_md(tmp_path):
     grid = {f"my_shapes/{model}-linear-T8-h2-seed{seed}" for model in ("nwm", "heat") for seed in (0, 1)}
     assert set(scores["run"].dropna()) == {"my_shapes/nwm", "my_shapes/heat"} | grid  # one run per seed, scored
     assert set(scores.loc[scores["run"].notna(), "evaluated"]) == {"re-evaluated"}
+    assert all(label.startswith("imported, sha256 ") for label in scores["data"])
     assert (repo / "predictions" / "img02_mask.png").is_file() and (repo / "predictions" / "img02_panel.png").is_file()
     assert (repo / "predictions" / "heat" / "img02_waves.gif").is_file()
     table = (repo / "runs" / "tables" / "scores.md").read_text()
     assert "my_shapes" in table and "background only" in table and "heat" in table
     waves = pd.read_csv(repo / "runs" / "tables" / "waves.csv")
-    assert set(waves["run"]) == {"my_shapes/nwm", "my_shapes/heat"}
+    assert set(waves["run"]) == {"my_shapes/nwm", "my_shapes/heat"} | grid  # the notebook's, every recurrent run
     assert (repo / "runs" / "sounds" / "my_shapes_heat-small.wav").is_file()
+    for name in ("scores_tables", "wave_analysis"):  # the notebooks, run on the user's runs
+        outputs = [o for cell in nbformat.read(repo / "runs" / "notebooks" / f"{name}.ipynb", as_version=4).cells
+                   for o in cell.get("outputs", [])]
+        assert not any(o["output_type"] == "error" for o in outputs), name
+        assert any("image/png" in o.get("data", {}) for o in outputs), name
+        text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+        assert name == "scores_tables" or "runs/my_shapes/heat" in text  # the user's recurrent runs were measured
+    assert (repo / "runs" / "figures" / "scores_my_shapes.png").is_file()
     assert not (REPO / "models" / "heat.py").exists()  # the model went into the copy only
 
 
