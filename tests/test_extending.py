@@ -110,14 +110,16 @@ def test_every_command_of_docs_extending_md(tmp_path):
     waves = pd.read_csv(repo / "runs" / "tables" / "waves.csv")
     assert set(waves["run"]) == {"my_shapes/nwm", "my_shapes/heat"} | grid  # the notebook's, every recurrent run
     assert (repo / "runs" / "sounds" / "my_shapes_heat-small.wav").is_file()
-    for name in ("scores_tables", "wave_analysis"):  # the notebooks, run on the user's runs
+    for name in ("scores_tables", "wave_analysis", "wave_animations"):  # the notebooks, run on the user's runs
         outputs = [o for cell in nbformat.read(repo / "runs" / "notebooks" / f"{name}.ipynb", as_version=4).cells
                    for o in cell.get("outputs", [])]
         assert not any(o["output_type"] == "error" for o in outputs), name
         assert any("image/png" in o.get("data", {}) for o in outputs), name
         text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
-        assert name == "scores_tables" or "runs/my_shapes/heat" in text  # the user's recurrent runs were measured
+        assert name != "wave_analysis" or "runs/my_shapes/heat" in text  # the user's recurrent runs were measured
     assert (repo / "runs" / "figures" / "scores_my_shapes.png").is_file()
+    assert {p.name.split("-")[0] for p in (repo / "runs" / "figures" / "animations").glob("*.gif")} == {
+        "my_shapes_nwm", "my_shapes_heat"}
     assert not (REPO / "models" / "heat.py").exists()  # the model went into the copy only
 
 
