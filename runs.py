@@ -478,9 +478,11 @@ def load_metrics(run_dir):
 #   variant: the setting the paper's grid varies, the first of VARIANT_KEYS the model takes: a recurrence's
 #            readout ("linear"), the CNN's depth ("depth 8"), the U-Net's width ("width 4");
 #   name:    the variant, and a recurrence's steps and hidden channels: nwm-linear-T100-h2, cnn-depth8, unet-width4;
-#   columns: MODEL_COLUMNS, each empty for a model that does not take it.
+#   columns: MODEL_COLUMNS, each empty for a model that does not take it. T is a recurrence's steps; the
+#            CNN's keyword T (the flag and config.json keep its name) sets its features per channel, T/2 - 1
+#            (models/cnn.py), which is its column features_per_channel.
 VARIANT_KEYS = ("readout", "depth", "width")
-MODEL_COLUMNS = ("readout", "T", "depth", "width", "hidden_channels")
+MODEL_COLUMNS = ("readout", "T", "features_per_channel", "depth", "width", "hidden_channels")
 
 
 def _model(name):
@@ -515,8 +517,13 @@ def steps(config):
 
 def model_columns(config):
     """The MODEL_COLUMNS of a run's config, as scores.csv holds them: None where its model lacks the setting."""
-    keys, _ = _model(config["model"])
-    return {column: config.get(column) if column in keys else None for column in MODEL_COLUMNS}
+    from models.cnn import features_per_channel
+
+    keys, recurrent = _model(config["model"])
+    row = {column: config.get(column) if column in keys else None for column in MODEL_COLUMNS}
+    if "T" in keys and not recurrent and config.get("T") is not None:  # the CNN's T: no steps, features
+        row["T"], row["features_per_channel"] = None, features_per_channel(config["T"])
+    return row
 
 
 def data_label(config):

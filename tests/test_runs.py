@@ -73,13 +73,13 @@ def test_a_file_that_is_not_a_checkpoint_is_called_so_never_an_index_error(tmp_p
 
 @pytest.mark.parametrize("model, settings, name, variant, columns", [
     ("nwm", dict(readout="fft"), "tetrominoes/nwm-fft-T100-h2-seed3", "fft",
-     dict(readout="fft", T=100, depth=None, width=None, hidden_channels=2)),
+     dict(readout="fft", T=100, features_per_channel=None, depth=None, width=None, hidden_channels=2)),
     ("lstm", dict(train_size=500), "tetrominoes/lstm-linear-T20-h2-n500-seed3", "linear",
-     dict(readout="linear", T=20, depth=None, width=None, hidden_channels=2)),
+     dict(readout="linear", T=20, features_per_channel=None, depth=None, width=None, hidden_channels=2)),
     ("cnn", dict(depth=16), "tetrominoes/cnn-depth16-seed3", "depth 16",
-     dict(readout=None, T=100, depth=16, width=None, hidden_channels=2)),
+     dict(readout=None, T=None, features_per_channel=49, depth=16, width=None, hidden_channels=2)),
     ("unet", dict(width=3), "tetrominoes/unet-width3-seed3", "width 3",
-     dict(readout=None, T=None, depth=None, width=3, hidden_channels=None)),
+     dict(readout=None, T=None, features_per_channel=None, depth=None, width=3, hidden_channels=None)),
 ])
 def test_a_runs_name_variant_and_score_columns_come_from_its_models_keywords(model, settings, name, variant, columns):
     from configs import paper_settings
