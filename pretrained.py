@@ -62,8 +62,8 @@ def describe(name):
     trained on (runs.data_label), its epochs and the test scores its run stored at its end."""
     run_dir = REPO / SHIPPED[name]
     config, test = runs.load_json(run_dir / runs.CONFIG), runs.load_json(run_dir / runs.TEST_METRICS)
-    return (f"{name}: {config['model']} {runs.variant(config)} on {config['dataset']} (data: {runs.data_label(config)}), "
-            f"{test['epochs_run']} epochs (best {test['best_epoch']}), test fg IoU {test['iou_foreground']:.4f}, "
+    return (f"{name}: {config['model']} {runs.variant(config)} on {config['dataset']} "
+            f"(data: {runs.data_label(config)}), {test['epochs_run']} epochs (best {test['best_epoch']}), test fg IoU {test['iou_foreground']:.4f}, "
             f"acc {test['acc']:.4f}; {SHIPPED[name]}")
 
 

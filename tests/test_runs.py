@@ -107,7 +107,8 @@ def test_every_train_py_setting_is_defining_budget_or_how_the_run_computes():
 def test_config_json_is_written_whole_once_per_invocation_with_its_budget_change(tmp_path):
     invocation = dict(started="t0", first_epoch=1, git={"commit": None, "dirty": None}, command="python train.py",
                       device_name="cpu", precision="float32", threads=1, bf16_coupling=False)
-    first = dict(model="nwm", epochs=2, resume=None, restart=False, quickstart=False, stop_after_minutes=None, amp=False)
+    first = dict(model="nwm", epochs=2, resume=None, restart=False, quickstart=False, stop_after_minutes=None,
+                 amp=False)
     runs.write_config(tmp_path, invocation, dict(precision="float32", compile="off"), first)
     config = runs.load_json(tmp_path / runs.CONFIG)
     assert not set(runs.INVOCATION) & config.keys()  # how one command was invoked is not kept
