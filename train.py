@@ -221,9 +221,10 @@ def fill_model_defaults(args):
         args.run_name = runs.default_run_name(vars(args))
 
 
-def check_settings(parser, args, info):
-    """Refuse impossible settings before any work starts (`info`: the dataset's get_info); returns the dataset's
-    metadata."""
+def check_settings(parser, args, info=None):
+    """Refuse impossible settings before any work starts (`info`: the dataset's get_info, read if not given);
+    returns the dataset's metadata."""
+    info = info or get_info(args.dataset, args.data_root)
     if args.model == "cnn" and features_per_channel(args.T) < 1:
         parser.error(f"--T {args.T}: the CNN makes T/2 - 1 features per channel, so --T must be at least 4")
     if args.model == "unet" and min(info.image_size) < 16:
@@ -246,9 +247,12 @@ def check_settings(parser, args, info):
     return meta
 
 
-def check_memory(parser, args, meta, device, info, model_config):
+def check_memory(parser, args, meta, device, info=None, model_config=None):
     """Refuse a run whose parameters with their gradients and Adam state, data, and one batch's
-    hidden sequence alone exceed the device's memory, before any of it is allocated."""
+    hidden sequence alone exceed the device's memory, before any of it is allocated (`info`, `model_config`:
+    the dataset's get_info and run_model_config, made if not given)."""
+    info = info or get_info(args.dataset, args.data_root)
+    model_config = model_config or run_model_config(args, info)
     with torch.device("meta"):  # shapes only
         params = count_parameters(build_model(args.model, **model_config))
     sizes = meta["split_sizes"]
@@ -279,9 +283,11 @@ def ensure_quickstart_data(args):
         subprocess.run([sys.executable, str(script), *root, *([] if args.progress else ["--no-progress"])], check=True)
 
 
-def run_model_config(args, info):
-    """build_model keywords of this run: the dataset's channels and classes (`info`), then its model settings,
-    each from a flag (the paper's value where none was given: fill_model_defaults)."""
+def run_model_config(args, info=None):
+    """build_model keywords of this run: the dataset's channels and classes (`info`: its get_info, read if not
+    given), then its model settings, each from a flag (the paper's value where none was given:
+    fill_model_defaults)."""
+    info = info or get_info(args.dataset, args.data_root)
     return dict(in_channels=info.channels, num_classes=info.num_classes,
                 **{k: getattr(args, k) for k in model_config_keys(args.model) if hasattr(args, k)})
 
