@@ -7,12 +7,10 @@
 A pretrained model comes in eval mode, with `model.class_names` (index = class id) and
 `model.config` (its run's settings) attached; an untrained one has the paper's settings
 for the dataset (configs.py), which keywords override; a keyword out of its range (T=-5, dt=0)
-is refused with a ValueError that names the range, as train.py's flags are. Shipped weights:
-pretrained.SHIPPED (see that module for what each was trained on).
+is refused with a ValueError that names the range (models.build_model; train.py's flags take
+the same ranges). Shipped weights: pretrained.SHIPPED (see that module for what each was
+trained on).
 """
-import math as _math
-import numbers as _numbers
-
 import pretrained as _pretrained
 from configs import model_config as _model_config
 from dataset_config import DATASETS as _DATASETS
@@ -20,23 +18,6 @@ from dataset_config import get_info as _get_info
 from models import build_model as _build_model
 
 dependencies = ["torch", "numpy"]
-
-# the least value of each whole-number keyword, as train.py's flags take it (readout is checked by build_model)
-_AT_LEAST = dict(in_channels=1, num_classes=1, c_mid=1, hidden_channels=1, T=1, readout_width=1, readout_depth=0,
-                 depth=1, width=1, bptt_segment=0)
-
-
-def _check(settings):
-    """ValueError naming the keyword and its allowed values, for a value the model cannot be built with."""
-    for key, value in settings.items():
-        if key in _AT_LEAST and (isinstance(value, bool) or not isinstance(value, _numbers.Integral)
-                                or value < _AT_LEAST[key]):
-            raise ValueError(f"{key} must be a whole number >= {_AT_LEAST[key]}, got {value!r}")
-        if key == "dt" and (isinstance(value, bool) or not isinstance(value, _numbers.Real)
-                            or not _math.isfinite(value) or value <= 0):
-            raise ValueError(f"dt must be a positive finite number, got {value!r}")
-        if key == "fused" and not isinstance(value, bool):
-            raise ValueError(f"fused must be True or False, got {value!r}")
 
 
 def _entry(model, dataset, pretrained, settings):
@@ -53,7 +34,6 @@ def _entry(model, dataset, pretrained, settings):
         if settings:
             raise ValueError(f"a pretrained model has its run's settings; {', '.join(settings)} cannot change")
         return _pretrained.load(name)
-    _check(settings)
     net = _build_model(model, **_model_config(dataset, model, **settings))
     info = _get_info(dataset)
     net.class_names, net.image_size = info.class_names, info.image_size
@@ -71,7 +51,7 @@ def lstm(dataset="tetrominoes", pretrained=False, **settings):
 
 
 def cnn(dataset="tetrominoes", pretrained=False, **settings):
-    """Feed-forward CNN baseline; `depth` 8 unless given (the shipped one, pretrained=True, has depth 2)."""
+    """Feed-forward CNN baseline; `depth` 8 unless given (pretrained=True: the shipped one, at its run's depth)."""
     return _entry("cnn", dataset, pretrained, settings)
 
 

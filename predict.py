@@ -4,8 +4,8 @@
     python predict.py photos/ --model runs/tetrominoes/nwm-linear-T100-h2-seed0 --out predictions/ --resize
     python predict.py digit.jpg --model RUN_DIR/checkpoint.pt --invert --save-ids --animate --out predictions/
 
---model is a shipped model (tetrominoes/nwm, tetrominoes/lstm, tetrominoes/cnn, polygons/nwm;
-see pretrained.py for what each was trained on), a run directory (or any file in one but a
+--model is a shipped model (pretrained.SHIPPED, listed under --model below; `python
+pretrained.py` says what each was trained on), a run directory (or any file in one but a
 checkpoint), or a checkpoint inside one. Inputs are PNG or JPEG files, or folders of them
 (their regular files only; each file is taken once). Each image is converted to what the
 model expects: turned upright as its EXIF orientation says, RGB or gray (alpha composited onto
@@ -51,7 +51,8 @@ def build_parser():
     p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", help="PNG or JPEG files, or folders of them")
     p.add_argument("--model", required=True,
-                   help="a shipped model name, a run directory (or any file in it), or a checkpoint in one")
+                   help=f"a shipped model ({', '.join(pretrained.SHIPPED)}), a run directory (or any file in it), "
+                        f"or a checkpoint in one")
     p.add_argument("--out", required=True, help="folder for the masks (created if missing)")
     p.add_argument("--resize", action="store_true",
                    help="let the model see images of another size scaled to the training images' size (bilinear) "

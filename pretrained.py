@@ -9,12 +9,14 @@
 Files that do not make a model (a checkpoint overwritten, one of another run) raise runs.DamagedFile,
 naming the file.
 
-(torch.hub.load works too, see hubconf.py.) The shipped Tetrominoes models were trained on
-the paper's Tetrominoes arrays with the paper's recipe, seed 0, on a CPU (docs/results.md):
-the NWM and the ConvLSTM for 100 of the paper's 300 epochs, test fg IoU 0.986 and 0.728, the
-CNN of depth 2 for 30, 0.146 (the CNNs of depth 8 and 16 collapsed to predicting background,
-fg IoU 0.000, so the shipped CNN is the shallow one that learned). The Polygons NWM was trained on
-today's Polygons recipe, for 8 epochs.
+(torch.hub.load works too, see hubconf.py.) The shipped models are seed-0 runs of the paper's
+recipe, trained on a CPU for fewer than its 300 epochs (docs/results.md): on the paper's
+Tetrominoes arrays the NWM, the ConvLSTM and a CNN of depth 2 (the CNNs of depth 8 and 16
+collapsed to predicting background, so the shipped CNN is the shallow one that learned), and an
+NWM on today's Polygons recipe. What each was trained on, for how many epochs, and its test
+score are read from its run directory:
+
+    python pretrained.py                                           # or pretrained.describe(name)
 """
 from pathlib import Path
 
@@ -55,6 +57,16 @@ def resolve(source):
                      f"{runs.CONFIG} and {runs.CHECKPOINT}, nor a file in one")
 
 
+def describe(name):
+    """One line on shipped model `name`, read from its run directory: its model and variant, the data it was
+    trained on (runs.data_label), its epochs and the test scores its run stored at its end."""
+    run_dir = REPO / SHIPPED[name]
+    config, test = runs.load_json(run_dir / runs.CONFIG), runs.load_json(run_dir / runs.TEST_METRICS)
+    return (f"{name}: {config['model']} {runs.variant(config)} on {config['dataset']} "
+            f"(data: {runs.data_label(config)}), {test['epochs_run']} epochs (best {test['best_epoch']}), test fg IoU {test['iou_foreground']:.4f}, "
+            f"acc {test['acc']:.4f}; {SHIPPED[name]}")
+
+
 def load(source, device="cpu"):
     """The model of `source` (see resolve) in eval mode, with `class_names`, `image_size` and `config` attached;
     ValueError (runs.DamagedFile for files that do not make a model) with the file named."""
@@ -79,3 +91,8 @@ def load(source, device="cpu"):
                                f"this project does not know ({', '.join(DATASETS)})")
     model.config = config
     return model
+
+
+if __name__ == "__main__":
+    for shipped in SHIPPED:
+        print(describe(shipped))

@@ -40,7 +40,6 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-import dataset_config
 import runs
 import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
@@ -50,11 +49,10 @@ from engine import evaluate
 from metrics import METRIC_NAMES, background_only_metrics
 from signals import EXIT_STATUS, Interrupted, StopSignals
 
-CONFIG_COLUMNS = ("dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
-                  "num_params", "epochs", "train_size")
+# a run's settings in the table: its model's (runs.model_columns) between the dataset and model and the rest
+CONFIG_COLUMNS = ("dataset", "model", *runs.MODEL_COLUMNS, "seed", "num_params", "epochs", "train_size")
 # whole numbers that some rows leave empty: written as 16, not 16.0
-INTEGER_COLUMNS = ("epochs_run", "best_epoch", "T", "depth", "width", "hidden_channels", "seed", "num_params",
-                   "epochs", "train_size")
+INTEGER_COLUMNS = ("epochs_run", "best_epoch", *(c for c in CONFIG_COLUMNS if c not in ("dataset", "model", "readout")))
 # the `model` of the rows that score predicting background everywhere
 BASELINE = "background only"
 # what every score table holds: a CSV without them is someone else's file
@@ -233,30 +231,8 @@ def chosen_runs(paths, root):
 
 
 def config_columns(config):
-    """The table's config columns; settings that do not apply to a model are left empty."""
-    row = {k: config.get(k) for k in CONFIG_COLUMNS}
-    if config["model"] != "cnn":
-        row["depth"] = None
-    if config["model"] != "unet":
-        row["width"] = None
-    if config["model"] == "unet":
-        row["T"] = row["hidden_channels"] = None
-    return row
-
-
-def data_label(config):
-    """Which data a run was trained on, for the table's `data` column."""
-    data = config.get("data")
-    if not data:
-        return "unrecorded"
-    if data.get("label"):
-        return data["label"]
-    if data["paper_identical"]:
-        return "paper"
-    if config["dataset"] not in dataset_config.BUILT_IN:  # a folder of the user's, by data_scripts/import_folder.py
-        return f"imported, sha256 {data['sha256'][:12]}"
-    origin = "our recipe" if data["paper_identical"] is None else "paper's recipe"
-    return f"{origin}, seed {data['seed']}, sha256 {data['sha256'][:12]}"
+    """The table's config columns; settings that do not apply to a model are left empty (runs.model_columns)."""
+    return {k: config.get(k) for k in CONFIG_COLUMNS} | runs.model_columns(config)
 
 
 def metric_columns(metrics):
@@ -296,7 +272,7 @@ def score_run(run_dir, key, test_splits, device, do_evaluate, batch_size, stop):
         else:
             evaluated = "stored (trained on other data than the data root holds)"
     row = {"run": key, "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch"),
-           "data": data_label(config), "evaluated": evaluated}
+           "data": runs.data_label(config), "evaluated": evaluated}
     row.update(config_columns(config))
     row.update(metric_columns(metrics))
     return row, config, stored
@@ -317,7 +293,7 @@ def baseline_row(config, stored, key, test_splits):
         metrics, evaluated = stored["background_only"], f"stored by the test of {key}"
     else:
         return None
-    row = {"run": None, "data": data_label(config), "evaluated": evaluated, "dataset": config["dataset"],
+    row = {"run": None, "data": runs.data_label(config), "evaluated": evaluated, "dataset": config["dataset"],
            "model": BASELINE}
     row.update(metric_columns(metrics))
     return row

@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+import dataset_config
 import settings
 
 CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS, LOCK = (
@@ -49,8 +50,17 @@ RUN_FILES = (CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS)  # what a run writ
 # what each file is, for refusing one given where a checkpoint is expected
 NOT_CHECKPOINTS = {CONFIG: "the run's settings", METRICS: "the run's per-epoch metrics",
                    TEST_METRICS: "the run's test metrics"}
-# the settings that may change when a run is continued: how long it trains, not what
+# What each of train.py's settings is to its run, in one place. Every setting defines the run (it continues only
+# with the same values: open_run) except these. BUDGET, how long it trains, may grow when it continues.
+# NOT_DEFINING, how and where it computes, may change between invocations: config.json keeps the first
+# invocation's values (each invocation's hardware is in its `invocations`), and under the names of OUTCOMES what
+# that invocation computed with (amp: whether bfloat16; cuda_graph, compile: their outcome), which --resume
+# therefore does not take back as flags. INVOCATION, how one command was invoked, config.json does not keep.
 BUDGET = ("epochs", "min_epochs", "patience", "max_minutes")
+NOT_DEFINING = ("device", "threads", "amp", "bf16_coupling", "bptt_segment", "fused", "compile", "cuda_graph",
+                "cpu_allocator", "data_root", "runs_root", "run_name", "progress")
+OUTCOMES = ("amp", "cuda_graph", "compile")
+INVOCATION = ("resume", "restart", "quickstart", "stop_after_minutes")
 
 
 class RunConflict(Exception):
@@ -353,10 +363,17 @@ def _checkpoint_epoch(run_dir):
         return None
 
 
+def run_defining(settings):
+    """Of train.py's settings, those that define the run, with its budget: what open_run compares with the
+    stored ones."""
+    return {k: v for k, v in settings.items() if k not in NOT_DEFINING and k not in INVOCATION}
+
+
 def open_run(run_dir, settings, data, restart=False):
-    """Makes run_dir, which the caller holds `locked`, ready for a run of `settings` (what
-    defines the run) on `data` (the data's fingerprint). Returns "new", "resume" or
-    "finished" (nothing to do).
+    """Makes run_dir, which the caller holds `locked`, ready for a run of `settings` (run_defining's: what
+    defines the run, and its budget) on `data` (the data's fingerprint). Returns (status, budget change):
+    status "new", "resume" or "finished" (nothing to do), and the change of budget that write_config records,
+    or None.
 
     A run continues only with the same settings and data; its budget (BUDGET) may be
     raised, which reopens a finished run: test_metrics.json goes, and the run is tested
@@ -376,7 +393,7 @@ def open_run(run_dir, settings, data, restart=False):
         except DamagedFile as e:
             raise _damaged(run_dir, str(e)) from None
         if not epochs_run:
-            return "new"
+            return "new", None
         there = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK))
         raise RunConflict(f"{run_dir} holds {epochs_run} finished epoch{'s' * (epochs_run > 1)} ({there}) but no "
                           f"{LAST}, so it cannot be resumed, and starting over would overwrite what is there. Restore "
@@ -408,20 +425,37 @@ def open_run(run_dir, settings, data, restart=False):
             (run_dir / TEST_METRICS).unlink()  # the run is tested again at its end, as it was
     changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
     if not changed and is_finished(run_dir):
-        return "finished"
+        return "finished", None
     epochs_run = _resume_state(run_dir)["epoch"]
     if not changed:
-        return "resume"
+        return "resume", None
     if settings["epochs"] < epochs_run:
         raise RunConflict(f"--epochs {settings['epochs']} is below the {epochs_run} epochs {run_dir} has trained; "
                           f"raise it, or --restart")
-    stored.update({k: settings[k] for k in changed})
-    stored.setdefault("budget_changes", []).append(
-        {"after_epoch": epochs_run, "changed": {k: list(v) for k, v in changed.items()},
-         "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    save_json(stored, run_dir / CONFIG)
     (run_dir / TEST_METRICS).unlink(missing_ok=True)  # tested again at the new end
-    return "resume"
+    return "resume", {"after_epoch": epochs_run, "changed": {k: list(v) for k, v in changed.items()},
+                      "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_config(run_dir, invocation, computed, first=None, budget_change=None):
+    """config.json, its one writer, once per invocation before its first epoch. A new run's is `first` (the
+    settings, less INVOCATION's, and what the run was built from and on), with what its first `invocation`
+    says of where it started (git commit, device, command, time); a continued run's is the stored one, with
+    open_run's `budget_change` applied and noted in budget_changes. Either gets `computed` (how this
+    invocation computes: the precision and the outcomes of OUTCOMES) and `invocation` appended to
+    `invocations`."""
+    path = Path(run_dir) / CONFIG
+    if first is not None:
+        config = {k: v for k, v in first.items() if k not in INVOCATION}
+        config.update(computed)
+        config.update({key: invocation[key] for key in ("git", "device_name", "command", "started")})
+    else:
+        config = dict(load_json(path), **computed)
+    if budget_change:
+        config.update({k: new for k, (_, new) in budget_change["changed"].items()})
+        config.setdefault("budget_changes", []).append(budget_change)
+    config["invocations"] = config.get("invocations", []) + [invocation]
+    save_json(config, path)
 
 
 def load_metrics(run_dir):
@@ -439,14 +473,73 @@ def load_metrics(run_dir):
 # names
 
 
+# A run's identity among the runs of its dataset and model, derived from the build_model keywords its model
+# takes (models.model_config_keys) and written once here: its variant in the paper's tables (variant), its
+# name (default_run_name) and its model's columns in scores.csv (model_columns).
+#   variant: the setting the paper's grid varies, the first of VARIANT_KEYS the model takes: a recurrence's
+#            readout ("linear"), the CNN's depth ("depth 8"), the U-Net's width ("width 4");
+#   name:    the variant, and a recurrence's steps and hidden channels: nwm-linear-T100-h2, cnn-depth8, unet-width4;
+#   columns: MODEL_COLUMNS, each empty for a model that does not take it. T is a recurrence's steps; the
+#            CNN's keyword T (the flag and config.json keep its name) sets its features per channel, T/2 - 1
+#            (models/cnn.py), which is its column features_per_channel.
+VARIANT_KEYS = ("readout", "depth", "width")
+MODEL_COLUMNS = ("readout", "T", "features_per_channel", "depth", "width", "hidden_channels")
+
+
+def _model(name):
+    """(the build_model keywords of model `name`, whether it is a recurrence); a model this code does not know
+    (a run of a model since removed) is taken as a recurrence."""
+    from models import MODEL_NAMES, is_recurrent, model_config_keys  # keeps `import runs` light
+
+    if name not in MODEL_NAMES:
+        return ("readout", "T", "hidden_channels"), True
+    return model_config_keys(name), is_recurrent(name)
+
+
+def _variant(config):
+    """(setting, value) of the run's variant, (None, None) for a model that takes none of VARIANT_KEYS."""
+    keys, _ = _model(config["model"])
+    key = next((k for k in VARIANT_KEYS if k in keys), None)
+    return key, config.get(key)
+
+
 def variant(config):
-    """What tells runs of one model apart in the paper's tables: the readout, CNN depth or
-    U-Net width ("linear", "depth 8", "width 4"); `config` is a run's config or a table row."""
-    if config["model"] == "cnn":
-        return f"depth {int(config['depth'])}"
-    if config["model"] == "unet":
-        return f"width {int(config['width'])}"
-    return config["readout"]
+    """What tells runs of one model apart in the paper's tables: the readout, CNN depth or U-Net width
+    ("linear", "depth 8", "width 4"); `config` is a run's config or a row of scores.csv."""
+    key, value = _variant(config)
+    return "" if key is None else str(value) if key == "readout" else f"{key} {int(value)}"
+
+
+def steps(config):
+    """A recurrence's steps as the score tables show them after its variant (", T 100"); "" for other models
+    and where T is missing (None)."""
+    return f", T {int(config['T'])}" if _model(config["model"])[1] and config.get("T") is not None else ""
+
+
+def model_columns(config):
+    """The MODEL_COLUMNS of a run's config, as scores.csv holds them: None where its model lacks the setting."""
+    from models.cnn import features_per_channel
+
+    keys, recurrent = _model(config["model"])
+    row = {column: config.get(column) if column in keys else None for column in MODEL_COLUMNS}
+    if "T" in keys and not recurrent and config.get("T") is not None:  # the CNN's T: no steps, features
+        row["T"], row["features_per_channel"] = None, features_per_channel(config["T"])
+    return row
+
+
+def data_label(config):
+    """Which data a run was trained on, in words (scores.csv's `data` column)."""
+    data = config.get("data")
+    if not data:
+        return "unrecorded"
+    if data.get("label"):
+        return data["label"]
+    if data["paper_identical"]:
+        return "paper"
+    if config["dataset"] not in dataset_config.BUILT_IN:  # a folder of the user's, by data_scripts/import_folder.py
+        return f"imported, sha256 {data['sha256'][:12]}"
+    origin = "our recipe" if data["paper_identical"] is None else "paper's recipe"
+    return f"{origin}, seed {data['seed']}, sha256 {data['sha256'][:12]}"
 
 
 def _limit(folder, name, default):
@@ -505,17 +598,15 @@ def run_path(runs_root, run_name):
 
 
 def default_run_name(config):
-    """<dataset>/<model>-<variant>[-n<train size>]-seed<seed>, e.g. tetrominoes/nwm-linear-T100-h2-seed0."""
-    if config["model"] == "cnn":
-        name = f"depth{config['depth']}"
-    elif config["model"] == "unet":
-        name = f"width{config['width']}"
-    else:
-        name = f"{config['readout']}-T{config['T']}-h{config['hidden_channels']}"
-    name = f"{config['dataset']}/{config['model']}-{name}"
+    """<dataset>/<model>-<variant>[-n<train size>]-seed<seed>, the variant as names spell it (see VARIANT_KEYS),
+    e.g. tetrominoes/nwm-linear-T100-h2-seed0, tetrominoes/cnn-depth8-seed0."""
+    key, value = _variant(config)
+    parts = [config["model"]] + ([] if key is None else [str(value) if key == "readout" else f"{key}{value}"])
+    if _model(config["model"])[1]:
+        parts += [f"T{config['T']}", f"h{config['hidden_channels']}"]
     if config.get("train_size") is not None:
-        name += f"-n{config['train_size']}"
-    return f"{name}-seed{config['seed']}"
+        parts.append(f"n{config['train_size']}")
+    return f"{config['dataset']}/{'-'.join(parts)}-seed{config['seed']}"
 
 # -----------------------------------------------------------------------------
 # finding runs

@@ -35,14 +35,15 @@ import runs
 import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads,
                  float_at_least, int_at_least, positive_float, shows_bars)
-from configs import default_help, model_config, paper_settings
+from configs import default_help, paper_settings
 from dataset_config import BUILT_IN, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from cuda_graphs import make_steps
 from engine import CompileError, NonFiniteLossError, compile_checked, evaluate, set_backends, train_one_epoch
 from metrics import background_only_metrics, format_metrics
-from models import CONFIG_KEYS, MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, \
+from models import AT_LEAST, CONFIG_KEYS, MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, \
     model_config_keys
+from models.cnn import features_per_channel
 from models.common import AUTO_SEGMENT, AUTO_SEGMENT_BYTES, GPU_SHARE, allow_bf16_coupling, auto_bptt_segment
 from signals import EXIT_STATUS, Interrupted, StopSignals
 
@@ -50,21 +51,19 @@ from signals import EXIT_STATUS, Interrupted, StopSignals
 QUICKSTART = dict(dataset="tetrominoes", model="nwm", readout="linear", train_size=1000, val_size=250,
                   batch_size=16, epochs=10, min_epochs=10, readout_width=64, run_name="quickstart")
 
-# Settings that do not change what is trained, so a run may resume with other values.
-NOT_RUN_DEFINING = {"device", "data_root", "runs_root", "run_name", "resume", "restart", "progress", "compile",
-                    "amp", "cpu_allocator", "bptt_segment", "fused", "quickstart", "threads", "cuda_graph",
-                    "stop_after_minutes", "bf16_coupling"}
-# What config.json records of how a run was computed, under a flag's name: --resume does not take them as flags.
-OUTCOMES = {"amp", "cuda_graph", "compile"}
-
-
 def auto_or_int(text):
-    return text if text == "auto" else int_at_least(0)(text)
+    return text if text == "auto" else int_at_least(AT_LEAST["bptt_segment"])(text)
 
 
 def model_help(key):
     """A model flag's help, written once: what it sets (models.CONFIG_KEYS) and the paper's value (configs.py)."""
     return f"{CONFIG_KEYS[key]} {default_help(key)}"
+
+
+def model_flag(group, key, type=None):
+    """The flag of model keyword `key`, in the range build_model takes (models.AT_LEAST), unset by default."""
+    flag = "--" + key.replace("_", "-")
+    group.add_argument(flag, type=type or int_at_least(AT_LEAST[key]), default=None, help=model_help(key))
 
 
 def build_parser():
@@ -87,14 +86,10 @@ def build_parser():
                         "unet: non-local baseline")
     g.add_argument("--readout", default="linear", choices=READOUTS,
                    help="temporal readout of the recurrent models (the CNN always uses its linear head)")
-    g.add_argument("--T", type=int_at_least(1), default=None, help=model_help("T"))
-    g.add_argument("--dt", type=positive_float, default=None, help=model_help("dt"))
-    g.add_argument("--c-mid", type=int_at_least(1), default=None, help=model_help("c_mid"))
-    g.add_argument("--hidden-channels", type=int_at_least(1), default=None, help=model_help("hidden_channels"))
-    g.add_argument("--readout-width", type=int_at_least(1), default=None, help=model_help("readout_width"))
-    g.add_argument("--readout-depth", type=int_at_least(0), default=None, help=model_help("readout_depth"))
-    g.add_argument("--depth", type=int_at_least(1), default=None, help=model_help("depth"))
-    g.add_argument("--width", type=int_at_least(1), default=None, help=model_help("width"))
+    model_flag(g, "T")
+    model_flag(g, "dt", positive_float)
+    for key in ("c_mid", "hidden_channels", "readout_width", "readout_depth", "depth", "width"):
+        model_flag(g, key)
 
     g = p.add_argument_group("training (docs/methods.md, \"Training\")")
     g.add_argument("--epochs", type=int_at_least(1), default=300, help="maximum number of epochs")
@@ -163,6 +158,12 @@ def build_parser():
 
 
 def parse_args(argv=None):
+    """(parser, args) of train.py's command line `argv`, every model setting filled (fill_model_defaults)."""
+    return parse(argv)[:2]
+
+
+def parse(argv=None):
+    """(parser, args, the dataset's entry in the table: dataset_config.get_info, read here once per run)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quickstart:  # the preset replaces the defaults, explicit flags still win
@@ -182,14 +183,14 @@ def parse_args(argv=None):
                          f"copy")
         if args.run_name is not None or args.runs_root is not None:
             parser.error(f"--resume {args.resume} names the run's folder itself: leave out --run-name and --runs-root")
-        parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k not in OUTCOMES})
+        parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k not in runs.OUTCOMES})
         args = parser.parse_args(argv)
     try:  # a built-in dataset, or one imported under this run's data root (the parser cannot list those)
-        get_info(args.dataset, args.data_root)
+        info = get_info(args.dataset, args.data_root)
     except DatasetError as e:
         parser.error(f"--dataset: {e}")
     fill_model_defaults(args)
-    return parser, args
+    return parser, args, info
 
 
 def locate_run(parser, args):
@@ -220,11 +221,13 @@ def fill_model_defaults(args):
         args.run_name = runs.default_run_name(vars(args))
 
 
-def check_settings(parser, args):
-    """Refuse impossible settings before any work starts; returns the dataset's metadata."""
-    if args.model == "cnn" and args.T < 4:
+def check_settings(parser, args, info=None):
+    """Refuse impossible settings before any work starts (`info`: the dataset's get_info, read if not given);
+    returns the dataset's metadata."""
+    info = info or get_info(args.dataset, args.data_root)
+    if args.model == "cnn" and features_per_channel(args.T) < 1:
         parser.error(f"--T {args.T}: the CNN makes T/2 - 1 features per channel, so --T must be at least 4")
-    if args.model == "unet" and min(get_info(args.dataset, args.data_root).image_size) < 16:
+    if args.model == "unet" and min(info.image_size) < 16:
         parser.error("the U-Net pools four times: images must be at least 16x16")
     try:
         meta = read_metadata(args.dataset, args.data_root)
@@ -244,12 +247,15 @@ def check_settings(parser, args):
     return meta
 
 
-def check_memory(parser, args, meta, device):
+def check_memory(parser, args, meta, device, info=None, model_config=None):
     """Refuse a run whose parameters with their gradients and Adam state, data, and one batch's
-    hidden sequence alone exceed the device's memory, before any of it is allocated."""
+    hidden sequence alone exceed the device's memory, before any of it is allocated (`info`, `model_config`:
+    the dataset's get_info and run_model_config, made if not given)."""
+    info = info or get_info(args.dataset, args.data_root)
+    model_config = model_config or run_model_config(args, info)
     with torch.device("meta"):  # shapes only
-        params = count_parameters(build_model(args.model, **run_model_config(args)))
-    info, sizes = get_info(args.dataset, args.data_root), meta["split_sizes"]
+        params = count_parameters(build_model(args.model, **model_config))
+    sizes = meta["split_sizes"]
     H, W = info.image_size
     images = (args.train_size or sizes["train"]) + (args.val_size or sizes["val"]) + sizes["test"]
     steps = (min(args.bptt_segment, args.T) if args.bptt_segment else args.T) if is_recurrent(args.model) else 0
@@ -277,25 +283,23 @@ def ensure_quickstart_data(args):
         subprocess.run([sys.executable, str(script), *root, *([] if args.progress else ["--no-progress"])], check=True)
 
 
-def run_model_config(args):
-    """build_model keywords of this run: every model setting comes from a flag (filled by fill_model_defaults)."""
-    return model_config(args.dataset, args.model, args.data_root, **{k: getattr(args, k) for k in model_config_keys(args.model)
-                                                     if hasattr(args, k)})
+def run_model_config(args, info=None):
+    """build_model keywords of this run: the dataset's channels and classes (`info`: its get_info, read if not
+    given), then its model settings, each from a flag (the paper's value where none was given:
+    fill_model_defaults)."""
+    info = info or get_info(args.dataset, args.data_root)
+    return dict(in_channels=info.channels, num_classes=info.num_classes,
+                **{k: getattr(args, k) for k in model_config_keys(args.model) if hasattr(args, k)})
 
 
-def write_config(args, run_dir, model, device, amp, data, computed, invocation):
-    """config.json: the settings, the data's fingerprint, `computed` (how this invocation computes:
-    precision, TF32, the CUDA graph's outcome) and the list of invocations (see `invocation`)."""
-    info = get_info(args.dataset, args.data_root)  # what predict.py and pretrained.load need, wherever the data is
-    config = dict(vars(args), **run_model_config(args), **computed, invocations=[invocation],
-                  class_names=list(info.class_names), image_size=list(info.image_size))
-    config.update(  # the run's first invocation says where it started (git commit, command, device)
-        data=data, num_params=count_parameters(model), device=str(device), amp=amp,
-        versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__),
-        **{key: invocation[key] for key in ("git", "device_name", "command", "started")})
-    for key in ("resume", "restart", "quickstart", "stop_after_minutes"):  # how it was invoked, not what it is
-        config.pop(key)
-    runs.save_json(config, run_dir / runs.CONFIG)
+def first_record(run, model):
+    """What config.json holds of a new run beside what runs.write_config adds: its settings (vars(args)), the
+    keywords it was built from, what predict.py and pretrained.load need wherever the data is (class names,
+    image size), the data's fingerprint, the parameter count, the device and precision it got, the versions."""
+    return dict(vars(run.args), **run.model_config, class_names=list(run.info.class_names),
+                image_size=list(run.info.image_size), data=run.data_fingerprint, num_params=count_parameters(model),
+                device=str(run.device), amp=run.amp,
+                versions=dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__))
 
 
 def invocation_record(first_epoch, hardware, bf16_coupling):
@@ -314,23 +318,27 @@ def new_state():
 
 @dataclass
 class Run:
-    """One invocation of a run: its settings, directory, device and precision, its data (on the
-    device), the stop signal and when the invocation started, and `state`, how far the run has come
+    """One invocation of a run: its settings, the dataset's entry (get_info) and the model's build_model
+    keywords, directory, device and precision, its data (on the device), the change of budget open_run
+    found, the stop signal and when the invocation started, and `state`, how far the run has come
     (new_state's keys: epochs run, the per-epoch history of metrics.csv, the best epoch and its
     validation loss, epochs since the last improvement), which last.pt keeps."""
     args: argparse.Namespace
+    info: object  # dataset_config.DatasetInfo
+    model_config: dict
     dir: Path
     device: torch.device
     amp: bool
     data: dict  # split -> (images, masks) on the device
     data_fingerprint: dict
+    budget_change: dict  # runs.open_run's, None when the budget is as stored
     stop: StopSignals
     invoked: float  # time.perf_counter() when this invocation started
     state: dict = field(default_factory=new_state)
 
     @property
     def num_classes(self):
-        return get_info(self.args.dataset, self.args.data_root).num_classes
+        return self.info.num_classes
 
     @property
     def terminal(self):
@@ -363,7 +371,7 @@ def start(run, status):
     (`status` "resume", which also restores run.state)."""
     args, device = run.args, run.device
     torch.manual_seed(args.seed)
-    model = build_model(args.model, **run_model_config(args)).to(device)
+    model = build_model(args.model, **run.model_config).to(device)
     capturable = args.cuda_graph != "off" and device.type == "cuda"  # Adam's state on the GPU, for graph capture
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=capturable)
     generator = torch.Generator().manual_seed(args.seed)  # batch order, saved for resuming
@@ -411,12 +419,9 @@ def fit(run, status):
                     compile=compile_outcome)
     hardware = runs.hardware(device, amp)
     invocation = invocation_record(state["epoch"] + 1, hardware, args.bf16_coupling == "on")
-    if status == "new":
-        write_config(args, run.dir, model, device, amp, run.data_fingerprint, computed, invocation)
-    else:  # this invocation may run on another machine, from another commit
-        config = dict(runs.load_json(run.dir / runs.CONFIG), **computed)
-        config["invocations"] = config.get("invocations", []) + [invocation]
-        runs.save_json(config, run.dir / runs.CONFIG)
+    # each invocation may run on another machine, from another commit
+    runs.write_config(run.dir, invocation, computed, first_record(run, model) if status == "new" else None,
+                      run.budget_change)
 
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
@@ -505,7 +510,7 @@ def main(argv=None):
 
 
 def run_command(argv, invoked):
-    parser, args = parse_args(argv)
+    parser, args, info = parse(argv)
     run_dir = locate_run(parser, args)
     if args.cpu_allocator == "tuned":
         settings.tune_cpu_allocator()
@@ -519,10 +524,11 @@ def run_command(argv, invoked):
     allow_bf16_coupling(args.bf16_coupling == "on")
     if args.bptt_segment == "auto":
         args.bptt_segment = auto_bptt_segment(is_recurrent(args.model), args.batch_size, args.T,
-                                              args.hidden_channels, get_info(args.dataset, args.data_root).image_size, device)
+                                              args.hidden_channels, info.image_size, device)
+    model_config = run_model_config(args, info)
     ensure_quickstart_data(args)
-    meta = check_settings(parser, args)
-    check_memory(parser, args, meta, device)
+    meta = check_settings(parser, args, info)
+    check_memory(parser, args, meta, device, info, model_config)
     data_fingerprint = fingerprint(meta)
     try:
         data = {"train": load_dataset(args.dataset, "train", args.data_root, args.train_size),
@@ -531,18 +537,19 @@ def run_command(argv, invoked):
     except DatasetError as e:
         parser.error(str(e))
     data = {split: (x.to(device), y.to(device)) for split, (x, y) in data.items()}  # batches are drawn by index
-    run_settings = {k: v for k, v in vars(args).items() if k not in NOT_RUN_DEFINING}
     try:
         with runs.locked(run_dir):  # held until the run ends: no second process writes here meanwhile
-            status = runs.open_run(run_dir, run_settings, data_fingerprint, args.restart)
+            status, budget_change = runs.open_run(run_dir, runs.run_defining(vars(args)), data_fingerprint,
+                                                  args.restart)
             if status == "finished":
                 test = runs.load_json(run_dir / runs.TEST_METRICS)
+                budget = ", ".join("--" + k.replace("_", "-") for k in runs.BUDGET[1:])
                 print(f"{run_dir} is already finished (test iou_foreground {test['iou_foreground']:.4f}); nothing "
-                      f"to do. Raise --epochs (or --min-epochs, --patience, --max-minutes) to train it further, or "
-                      f"--restart.")
+                      f"to do. Raise --epochs (or {budget}) to train it further, or --restart.")
                 return test
             with StopSignals() as stop:
-                run = Run(args, run_dir, device, amp, data, data_fingerprint, stop, invoked)
+                run = Run(args, info, model_config, run_dir, device, amp, data, data_fingerprint, budget_change, stop,
+                          invoked)
                 model, reason = fit(run, status)
                 test = None if reason == "paused" else test_best(run, model, reason)
     except runs.RunConflict as e:

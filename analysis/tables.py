@@ -11,16 +11,22 @@ import pandas as pd
 
 import runs
 from metrics import METRIC_NAMES
-from models import is_recurrent
 from produce_scores import BASELINE, whole_numbers
 
-GROUP_KEYS = ("dataset", "data", "model", "variant", "T", "hidden_channels", "train_size")
+# a configuration: its variant (runs.variant) and its model's other settings (runs.MODEL_COLUMNS), on one data
+GROUP_KEYS = ("dataset", "data", "model", "variant", *(c for c in runs.MODEL_COLUMNS if c not in runs.VARIANT_KEYS),
+              "train_size")
 STATISTICS = ("mean", "std", "min", "median", "max")
+
+
+def known(row):
+    """A table row without its empty cells, as runs.variant and runs.steps read a run's settings."""
+    return {k: v for k, v in row.items() if not pd.isna(v)}
 
 
 def variants(scores):
     """Each row's variant (runs.variant: readout, "depth 8", "width 4")."""
-    return [runs.variant(row) for row in scores.to_dict("records")]
+    return [runs.variant(known(row)) for row in scores.to_dict("records")]
 
 
 def score_tables(scores):
@@ -55,7 +61,7 @@ def score_tables(scores):
                 alone[f"{metric}_{s}"] = df.loc[baseline, metric] if s != "std" else float("nan")
         parts.append(alone)
     table = pd.concat(parts, ignore_index=True)
-    for column in ("T", "hidden_channels", "train_size", "n_seeds", "num_params"):
+    for column in (*GROUP_KEYS[4:], "n_seeds", "num_params"):
         if column in table.columns:
             table[column] = whole_numbers(table[column])
     # background only first; "depth 16" after "depth 8": order variants by their number where they end in one
@@ -86,12 +92,8 @@ def _formatted_rows(table):
             row += ["" if pd.isna(r[f"{m}_mean"]) else f"{r[f'{m}_mean']:.3f}" for m in metrics]
             rows.append(row + [""])
             continue
-        variant_text = str(r["variant"])
-        # a CNN's config carries the default T too; only a recurrence runs for T steps
-        if "T" in r and not pd.isna(r["T"]) and is_recurrent(r["model"]):
-            variant_text += f", T {int(r['T'])}"
-        row = [r["dataset"], str(r.get("data", "")), r["model"], variant_text, str(r["n_seeds"]),
-               f"{int(r['num_params']):,}"]
+        row = [r["dataset"], str(r.get("data", "")), r["model"], str(r["variant"]) + runs.steps(known(r)),
+               str(r["n_seeds"]), f"{int(r['num_params']):,}"]
         # one seed has no spread: its value alone
         row += [f"{r[f'{m}_mean']:.3f}" + ("" if pd.isna(r[f"{m}_std"]) else f" ± {r[f'{m}_std']:.3f}")
                 for m in metrics]

@@ -8,6 +8,9 @@
 Every model maps B x in_channels x H x W images to B x num_classes x H x W logits, for
 any image size.
 """
+import math
+import numbers
+
 from .cnn import CNN
 from .conv_rnn import ConvRNN
 from .nwm import NWM
@@ -30,6 +33,10 @@ CONFIG_KEYS = {
     "bptt_segment": "steps per recomputed segment in backpropagation through time (0: store all)",
     "fused": "NWM: hand-written recurrence and backward pass (models/nwm_fused.py) instead of autograd",
 }
+# The least value of each whole-number keyword: build_model refuses less, and train.py's flags take these ranges.
+# dt is a positive finite number, fused True or False, readout one of READOUTS.
+AT_LEAST = dict(in_channels=1, num_classes=1, c_mid=1, hidden_channels=1, T=1, readout_width=1, readout_depth=0,
+                depth=1, width=1, bptt_segment=0)
 
 # name -> (class, the keywords it uses, fixed keywords)
 _RECURRENT = ("in_channels", "num_classes", "c_mid", "hidden_channels", "T", "readout",
@@ -59,8 +66,25 @@ def is_recurrent(name):
     return _REGISTRY[name][0].recurrent
 
 
+def check_config(config):
+    """ValueError naming the keyword and its allowed values, for a value (not None) no model can be built with."""
+    for key, value in config.items():
+        if value is None:
+            continue
+        if key in AT_LEAST and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                or value < AT_LEAST[key]):
+            raise ValueError(f"{key} must be a whole number >= {AT_LEAST[key]}, got {value!r}")
+        if key == "dt" and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                            or not math.isfinite(value) or value <= 0):
+            raise ValueError(f"dt must be a positive finite number, got {value!r}")
+        if key == "fused" and not isinstance(value, bool):
+            raise ValueError(f"fused must be True or False, got {value!r}")
+        if key == "readout" and value not in READOUTS:
+            raise ValueError(f"unknown readout {value!r}; valid readouts: {', '.join(READOUTS)}")
+
+
 def build_model(name, **config):
-    """Build model `name` from keyword arguments (see CONFIG_KEYS).
+    """Build model `name` from keyword arguments (see CONFIG_KEYS, and AT_LEAST for their ranges).
 
     Keywords a model does not use are ignored, so one config can describe any model;
     the exception is a temporal readout other than `linear` for the feed-forward models,
@@ -71,9 +95,8 @@ def build_model(name, **config):
     if unknown:
         raise TypeError(f"unknown model keyword(s) {', '.join(unknown)}; "
                         f"valid keywords: {', '.join(CONFIG_KEYS)}")
+    check_config(config)
     readout = config.get("readout")
-    if readout is not None and readout not in READOUTS:
-        raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
     if not is_recurrent(name) and readout not in (None, "linear"):
         raise ValueError(f"model {name!r} has no temporal readout (got readout={readout!r}); "
                          f"readouts apply to the recurrent models: "

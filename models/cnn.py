@@ -11,6 +11,12 @@ from .common import conv_stack
 from .readouts import PixelMLP
 
 
+def features_per_channel(T):
+    """K' = T/2 - 1, the features per hidden channel of a CNN built with keyword T (49 for the paper's T = 100;
+    the flag and config.json keep the name T)."""
+    return T // 2 - 1
+
+
 class CNN(nn.Module):
     recurrent = False
 
@@ -19,11 +25,11 @@ class CNN(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"CNN depth must be at least 1, got {depth}")
-        if T // 2 - 1 < 1:
+        if features_per_channel(T) < 1:
             raise ValueError(f"CNN needs T >= 4 (it makes T/2 - 1 features per channel), got T={T}")
         self.depth = depth
         self.trunk = conv_stack(in_channels, c_mid, hidden_channels, depth, nn.ReLU())
-        features = (T // 2 - 1) * hidden_channels
+        features = features_per_channel(T) * hidden_channels
         self.expand = nn.Conv2d(hidden_channels, features, 1)
         self.head = PixelMLP(features, num_classes, readout_width, readout_depth)
 

@@ -1,5 +1,9 @@
 """Shared fixtures: a tiny 16x16 dataset registered like the real ones, a fast training run on
-it (FAST, run_train), a tiny model and batch."""
+it (FAST, run_train), a small Tetrominoes made by its data script (small_tetrominoes), a train.py
+process's command (train_command), metrics.csv without what depends on the machine
+(metrics_rows), a tiny model and batch."""
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +11,7 @@ import pytest
 import torch
 
 import dataset_config
+import runs
 import settings
 from data_scripts import common
 from models import build_model
@@ -18,6 +23,24 @@ REPO = Path(__file__).resolve().parents[1]
 # varies (epochs, run name, sizes, --no-progress for a subprocess) it adds after these.
 FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", "--min-epochs", "0", "--amp", "off",
         "--batch-size", "16"]
+# the split sizes of the small datasets the data scripts make for the tests (small_tetrominoes)
+SMALL_SPLITS = ["--train", "20", "--val", "5", "--test", "5"]
+# the columns of metrics.csv that say what machine an epoch ran on (runs.hardware) and how long it took
+MACHINE_COLUMNS = ("seconds", *runs.hardware("cpu", amp=False))
+
+
+def metrics_rows(run_dir):
+    """The rows of a run's metrics.csv (strings) without MACHINE_COLUMNS: what the same computation gives
+    on any machine, however it was sliced."""
+    return [{k: v for k, v in row.items() if k not in MACHINE_COLUMNS} for row in runs.load_metrics(run_dir)]
+
+
+def train_command(data_root, runs_root, *extra):
+    """The command of a train.py process (run it with cwd=REPO) on the Tetrominoes under `data_root` with
+    FAST's flags: run "r" under `runs_root` for up to 500 epochs (the test stops it, or gives --epochs), then
+    `extra` (a flag given again there wins)."""
+    return [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(data_root),
+            "--runs-root", str(runs_root), "--run-name", "r", "--epochs", "500", *FAST, *extra]
 
 
 def make_squares(n, rng, size=16):
@@ -64,6 +87,22 @@ def tiny_dataset(tmp_path, monkeypatch):
     request = common.describe(info, 0, sizes, [f"{name}.npy" for name in arrays], {"squares": "make_squares"})
     common.write_dataset(root / "tiny", arrays, request)
     return root
+
+
+@pytest.fixture(scope="session")
+def small_tetrominoes(tmp_path_factory):
+    """A data root holding Tetrominoes of SMALL_SPLITS's sizes, made once by its data script and shared by
+    every test: read it, never change it (writable_tetrominoes is a test's own copy)."""
+    from data_scripts import create_tetrominoes
+    root = tmp_path_factory.mktemp("small_tetrominoes")
+    create_tetrominoes.main(["--data-root", str(root), *SMALL_SPLITS, "--no-progress"])
+    return root
+
+
+@pytest.fixture
+def writable_tetrominoes(small_tetrominoes, tmp_path):
+    """A copy of small_tetrominoes at tmp_path/data, for a test that changes the data."""
+    return shutil.copytree(small_tetrominoes, tmp_path / "data")
 
 
 @pytest.fixture

@@ -21,15 +21,13 @@ from scipy import ndimage
 import dataset_config as dc
 import plotting
 import settings
-from conftest import REPO as ROOT, make_squares
+from conftest import REPO as ROOT, SMALL_SPLITS as TINY, make_squares
 from data_scripts import common, create_multi_mnist, create_polygons, create_tetrominoes, download_mnist
 from data_scripts import import_folder, mnist_files, show_samples, verify_datasets
 
 # The four standard MNIST files, for machines without internet. Only the tests look here:
 # users pass their own folder with --from-dir.
 SHARED_MNIST = ROOT.parent / "shared" / "mnist"
-
-TINY = ["--train", "20", "--val", "5", "--test", "5"]
 
 
 def create(module, root, *extra):
@@ -62,13 +60,6 @@ def write_fake_mnist(folder, train_digits, train_labels, test_digits, test_label
 def write_metadata(folder, name):
     """A dataset.json of the current format, for folders whose arrays a test writes by hand."""
     (folder / "dataset.json").write_text(json.dumps({"format_version": dc.FORMAT_VERSION, "dataset": name}))
-
-
-@pytest.fixture(scope="module")
-def tetro_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tetro")
-    create(create_tetrominoes, root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +100,14 @@ def test_dataset_table_matches_spec():
 # determinism, splits, writing
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, tetro_root):
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, small_tetrominoes):
     create(create_tetrominoes, tmp_path / "a")
-    assert npy_bytes(tmp_path / "a" / "tetrominoes") == npy_bytes(tetro_root / "tetrominoes")
+    assert npy_bytes(tmp_path / "a" / "tetrominoes") == npy_bytes(small_tetrominoes / "tetrominoes")
     assert ((tmp_path / "a" / "tetrominoes" / "dataset.json").read_bytes()
-            == (tetro_root / "tetrominoes" / "dataset.json").read_bytes())
+            == (small_tetrominoes / "tetrominoes" / "dataset.json").read_bytes())
     create(create_tetrominoes, tmp_path / "b", "--seed", "1")
     other = npy_bytes(tmp_path / "b" / "tetrominoes")
-    assert all(other[name] != data for name, data in npy_bytes(tetro_root / "tetrominoes").items())
+    assert all(other[name] != data for name, data in npy_bytes(small_tetrominoes / "tetrominoes").items())
 
 
 def test_split_streams_are_independent(tmp_path, polygon_root):
@@ -149,8 +140,8 @@ def test_colliding_samples_are_redrawn():
     assert all(np.array_equal(arrays[k], again[0][k]) for k in arrays) and again[2] == redrawn
 
 
-def test_dataset_json(tetro_root):
-    folder = tetro_root / "tetrominoes"
+def test_dataset_json(small_tetrominoes):
+    folder = small_tetrominoes / "tetrominoes"
     meta = json.loads((folder / "dataset.json").read_text())
     assert meta["format_version"] == dc.FORMAT_VERSION and meta["dataset"] == "tetrominoes"
     assert meta["seed"] == 42 and meta["split_sizes"] == {"train": 20, "val": 5, "test": 5}
@@ -400,8 +391,8 @@ def test_existing_folder_that_is_not_a_dataset_needs_force(tmp_path):
 # the loader and its errors
 
 
-def test_load_dataset_outputs(tetro_root, polygon_root):
-    for name, root, channels, classes in (("tetrominoes", tetro_root, 3, 6), ("polygons", polygon_root, 1, 7)):
+def test_load_dataset_outputs(small_tetrominoes, polygon_root):
+    for name, root, channels, classes in (("tetrominoes", small_tetrominoes, 3, 6), ("polygons", polygon_root, 1, 7)):
         images, masks = dc.load_dataset(name, "train", root)
         raw = np.load(root / name / "train_images.npy")
         assert images.dtype == torch.float32 and images.shape == (20, channels, 64, 64)
@@ -413,20 +404,20 @@ def test_load_dataset_outputs(tetro_root, polygon_root):
         assert small_images.shape[0] == 3 and torch.equal(small_masks, dc.load_dataset(name, "val", root)[1][:3])
 
 
-def test_load_dataset_uses_env_root(tetro_root, monkeypatch):
-    monkeypatch.setenv(settings.DATA_ROOT_ENV, str(tetro_root))
+def test_load_dataset_uses_env_root(small_tetrominoes, monkeypatch):
+    monkeypatch.setenv(settings.DATA_ROOT_ENV, str(small_tetrominoes))
     assert dc.load_dataset("tetrominoes", "test")[0].shape == (5, 3, 64, 64)
 
 
-def test_loader_name_split_and_missing_errors(tmp_path, tetro_root):
+def test_loader_name_split_and_missing_errors(tmp_path, small_tetrominoes):
     with pytest.raises(dc.UnknownDatasetError, match="valid names: tetrominoes, mnist, multi_mnist, polygons"):
-        dc.load_dataset("tetris", "train", tetro_root)
+        dc.load_dataset("tetris", "train", small_tetrominoes)
     with pytest.raises(dc.UnknownDatasetError):
         dc.get_info("tetris")
     with pytest.raises(dc.DatasetError, match="unknown split 'dev'.*train, val, test"):
-        dc.load_dataset("tetrominoes", "dev", tetro_root)
+        dc.load_dataset("tetrominoes", "dev", small_tetrominoes)
     with pytest.raises(dc.DatasetError, match="the first 21 samples asked for, but the tetrominoes train split holds 20"):
-        dc.load_dataset("tetrominoes", "train", tetro_root, limit=21)
+        dc.load_dataset("tetrominoes", "train", small_tetrominoes, limit=21)
     with pytest.raises(dc.DatasetNotFoundError) as e:
         dc.load_dataset("polygons", "train", tmp_path)
     assert f"python data_scripts/create_polygons.py --data-root {tmp_path}" in str(e.value)
@@ -464,11 +455,11 @@ def test_loader_rejects_bad_files(tmp_path, file, array, problem):
     assert f"create_tetrominoes.py --data-root {tmp_path} --force" in str(e.value)
 
 
-def test_loader_refuses_folders_the_scripts_did_not_write(tmp_path, tetro_root):
+def test_loader_refuses_folders_the_scripts_did_not_write(tmp_path, small_tetrominoes):
     folder = tmp_path / "tetrominoes"
     folder.mkdir()
     for f in ("train_images.npy", "train_masks.npy"):
-        (folder / f).write_bytes((tetro_root / "tetrominoes" / f).read_bytes())
+        (folder / f).write_bytes((small_tetrominoes / "tetrominoes" / f).read_bytes())
     with pytest.raises(dc.DatasetError, match=f"has no dataset.json.*\n.*create_tetrominoes.py --data-root {tmp_path} --force"):
         dc.load_dataset("tetrominoes", "train", tmp_path)
     (folder / "dataset.json").write_text(json.dumps({"format_version": 1, "dataset": "tetrominoes"}))
@@ -526,11 +517,11 @@ def test_default_tetrominoes_equal_the_papers_arrays(tmp_path):
     assert verify_datasets.main(["tetrominoes", "--data-root", str(tmp_path)]) == 0
 
 
-def test_stored_tetrominoes(tetro_root):
+def test_stored_tetrominoes(small_tetrominoes):
     for split in dc.SPLITS:
-        images = np.load(tetro_root / "tetrominoes" / f"{split}_images.npy")
-        masks = np.load(tetro_root / "tetrominoes" / f"{split}_masks.npy")
-        pieces = np.load(tetro_root / "tetrominoes" / f"{split}_pieces.npy")
+        images = np.load(small_tetrominoes / "tetrominoes" / f"{split}_images.npy")
+        masks = np.load(small_tetrominoes / "tetrominoes" / f"{split}_masks.npy")
+        pieces = np.load(small_tetrominoes / "tetrominoes" / f"{split}_pieces.npy")
         assert images.dtype == masks.dtype == np.uint8 and images.shape[1:] == (64, 64, 3)
         assert ((masks > 0).sum((1, 2)) == 196 * pieces.astype(int)).all() and masks.max() <= 5
         assert (images[masks == 0] == 0).all()
@@ -795,13 +786,13 @@ def test_cli(tmp_path):
     assert run.returncode == 1 and "error:" in run.stderr and "download_mnist.py" in run.stderr
 
 
-def test_sample_grid(tmp_path, tetro_root):
-    images, masks = dc.load_dataset("tetrominoes", "train", tetro_root, limit=6)
+def test_sample_grid(tmp_path, small_tetrominoes):
+    images, masks = dc.load_dataset("tetrominoes", "train", small_tetrominoes, limit=6)
     path = tmp_path / "grid.png"
     fig = plotting.sample_grid(images, masks, dc.get_info("tetrominoes").class_names, n=6)
     plotting.save_figure(fig, path.stem, path.parent)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size < 300_000
-    show_samples.main(["--dataset", "tetrominoes", "--n", "4", "--data-root", str(tetro_root),
+    show_samples.main(["--dataset", "tetrominoes", "--n", "4", "--data-root", str(small_tetrominoes),
                        "--out", str(tmp_path / "cli.png")])
     assert (tmp_path / "cli.png").is_file()
 

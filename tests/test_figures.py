@@ -56,6 +56,18 @@ def test_score_tables_statistics_over_seeds():
     assert "| linear, T 100 |" in markdown and "| depth 2 |" in markdown  # no T for the CNN
     assert r"0.900 $\pm$ 0.100" in latex and r"\toprule" in latex
 
+
+def test_score_tables_keep_cnns_of_other_feature_counts_apart():
+    scores = pd.DataFrame({  # as produce_scores.py writes them: the CNN's T as its features per channel
+        "dataset": ["tetrominoes"] * 4, "model": ["cnn"] * 3 + ["lstm"], "readout": [None] * 3 + ["linear"],
+        "T": [None] * 3 + [20], "features_per_channel": [49, 49, 9, None], "depth": [8, 8, 8, None],
+        "hidden_channels": [2] * 4, "num_params": [1000, 1000, 900, 2000], "iou_foreground": [0.1, 0.3, 0.5, 0.7]})
+    table = tables.score_tables(scores)
+    assert [(r.model, r.features_per_channel, r.n_seeds) for r in table.itertuples()] == [
+        ("cnn", 9, 1), ("cnn", 49, 2), ("lstm", pd.NA, 1)]
+    markdown = tables.to_markdown(table)
+    assert markdown.count("| depth 8 |") == 2 and "| linear, T 20 |" in markdown
+
 # -----------------------------------------------------------------------------
 # square-area theory
 

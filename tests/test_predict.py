@@ -98,6 +98,9 @@ def test_shipped_models_load_in_one_line():
         info_size = 64
         channels = model.config["in_channels"]
         assert model(torch.rand(1, channels, info_size, info_size)).shape == (1, len(model.class_names), 64, 64)
+        # what it is and scores, read from its run directory, not written down anywhere else
+        test = runs.load_json(pretrained.REPO / pretrained.SHIPPED[name] / runs.TEST_METRICS)
+        assert f"test fg IoU {test['iou_foreground']:.4f}" in pretrained.describe(name)
 
 
 def test_torch_hub_loads_shipped_and_untrained_models_from_a_clone():

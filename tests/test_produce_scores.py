@@ -61,12 +61,16 @@ def test_one_row_per_finished_run_and_unfinished_runs_listed(runs_root, tiny_dat
     assert sorted(csv["run"]) == sorted(d.relative_to(runs_root).as_posix() for d in runs.find_runs(runs_root)
                                         if runs.is_finished(d))
     assert set(csv["model"]) == {"nwm", "cnn"} and set(csv["seed"]) == {0, 1}
-    for column in ["dataset", "model", "readout", "T", "depth", "width", "hidden_channels", "seed",
-                   "num_params", "epochs", "acc", "acc_foreground", "iou_foreground", "loss",
+    for column in ["dataset", "model", "readout", "T", "features_per_channel", "depth", "width", "hidden_channels",
+                   "seed", "num_params", "epochs", "acc", "acc_foreground", "iou_foreground", "loss",
                    "loss_foreground", "miou"]:
         assert column in csv.columns
     cnn = csv[csv["model"] == "cnn"].iloc[0]
     assert cnn["depth"] == 2 and pd.isna(cnn["readout"])
+    # the CNN's T (conftest.FAST: 8) is no number of steps: its T/2 - 1 = 3 features per channel
+    assert pd.isna(cnn["T"]) and cnn["features_per_channel"] == 3
+    nwm = csv[csv["model"] == "nwm"]
+    assert set(nwm["T"]) == {8} and nwm["features_per_channel"].isna().all()
     assert [d.name for d, _ in skipped] == ["nwm-linear-T8-h2-seed2"]
     assert "unfinished" in capsys.readouterr().out
 

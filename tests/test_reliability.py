@@ -4,7 +4,6 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,12 +16,7 @@ import predict
 import produce_scores
 import runs
 import train
-from conftest import FAST, REPO
-from data_scripts import create_tetrominoes
-
-
-def metrics_rows(run_dir):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.load_metrics(run_dir)]
+from conftest import REPO, metrics_rows, train_command
 
 
 def refused(capsys, run_train, runs_root, *extra, code=2):
@@ -53,18 +47,10 @@ def paused_run(run_train, tmp_path):
 # two writers on one run directory
 
 
-@pytest.fixture(scope="module")
-def tetrominoes_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tetro")
-    create_tetrominoes.main(["--data-root", str(root), "--train", "48", "--val", "16", "--test", "16"])
-    return root
-
-
 @pytest.mark.slow
 def test_a_second_training_on_a_run_directory_is_refused_and_a_killed_runs_lock_does_not_block(
-        tetrominoes_root, tmp_path):
-    command = [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(tetrominoes_root),
-               "--runs-root", str(tmp_path), "--run-name", "r", "--epochs", "500", "--no-progress", *FAST]
+        small_tetrominoes, tmp_path):
+    command = train_command(small_tetrominoes, tmp_path, "--no-progress")
     first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120

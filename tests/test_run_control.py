@@ -12,34 +12,16 @@ import torch
 
 import runs
 import train
-from conftest import FAST, REPO
-from data_scripts import create_tetrominoes
-
-
-def metrics_rows(run_dir):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in runs.load_metrics(run_dir)]
-
+from conftest import REPO, metrics_rows, train_command
 
 # -----------------------------------------------------------------------------
 # signals, on a real process
 
 
-@pytest.fixture(scope="module")
-def tetrominoes_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tetro")
-    create_tetrominoes.main(["--data-root", str(root), "--train", "64", "--val", "16", "--test", "16"])
-    return root
-
-
-def train_command(data_root, runs_root, *extra):
-    return [sys.executable, "train.py", "--dataset", "tetrominoes", "--data-root", str(data_root),
-            "--runs-root", str(runs_root), "--run-name", "r", "--epochs", "500", *FAST, *extra]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_stops_the_run_at_a_safe_point_and_it_resumes(tetrominoes_root, tmp_path, signum, status):
-    command = train_command(tetrominoes_root, tmp_path)
+def test_a_signal_stops_the_run_at_a_safe_point_and_it_resumes(small_tetrominoes, tmp_path, signum, status):
+    command = train_command(small_tetrominoes, tmp_path)
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "r"
     deadline = time.time() + 120
@@ -62,16 +44,16 @@ def test_a_signal_stops_the_run_at_a_safe_point_and_it_resumes(tetrominoes_root,
 
 
 @pytest.mark.slow
-def test_a_log_gets_one_line_per_epoch_and_why_the_run_ended(tetrominoes_root, tmp_path):
+def test_a_log_gets_one_line_per_epoch_and_why_the_run_ended(small_tetrominoes, tmp_path):
     # output to a pipe, as to a cluster's log file: no progress bars, no escape codes
-    result = subprocess.run(train_command(tetrominoes_root, tmp_path, "--epochs", "3"), cwd=REPO,
+    result = subprocess.run(train_command(small_tetrominoes, tmp_path, "--epochs", "3"), cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stdout + result.stderr and "\x1b" not in result.stdout + result.stderr
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch")] == \
         ["1/3", "2/3", "3/3"]
     assert "training ended after epoch 3: reached --epochs" in result.stdout
-    budget = subprocess.run(train_command(tetrominoes_root, tmp_path, "--run-name", "b", "--max-minutes", "1e-9"),
+    budget = subprocess.run(train_command(small_tetrominoes, tmp_path, "--run-name", "b", "--max-minutes", "1e-9"),
                             cwd=REPO, capture_output=True, text=True)
     assert "training ended after epoch 1: time budget (--max-minutes) spent" in budget.stdout
 

@@ -65,3 +65,71 @@ def test_a_file_that_is_not_a_checkpoint_is_called_so_never_an_index_error(tmp_p
         with pytest.raises(runs.DamagedFile, match=message):
             runs.load_model(tmp_path, which=name)
     assert runs.load_model(tmp_path)[1]["model"] == "nwm"
+
+
+# -----------------------------------------------------------------------------
+# what a run is: its identity and its settings, each written once in runs.py
+
+
+@pytest.mark.parametrize("model, settings, name, variant, columns", [
+    ("nwm", dict(readout="fft"), "tetrominoes/nwm-fft-T100-h2-seed3", "fft",
+     dict(readout="fft", T=100, features_per_channel=None, depth=None, width=None, hidden_channels=2)),
+    ("lstm", dict(train_size=500), "tetrominoes/lstm-linear-T20-h2-n500-seed3", "linear",
+     dict(readout="linear", T=20, features_per_channel=None, depth=None, width=None, hidden_channels=2)),
+    ("cnn", dict(depth=16), "tetrominoes/cnn-depth16-seed3", "depth 16",
+     dict(readout=None, T=None, features_per_channel=49, depth=16, width=None, hidden_channels=2)),
+    ("unet", dict(width=3), "tetrominoes/unet-width3-seed3", "width 3",
+     dict(readout=None, T=None, features_per_channel=None, depth=None, width=3, hidden_channels=None)),
+])
+def test_a_runs_name_variant_and_score_columns_come_from_its_models_keywords(model, settings, name, variant, columns):
+    from configs import paper_settings
+    config = {**paper_settings("tetrominoes", model), "dataset": "tetrominoes", "model": model, "seed": 3,
+              "train_size": None, **settings}
+    assert runs.default_run_name(config) == name
+    assert runs.variant(config) == variant
+    assert runs.model_columns(config) == columns
+    assert runs.steps(config) == (f", T {config['T']}" if model in ("nwm", "lstm") else "")
+
+
+def test_every_train_py_setting_is_defining_budget_or_how_the_run_computes():
+    import train
+    _, args = train.parse_args(["--device", "cpu"])
+    settings = vars(args)
+    assert set(runs.BUDGET) | set(runs.NOT_DEFINING) | set(runs.INVOCATION) <= settings.keys()
+    assert set(runs.OUTCOMES) <= set(runs.NOT_DEFINING)
+    # what open_run compares: the keys every stored run (results/runs, results/in_progress) was written with
+    assert set(runs.run_defining(settings)) == {
+        "dataset", "train_size", "val_size", "model", "readout", "T", "dt", "c_mid", "hidden_channels",
+        "readout_width", "readout_depth", "depth", "width", "epochs", "min_epochs", "patience", "tolerance", "lr",
+        "batch_size", "seed", "max_minutes"}
+
+
+def test_config_json_is_written_whole_once_per_invocation_with_its_budget_change(tmp_path):
+    invocation = dict(started="t0", first_epoch=1, git={"commit": None, "dirty": None}, command="python train.py",
+                      device_name="cpu", precision="float32", threads=1, bf16_coupling=False)
+    first = dict(model="nwm", epochs=2, resume=None, restart=False, quickstart=False, stop_after_minutes=None,
+                 amp=False)
+    runs.write_config(tmp_path, invocation, dict(precision="float32", compile="off"), first)
+    config = runs.load_json(tmp_path / runs.CONFIG)
+    assert not set(runs.INVOCATION) & config.keys()  # how one command was invoked is not kept
+    assert config["command"] == "python train.py" and config["invocations"] == [invocation]
+    change = {"after_epoch": 2, "changed": {"epochs": [2, 4]}, "time": "t1"}
+    runs.write_config(tmp_path, dict(invocation, first_epoch=3), dict(precision="float32", compile="on"),
+                      budget_change=change)
+    config = runs.load_json(tmp_path / runs.CONFIG)
+    assert config["epochs"] == 4 and config["budget_changes"] == [change] and config["compile"] == "on"
+    assert [i["first_epoch"] for i in config["invocations"]] == [1, 3]
+
+
+def test_train_py_takes_the_model_keywords_ranges_that_build_model_checks():
+    import train
+    from models import AT_LEAST, build_model
+    parser = train.build_parser()
+    for key, least in AT_LEAST.items():
+        flag = "--" + key.replace("_", "-")
+        if any(flag in action.option_strings for action in parser._actions):
+            with pytest.raises(SystemExit):
+                parser.parse_args([flag, str(least - 1)])
+            assert getattr(parser.parse_args([flag, str(least)]), key) == least
+        with pytest.raises(ValueError, match=f"^{key} must be a whole number >= {least}"):
+            build_model("nwm", **{key: least - 1})

@@ -1,5 +1,4 @@
 """train.py end to end on a tiny dataset: run files, resume, early stopping, NaN, refusals."""
-import csv
 import json
 import subprocess
 import sys
@@ -12,18 +11,10 @@ import dataset_config
 import pretrained
 import runs
 import train
-from conftest import REPO
+from conftest import REPO, metrics_rows
 from data_scripts import common
 from engine import evaluate
 from metrics import METRIC_NAMES
-
-
-def read_metrics(run_dir):
-    with open(run_dir / runs.METRICS) as f:
-        rows = list(csv.DictReader(f))
-    for row in rows:
-        del row["seconds"]  # wall time is the one column allowed to differ
-    return rows
 
 
 def test_end_to_end_run_writes_every_file(tiny_dataset, run_train, tmp_path):
@@ -39,7 +30,7 @@ def test_end_to_end_run_writes_every_file(tiny_dataset, run_train, tmp_path):
     meta = json.loads((tiny_dataset / "tiny" / "dataset.json").read_text())
     assert config["data"] == dataset_config.fingerprint(meta) and len(config["data"]["sha256"]) == 64
 
-    rows = read_metrics(run_dir)
+    rows = runs.load_metrics(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for split in ("train", "val"):
         for name in METRIC_NAMES:
@@ -68,7 +59,7 @@ def test_same_seed_same_metrics(run_train, tmp_path):
     run_train(tmp_path / "a", "--epochs", "2", "--seed", "3")
     run_train(tmp_path / "b", "--epochs", "2", "--seed", "3")
     name = "tiny/nwm-linear-T8-h2-seed3"
-    assert read_metrics(tmp_path / "a" / name) == read_metrics(tmp_path / "b" / name)
+    assert metrics_rows(tmp_path / "a" / name) == metrics_rows(tmp_path / "b" / name)
 
 
 def test_killed_run_resumes_to_the_same_result(run_train, tmp_path, monkeypatch):
@@ -88,11 +79,11 @@ def test_killed_run_resumes_to_the_same_result(run_train, tmp_path, monkeypatch)
         run_train(tmp_path / "killed", *args)
     assert exit_info.value.code == 130
     run_dir = tmp_path / "killed" / "r"
-    assert len(read_metrics(run_dir)) == 2 and not runs.is_finished(run_dir)
+    assert len(metrics_rows(run_dir)) == 2 and not runs.is_finished(run_dir)
 
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     resumed = run_train(tmp_path / "killed", *args)  # the same command again
-    assert read_metrics(run_dir) == read_metrics(tmp_path / "uninterrupted" / "r")
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "uninterrupted" / "r")
     for name in METRIC_NAMES:
         assert resumed[name] == reference[name]
 
@@ -123,7 +114,7 @@ def test_early_stopping_after_patience(run_train, tmp_path):
                        "--tolerance", "100", "--run-name", "es")
     assert result["stop_reason"] == "early_stopping"
     assert result["best_epoch"] == 1 and result["epochs_run"] == 3
-    assert len(read_metrics(tmp_path / "es")) == 3
+    assert len(metrics_rows(tmp_path / "es")) == 3
 
 
 def test_min_epochs_delays_early_stopping(run_train, tmp_path):
@@ -191,7 +182,7 @@ def test_nwm_learns_the_tiny_task(run_train, tmp_path):
     result = run_train(tmp_path, "--epochs", "40", "--lr", "3e-3", "--T", "12",
                        "--batch-size", "8", "--readout-width", "32", "--c-mid", "16", "--run-name", "learn")
     assert result["iou_foreground"] > 0.45 > result["background_only"]["iou_foreground"]
-    val_loss = [float(r["val_loss"]) for r in read_metrics(tmp_path / "learn")]
+    val_loss = [float(r["val_loss"]) for r in metrics_rows(tmp_path / "learn")]
     assert min(val_loss) < 0.25 * val_loss[0]
 
 
@@ -239,7 +230,7 @@ def test_help_documents_every_setting():
 def test_time_budget_stops_after_the_epoch_that_spends_it(run_train, tmp_path):
     test = run_train(tmp_path / "runs", "--epochs", "5", "--max-minutes", "1e-6", "--run-name", "b")
     assert test["epochs_run"] == 1 and test["stop_reason"] == "time_budget"
-    assert len(read_metrics(tmp_path / "runs" / "b")) == 1
+    assert len(metrics_rows(tmp_path / "runs" / "b")) == 1
 
 
 def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
