@@ -5,6 +5,7 @@
     python bench.py --configs tetrominoes_nwm --device cuda --steps 20 --json bench.json
     python bench.py --configs mnist_nwm mnist_cnn16 multi_mnist_unet3 --no-reference   # any dataset x model
     python bench.py --numerics results/runs/polygons/nwm-linear-T100-h16-seed0 --batch-size 8   # precision
+    python bench.py --per-gpu 1 2 4 -- --epochs 2 --train-size 512   # launch.py, runs in runs/per_gpu_N
 
 For each configuration it times full training steps (forward, cross-entropy, backward,
 Adam step) of
@@ -32,9 +33,12 @@ float32, in bfloat16 autocast, and in autocast with the bfloat16 coupling.
 Every measurement runs in its own process, so each gets its own allocator settings and
 its peak memory (GPU: max allocated; CPU, Linux: the rise of the peak resident set size
 over the process's size before the first step) is its own.
+With --per-gpu N... it times the launcher instead: a 4-run Tetrominoes ConvLSTM grid (launch.py --grid
+tetrominoes/lstm --seeds 2, with the train.py flags after --) at N runs at once on one GPU (or the CPU).
 """
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -45,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cli import HelpFormatter, add_device, add_threads, int_at_least
+from cli import HelpFormatter, add_device, add_runs_root, add_threads, int_at_least
 from configs import BENCH_CONFIGS, model_config
 from cuda_graphs import GraphedTrainStep
 import runs
@@ -54,8 +58,9 @@ from engine import TrainStep, autocast, set_backends
 from models import MODEL_NAMES, build_model, common, cpu_kernels, head_cpu, is_recurrent, nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
-from settings import bf16_supported, device_name, pick_device, set_threads, tune_cpu_allocator
+from settings import bf16_supported, device_name, pick_device, runs_root, set_threads, tune_cpu_allocator
 
+REPO = Path(__file__).resolve().parent
 
 # the number after a model's name in a configuration name: which setting it sets
 NUMBERED = {"cnn": "depth", "unet": "width"}
@@ -357,6 +362,29 @@ def precision_errors(source, batch_size, data_root=None):
     return dict(source=str(source), dataset=dataset, images=len(images), errors=errors)
 
 
+def per_gpu_rates(counts, device, root, train_args):
+    """{N: the images/s of each run's last epoch, their sum over the runs at once, and the grid's wall-clock
+    seconds} of the 4-run ConvLSTM grid run by launch.py at N runs at once, on one GPU (or the CPU), under
+    root/per_gpu_N."""
+    import launch  # here: only this measurement needs it
+    gpus = list(launch.visible_gpus())[:1] if device.type == "cuda" else []  # what one GPU gives
+    record = {}
+    for n in counts:
+        grid_root, start = root / f"per_gpu_{n}", time.perf_counter()
+        subprocess.run([sys.executable, "launch.py", "--grid", "tetrominoes/lstm", "--seeds", "2", "--per-gpu", str(n),
+                        "--python", sys.executable, "--", "--device", str(device), "--runs-root", str(grid_root),
+                        *train_args], cwd=REPO, env=dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus)), check=True)
+        rates = []
+        for run in runs.find_runs(grid_root):
+            config, last = runs.load_json(run / runs.CONFIG), runs.load_metrics(run)[-1]
+            rates.append(config["train_size"] // config["batch_size"] * config["batch_size"] / float(last["seconds"]))
+        record[n] = dict(images_per_second_per_run=rates, wall_seconds=time.perf_counter() - start,
+                         aggregate_images_per_second=sum(rates) / -(-len(rates) // n))
+        print(f"--per-gpu {n}: {record[n]['aggregate_images_per_second']:.0f} images/s over the runs at once, "
+              f"the grid in {record[n]['wall_seconds']:.0f} s")
+    return record
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--configs", nargs="+", type=config_name, default=list(BENCH_CONFIGS), metavar="CONFIG",
@@ -380,6 +408,11 @@ def build_parser():
                    help="measure precision instead of speed: float32, bfloat16 autocast and the bfloat16 coupling "
                         "against float64 over all T steps, for a trained NWM (a run directory) or the paper's NWM of "
                         "a dataset at initialisation, on --batch-size validation images (default 4)")
+    p.add_argument("--per-gpu", nargs="+", type=int_at_least(1), metavar="N",
+                   help="time launch.py instead: a 4-run ConvLSTM grid at N runs at once, for each N, on one GPU "
+                        "(or the CPU), the runs in <runs root>/per_gpu_N, with the train.py flags after --")
+    add_runs_root(p)
+    p.add_argument("train_args", nargs="*", metavar="-- TRAIN.PY ARGS", help="with --per-gpu: train.py flags")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     return p
 
@@ -407,6 +440,13 @@ def main(argv=None):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(result, cpu=device_name("cpu"), torch=torch.__version__, threads=threads), f, indent=2)
+        return
+
+    if args.per_gpu:
+        result = per_gpu_rates(args.per_gpu, device, runs_root(args.runs_root), args.train_args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(device=str(device), device_name=device_name(device), per_gpu=result), f, indent=2)
         return
 
     if args.worker:  # one measurement, in its own process

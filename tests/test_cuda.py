@@ -1,17 +1,28 @@
 """CUDA only (skipped without a GPU): the models run there, the CUDA-graphed training step and
-evaluation compute exactly what the eager ones compute, and a run killed on the GPU resumes to
-the metrics of an uninterrupted one. (tests/test_gpu_path.py checks the GPU path's rules on any machine.)"""
+evaluation compute exactly what the eager ones compute, float32 is float32 (no TF32), and a run
+paused or killed on the GPU resumes to the metrics of an uninterrupted one. scripts/gpu_check.sh runs
+them on a GPU machine; tests/test_gpu_path.py checks the GPU path's rules on any machine."""
+import copy
 import csv
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import runs
 import train
+from configs import model_config
 from cuda_graphs import GraphedForward, GraphedTrainStep
-from engine import TrainStep, evaluate
+from data_scripts import create_tetrominoes
+from engine import TrainStep, evaluate, set_backends
 from models import MODEL_NAMES, build_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -87,3 +98,61 @@ def test_killed_run_resumes_on_cuda_to_the_uninterrupted_metrics(tiny_dataset, t
     for a, b in zip(metrics_without_seconds(tmp_path / "a" / "r"), metrics_without_seconds(tmp_path / "b" / "r")):
         assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
     assert resumed["iou_foreground"] == pytest.approx(reference["iou_foreground"], rel=1e-4, abs=1e-6)
+
+
+def test_a_run_killed_outright_on_cuda_resumes_to_the_uninterrupted_run(tmp_path):
+    """SIGKILL after an epoch (no handler runs): the same command resumes from last.pt to the metrics of
+    the run uninterrupted."""
+    create_tetrominoes.main(["--data-root", str(tmp_path / "data"), "--train", "48", "--val", "16", "--test", "16"])
+    command = [sys.executable, "train.py", "--dataset", "tetrominoes", "--device", "cuda", "--data-root",
+               str(tmp_path / "data"), "--T", "8", "--c-mid", "8", "--readout-width", "16", "--batch-size", "2",
+               "--epochs", "3", "--min-epochs", "0", "--amp", "off", "--compile", "off", "--no-progress",
+               "--run-name", "r"]
+    subprocess.run(command + ["--runs-root", str(tmp_path / "a")], cwd=REPO, check=True)
+    killed = subprocess.Popen(command + ["--runs-root", str(tmp_path / "b")], cwd=REPO)
+    while not runs.load_metrics(tmp_path / "b" / "r"):
+        assert killed.poll() is None, "the run ended before its first epoch was written"
+        time.sleep(0.01)
+    killed.kill()
+    assert killed.wait() == -9, "the run ended before it could be killed"
+    subprocess.run(command + ["--runs-root", str(tmp_path / "b")], cwd=REPO, check=True)
+    for a, b in zip(metrics_without_seconds(tmp_path / "a" / "r"), metrics_without_seconds(tmp_path / "b" / "r"),
+                    strict=True):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    tested = [{k: v for k, v in json.loads((tmp_path / run / "r" / runs.TEST_METRICS).read_text()).items()
+               if isinstance(v, float)} for run in "ab"]
+    assert tested[0] and tested[1] == pytest.approx(tested[0], rel=1e-4, abs=1e-6)
+
+
+def test_float32_training_on_cuda_is_float32_with_tf32_off():
+    """One training step of the Tetrominoes NWM in float32 with the backends train.py sets (engine.set_backends:
+    TF32 off) against float64: logits and weight gradients to float32's precision (on a CPU: 2e-7 and 8e-6).
+    Prints the errors with TF32 on too, for scripts/gpu_check.sh's log."""
+    config = model_config("tetrominoes", "nwm")
+    torch.manual_seed(0)
+    reference = build_model("nwm", **config).cuda().double()
+    x = torch.rand(16, 3, 64, 64, device="cuda", dtype=torch.float64)
+    y = torch.randint(0, config["num_classes"], (16, 64, 64), device="cuda")
+
+    def errors(model, dtype):
+        model.zero_grad(set_to_none=True)
+        logits = model(x.to(dtype))
+        F.cross_entropy(logits.double(), y).backward()
+        return logits.detach().double(), [p.grad.double() for p in model.parameters()]
+
+    def relative(a, b):
+        return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+    logits64, grads64 = errors(reference, torch.float64)
+    found = {}
+    try:
+        for tf32 in (True, False):
+            set_backends("cuda")
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            logits, grads = errors(copy.deepcopy(reference).float(), torch.float32)
+            found[tf32] = relative(logits, logits64), max(map(relative, grads, grads64))
+            print(f"TF32 {'on' if tf32 else 'off'}: logits {found[tf32][0]:.1e}, weight gradients {found[tf32][1]:.1e} "
+                  f"({torch.cuda.get_device_name()}, torch {torch.__version__})")
+    finally:
+        set_backends("cuda")
+    assert found[False][0] < 1e-5 and found[False][1] < 1e-4

@@ -1,10 +1,4 @@
 #!/usr/bin/env bash
-# MNIST, ConvLSTM baseline (T=20, train.py's default for it): linear and fft readouts x 10 seeds (docs/methods.md, "Results").
-set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
-
-configs=()
-for readout in linear fft; do
-  configs+=(--config="--dataset mnist --model lstm --readout $readout")
-done
-launch --paper-seeds 10 "${configs[@]}" "$@"
+# MNIST, ConvLSTM baseline (T=20): linear and fft readouts x 10 seeds (configs.GRID).
+source "$(dirname "$0")/../lib.sh"
+launch --grid mnist/lstm "$@"
