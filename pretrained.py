@@ -12,7 +12,8 @@ naming the file.
 (torch.hub.load works too, see hubconf.py.) The shipped models are seed-0 runs of the paper's
 recipe, trained on a CPU for fewer than its 300 epochs (docs/results.md): on the paper's
 Tetrominoes arrays the NWM, the ConvLSTM and a CNN of depth 2 (the CNNs of depth 8 and 16
-collapsed to predicting background, so the shipped CNN is the shallow one that learned), and an
+collapsed to predicting background, so the shipped CNN is the shallow one that learned), on the
+paper's Multi-MNIST arrays the U-Net of width 4 (the U-Net the paper's wave model rivals), and an
 NWM on today's Polygons recipe. What each was trained on, for how many epochs, and its test
 score are read from its run directory:
 
@@ -32,6 +33,7 @@ SHIPPED = {
     "tetrominoes/nwm": "results/runs/tetrominoes/nwm-linear-T100-h2-seed0",
     "tetrominoes/lstm": "results/runs/tetrominoes/lstm-linear-T20-h2-seed0",
     "tetrominoes/cnn": "results/runs/tetrominoes/cnn-depth2-seed0",
+    "multi_mnist/unet": "results/runs/multi_mnist/unet-width4-seed0",
     "polygons/nwm": "results/runs/polygons/nwm-linear-T100-h16-seed0",
 }
 

@@ -109,8 +109,10 @@ def test_torch_hub_loads_shipped_and_untrained_models_from_a_clone():
     assert model.config["run_name"] == "polygons/nwm-linear-T100-h16-seed0"
     unet = torch.hub.load(str(REPO), "unet", source="local", dataset="multi_mnist", width=3)
     assert sum(p.numel() for p in unet.parameters()) == 68_834 and unet.class_names[10] == "9"
-    with pytest.raises(ValueError, match="no trained unet on multi_mnist is shipped"):
-        torch.hub.load(str(REPO), "unet", source="local", dataset="multi_mnist", pretrained=True)
+    shipped = torch.hub.load(str(REPO), "unet", source="local", dataset="multi_mnist", pretrained=True)
+    assert shipped.config["width"] == 4 and shipped.config["data"]["paper_identical"]
+    with pytest.raises(ValueError, match="no trained cnn on multi_mnist is shipped"):
+        torch.hub.load(str(REPO), "cnn", source="local", dataset="multi_mnist", pretrained=True)
     with pytest.raises(ValueError, match="cannot change"):
         torch.hub.load(str(REPO), "nwm", source="local", dataset="polygons", pretrained=True, T=50)
 
