@@ -14,7 +14,7 @@ from pathlib import Path
 import runs
 import settings
 from analysis.animation import make_animation
-from cli import HelpFormatter, add_data_root, int_at_least
+from cli import HelpFormatter, add_data_root, int_at_least, run_main
 from dataset_config import DatasetError, read_metadata
 from models import is_recurrent
 
@@ -70,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

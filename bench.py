@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cli import HelpFormatter, add_device, add_runs_root, add_threads, int_at_least
+from cli import HelpFormatter, add_device, add_runs_root, add_threads, int_at_least, run_main
 from configs import BENCH_CONFIGS, model_config
 from cuda_graphs import GraphedTrainStep
 import runs
@@ -508,4 +508,4 @@ def format_row(row):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -16,7 +16,18 @@ and return the action. This module imports no torch: the environment variables a
 """
 import argparse
 import math
+import os
 import sys
+
+
+def run_main(main):
+    """Runs an entry script's main(); a reader that goes away (`python produce_scores.py | head`)
+    ends it quietly with 141 (128 + SIGPIPE), as a shell tool ends, not with a traceback."""
+    try:
+        return main()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # else Python's flush at exit fails again
+        sys.exit(141)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -36,7 +36,7 @@ import plotting
 import pretrained
 import settings
 from analysis.animation import write_animation
-from cli import ArgumentParser, HelpFormatter, add_device, add_threads, int_at_least
+from cli import ArgumentParser, HelpFormatter, add_device, add_threads, int_at_least, run_main
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 OUTPUTS = ("_mask.png", "_panel.png", "_classes.npy", "_waves.gif", "_waves.png")  # <name> + each, per image
@@ -279,6 +279,8 @@ def main(argv=None):
             found = ", ".join(f"{class_names[c]} {int(n)} px" for c, n in enumerate(counts) if c and n)
             print(f"{path} -> {out / f'{name}_mask.png'}: {found or 'background only'}"
                   + (f" ({'; '.join(notes)})" if notes else ""))
+    except BrokenPipeError:  # stdout's reader went away (| head), not the disk: run_main ends quietly
+        raise
     except OSError as e:  # a disk that fills up, or a folder made read-only, after the check
         sys.exit(f"predict.py: error: cannot write in {out} ({e}); the images listed above have all their "
                  f"outputs, the others none")
@@ -286,6 +288,6 @@ def main(argv=None):
 
 if __name__ == "__main__":
     try:
-        main()
+        run_main(main)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -25,6 +25,7 @@ import torch
 
 import runs
 import settings
+from cli import run_main
 from dataset_config import DATASETS, get_info
 
 REPO = Path(__file__).resolve().parent
@@ -95,6 +96,10 @@ def load(source, device="cpu"):
     return model
 
 
-if __name__ == "__main__":
+def main():
     for shipped in SHIPPED:
         print(describe(shipped))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -43,7 +43,7 @@ from tqdm import tqdm
 import runs
 import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
-                 shows_bars)
+                 run_main, shows_bars)
 from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
 from engine import evaluate
 from metrics import METRIC_NAMES, background_only_metrics
@@ -377,4 +377,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

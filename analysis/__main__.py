@@ -17,7 +17,7 @@ from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import score_tables, write_tables
 from analysis.wave_report import report
-from cli import HelpFormatter, add_data_root, add_threads, int_at_least
+from cli import HelpFormatter, add_data_root, add_threads, int_at_least, run_main
 from dataset_config import DatasetError
 from produce_scores import ScoresError, ScoresFile
 
@@ -109,4 +109,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cli import add_data_root, add_progress, int_at_least, shows_bars
+from cli import add_data_root, add_progress, int_at_least, run_main, shows_bars
 from dataset_config import (DATASETS, FORMAT_VERSION, METADATA, SPLITS, DatasetError, array_sha256, directory_lock,
                             finish_interrupted_writes, resolve_data_root)
 
@@ -74,7 +74,7 @@ def run_cli(main):
     """Runs a program's main(); dataset errors, file system errors the checks before the work could
     not foresee (a disk that fills up) and Ctrl-C end it with a message, not a traceback."""
     try:
-        main()
+        run_main(main)  # a reader gone from stdout (| head) ends it quietly
     except DatasetError as e:
         sys.exit(f"error: {e}")
     except OSError as e:

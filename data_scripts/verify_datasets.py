@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
-from cli import add_data_root
+from cli import add_data_root, run_main
 from dataset_config import (BUILT_IN, DatasetError, DatasetNotFoundError, array_digests, create_command,
                             get_info, imported_datasets, read_metadata)
 
@@ -72,4 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

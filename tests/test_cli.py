@@ -123,3 +123,18 @@ def test_a_refusal_is_the_error_and_where_to_look_not_the_usage_block(argv, caps
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{prog}: error: ") and "usage:" not in lines[0]
     assert lines[1] == f"(every setting and its valid values: python {prog} --help)"
+
+
+@pytest.mark.parametrize("command", [
+    ["pretrained.py"],
+    ["produce_scores.py", "--no-eval", "--runs-root", "results/runs", "--out", "{tmp}/scores.csv"],
+    ["data_scripts/verify_datasets.py", "--data-root", "{tmp}"],
+])
+def test_a_reader_that_goes_away_ends_a_tool_quietly(command, tmp_path):
+    """`python pretrained.py | head -1`: the tool stops with 141 (128 + SIGPIPE), as a shell tool does,
+    and no traceback."""
+    argv = [sys.executable, *(word.format(tmp=tmp_path) for word in command)]
+    reader = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # gone before the first line is written
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
