@@ -1,20 +1,18 @@
-"""Runs train.py commands: one after another, N at a time on each GPU (or on the CPU, each pinned
-to its share of the cores), as a SLURM job array, or as one time slice of a queue of runs.
+"""Runs train.py commands: one after another, N at a time on each GPU (or on the CPU, each pinned to its
+share of the cores), as a SLURM job array, or as one time slice of a queue of runs (docs/reproducing.md).
 
     python launch.py --grid tetrominoes/nwm --dry-run     # a family of configs.GRID (all: every family)
     python launch.py --commands FILE --per-gpu 2          # the train.py commands of a file, one a line
     python launch.py --config "--dataset mnist --model nwm" --seeds 3    # configurations of your own
 
-The scripts in scripts/ call it. Every command is parsed as train.py parses it before anything
-runs; a line of a commands file is read with shell rules (quotes, `# notes`) and refused with its
-number if train.py would refuse it. The launcher owns its runs: on SIGTERM, SIGINT or SIGHUP it
-passes the stop on to every run it started (train.py pauses at a safe point, and the same command
-resumes it) and exits once they have stopped. Everything runs from the repository root.
+Every command is parsed as train.py parses it before anything runs. The launcher owns its runs: on
+SIGTERM, SIGINT or SIGHUP every run it started pauses at a safe point, and it exits once they have.
 """
 import argparse
 import contextlib
 import ctypes
 import io
+import itertools
 import os
 import re
 import shlex
@@ -33,19 +31,21 @@ import settings
 import train
 from cli import float_at_least, int_at_least, positive_float
 from configs import GRID
-from dataset_config import get_info
-from models import is_recurrent
+from dataset_config import DatasetError, get_info, read_metadata
 
 REPO = Path(__file__).resolve().parent
 FAMILIES = [f"{dataset}/{model}" for dataset, model in GRID]
+PAPER_DATASETS = list(dict.fromkeys(dataset for dataset, _ in GRID))
+CREATED_FROM_MNIST = {"multi_mnist": "mnist"}  # Multi-MNIST is drawn from the MNIST files
 MAX_SEEDS = 100  # the paper runs 10 or 12; more is a typo, not a grid
 SLURM_FLAGS = ("partition", "time", "gpus", "cpus", "mem", "account", "max_parallel")
 SLICE_FLAGS = ("minutes", "queue", "min_start", "archive", "part_mb", "runs_root", "mnist_from_dir", "data_root")
 CREATE_DATA_FLAGS = ("create_data", "dry_run", "python", "script", "data_root", "mnist_from_dir")
-PAPER_DATASETS = list(dict.fromkeys(dataset for dataset, _ in GRID))
+# train.memory_needed leaves out activations and workspace: the Multi-MNIST NWM at batch 64 takes about 28 GB on a
+# GPU, 3.3 times its 8.4 GiB estimate
+GPU_HEADROOM = 4
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # prctl: the kernel signals a run whose launcher died, even of SIGKILL
-CREATED_FROM_MNIST = {"multi_mnist": "mnist"}  # Multi-MNIST is drawn from the MNIST files
 
 
 class CommandError(Exception):
@@ -69,10 +69,9 @@ def build_parser(prog="launch.py", description=__doc__):
     g = p.add_argument_group("the commands")
     g.add_argument("commands_file", nargs="?", metavar="COMMANDS_FILE", help="the same as --commands")
     g.add_argument("--commands", metavar="FILE", help="train.py commands, one a line (what --dry-run prints)")
-    g.add_argument("--grid", choices=[*FAMILIES, "all"], metavar="DATASET/MODEL", help="a family of configs.GRID "
-                   "over its seeds; all: every family, the datasets created first and the runs scored last")
-    g.add_argument("--config", action="append", metavar="FLAGS", help="the train.py flags of a configuration "
-                   "(repeatable), over --seeds")
+    g.add_argument("--grid", choices=[*FAMILIES, "all"], metavar="DATASET/MODEL",
+                   help="a family of configs.GRID; all: every family, the datasets created first, the runs scored last")
+    g.add_argument("--config", action="append", metavar="FLAGS", help="a configuration's train.py flags (repeatable)")
     g.add_argument("--script", help=argparse.SUPPRESS)  # the calling script: its name and --help
     g.add_argument("--array-task", type=int_at_least(0), help=argparse.SUPPRESS)  # a SLURM task: its lines
 
@@ -81,12 +80,10 @@ def build_parser(prog="launch.py", description=__doc__):
     g.add_argument("--seeds", type=int_at_least(1, MAX_SEEDS), metavar="N", help="seeds 0..N-1, not the paper's")
     g.add_argument("--python", metavar="PATH", help="the runs' interpreter (default: .venv/bin/python, else python3)")
     g.add_argument("--keep-going", action="store_true", help="go on after a failed run, list the failures at the end")
-    g.add_argument("--per-gpu", type=int_at_least(1), default=1, metavar="N",
-                   help="N runs at once on each GPU ($CUDA_VISIBLE_DEVICES, else nvidia-smi's) as its free memory "
-                        "allows, or on the CPU, each pinned to its share of the cores, their output in <runs root>/"
-                        "logs/; with --slurm, N runs in each task")
+    g.add_argument("--per-gpu", type=int_at_least(1), default=1, metavar="N", help="N runs at once on each visible "
+                   "GPU as its memory allows (none: on the CPU's cores), logs in <runs root>/logs/; --slurm: N a task")
     g.add_argument("--gpu-gb", type=int_at_least(1), metavar="G",
-                   help="GPU memory of a run (default: 28 for a recurrent model on Multi-MNIST, else 8)")
+                   help=f"GPU memory of a run (default: {GPU_HEADROOM} x train.py's estimate of the largest)")
 
     g = p.add_argument_group("SLURM: a job array, its files in <runs root>/slurm/")
     g.add_argument("--slurm", action="store_true", help="submit the job array instead of running here")
@@ -100,38 +97,26 @@ def build_parser(prog="launch.py", description=__doc__):
 
     g = p.add_argument_group("datasets and time slices (scripts/create_data.sh, scripts/advance_runs.sh)")
     g.add_argument("--create-data", action="store_true", help="create the datasets where missing, check them all")
-    g.add_argument("--slice", action="store_true", help="create and check the datasets of the commands, advance each "
-                   "run by a slice, pack the runs it touched")
-    g.add_argument("--minutes", type=positive_float, metavar="M", help="the slice: a run pauses after the epoch that "
-                   "passes M minutes")
-    g.add_argument("--queue", action="store_true", help="the runs share the slice, --per-gpu at a time in order, each "
-                   "with what is left of it")
+    g.add_argument("--slice", action="store_true", help="check the commands' datasets, advance each run by a slice")
+    g.add_argument("--minutes", type=positive_float, metavar="M", help="a run pauses after the epoch past M minutes")
+    g.add_argument("--queue", action="store_true", help="the runs share the slice in turn, each with what is left")
     g.add_argument("--min-start", type=float_at_least(0), default=5, metavar="MIN",
                    help="with --queue, the least time worth starting a run for")
     cli.add_runs_root(g).help = "where the runs live and continue (default: results/runs)"
     cli.add_data_root(g)
     g.add_argument("--mnist-from-dir", metavar="DIR", help="the four MNIST files (any source, gzip'd or not)")
-    g.add_argument("--archive", metavar="PREFIX", help="pack the runs it touched and <runs root>/logs into "
-                   "PREFIX.tar.gz.part-aa, -ab, ... (cat them | tar xzf - -C RUNS_ROOT)")
+    g.add_argument("--archive", metavar="PREFIX", help="pack the runs it touched and the logs as PREFIX.tar.gz.part-*")
     g.add_argument("--part-mb", type=int_at_least(1), default=15, metavar="MB", help="the largest archive part")
     return p
 
 
-def header(script):
-    """The first comment block of a script, without its '#'s: its --help."""
-    lines = []
-    for line in Path(script).read_text().splitlines()[1:]:
-        if not line.startswith("#"):
-            break
-        lines.append(line[2:])
-    return "\n".join(lines)
-
-
 def parse_args(argv):
-    """(options, extra train.py flags): the options are the launcher's, the extras follow `--`."""
+    """(the launcher's options, the train.py flags after `--`); a calling script's header comment is its --help."""
     own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (list(argv), [])
     script = next((own[i + 1] for i, a in enumerate(own[:-1]) if a == "--script"), None)
-    parser = build_parser(script or "launch.py", header(script) if script else __doc__)
+    header = script and "\n".join(line[2:] for line in itertools.takewhile(
+        lambda line: line.startswith("#"), Path(script).read_text().splitlines()[1:]))
+    parser = build_parser(script or "launch.py", header or __doc__)
     args, unknown = parser.parse_known_args(own)
     if unknown:
         parser.error(f"unknown option {unknown[0]!r}; train.py flags go after --" if unknown[0].startswith("-")
@@ -147,40 +132,41 @@ def parse_args(argv):
 
 def refusal(parser, args, extra):
     """Why the options mean nothing together, or None."""
-    given = [f"--{a.dest.replace('_', '-')}" for a in parser._actions
-             if a.option_strings and a.default is not argparse.SUPPRESS and getattr(args, a.dest) != a.default]
+    given = {a.dest: a.option_strings[0] for a in parser._actions  # {dest: flag} of the options given
+             if a.option_strings and a.default is not argparse.SUPPRESS and getattr(args, a.dest) != a.default}
     if args.create_data:
-        others = [f for f in given if f[2:].replace("-", "_") not in CREATE_DATA_FLAGS] + ["train.py ARGS"] * bool(extra)
+        others = [f for d, f in given.items() if d not in CREATE_DATA_FLAGS] + ["train.py ARGS"] * bool(extra)
         return f"{others[0]} means nothing to --create-data" if others else None
     for flags, needed, on in ((SLURM_FLAGS, "--slurm", args.slurm), (SLICE_FLAGS, "--slice", args.slice)):
-        stray = [f for f in given if f[2:].replace("-", "_") in flags]
+        stray = [flag for dest, flag in given.items() if dest in flags]
         if stray and not on:
             return f"{stray[0]} needs {needed}"
-    if len([source for source in (args.commands, args.commands_file, args.grid, args.config) if source]) != 1:
-        return "give one source of commands: a commands file, --grid or --config"
     commands = args.commands or args.commands_file
-    if args.config and not args.seeds:
-        return "--config needs --seeds"
-    if args.seeds and commands:
-        return "--seeds is for --grid and --config; the lines of a commands file name their own seeds"
-    if args.slice and args.minutes is None:
-        return "--minutes is required for a slice"
-    if (args.slice or args.array_task is not None) and not commands:
-        return "a slice or a SLURM task runs a commands file"
-    return None
+    sources = [source for source in (args.commands, args.commands_file, args.grid, args.config) if source]
+    return next((why for wrong, why in [
+        (len(sources) != 1, "give one source of commands: a commands file, --grid or --config"),
+        (args.config and not args.seeds, "--config needs --seeds"),
+        (args.seeds and commands, "--seeds is for --grid and --config; the lines of a commands file name their own "
+                                  "seeds"),
+        (args.slice and args.minutes is None, "--minutes is required for a slice"),
+        ((args.slice or args.array_task is not None) and not commands, "a slice or a SLURM task runs a commands file"),
+    ] if wrong), None)
 
 
 def default_python():
     """The repository's virtual environment if there is one, else python3 (relative: runs start in the repo root)."""
     return ".venv/bin/python" if os.access(REPO / ".venv/bin/python", os.X_OK) else "python3"
 
+
+def error(args, message):
+    print(f"{args.prog}: error: {message}", file=sys.stderr, flush=True)
+
 # -----------------------------------------------------------------------------
 # the commands
 
 
 def check_command(argv, where):
-    """The Command of `argv`, parsed and located as train.py does (train.parse_args, train.locate_run:
-    runs.default_run_name under runs.run_path), or CommandError saying why train.py would refuse it."""
+    """The Command of `argv`, parsed and located as train.py does, or CommandError saying why train.py would not."""
     if len(argv) < 2 or argv[1] != "train.py":
         raise CommandError(f"{where}: not a train.py command (INTERPRETER train.py FLAGS...): {shlex.join(argv)}")
     said = io.StringIO()
@@ -195,7 +181,7 @@ def check_command(argv, where):
 
 
 def read_commands(path, extra):
-    """[(argv + extra, where)] of a commands file's lines; CommandError naming the first bad line."""
+    """[(argv + extra, where)] of a commands file's lines, read with shell rules; CommandError names a bad line."""
     try:
         lines = Path(path).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -217,19 +203,6 @@ def read_commands(path, extra):
     return found
 
 
-def grid_configs(args):
-    """{family: (the train.py flags of each configuration, seeds)} of --grid (configs.GRID) or --config."""
-    if args.config:
-        return {"launch": (args.config, args.seeds)}
-    configs = {}
-    for family in FAMILIES if args.grid == "all" else [args.grid]:
-        dataset, model = family.split("/")
-        setting, values, seeds = GRID[dataset, model]
-        configs[f"{dataset}_{model}"] = (
-            [f"--dataset {dataset} --model {model} --{setting.replace('_', '-')} {value}" for value in values], seeds)
-    return configs
-
-
 def make_commands(args, extra):
     """{family: [Command]}: the runs of each family (one but for --grid all), every command checked. A family
     names the logs and SLURM files: tetrominoes_nwm, the commands file's name, or its script's."""
@@ -239,15 +212,16 @@ def make_commands(args, extra):
         extra += [] if args.queue else ["--stop-after-minutes", f"{args.minutes:g}"]
     if args.commands:
         script = Path(args.script) if args.script else None
-        family = f"{script.parent.name}_{script.stem}" if script else Path(args.commands).stem
-        found = {family: read_commands(args.commands, extra)}
+        found = {f"{script.parent.name}_{script.stem}" if script else Path(args.commands).stem:
+                 read_commands(args.commands, extra)}
     else:
-        found = {}
-        for family, (configs, seeds) in grid_configs(args).items():
-            # seeds outermost: a grid stopped halfway has every configuration at its first seeds
-            argvs = [[args.python, "train.py", *shlex.split(config), "--seed", str(seed), *extra]
-                     for seed in range(args.seeds or seeds) for config in configs]
-            found[family] = [(argv, f"command {i}") for i, argv in enumerate(argvs, 1)]
+        grid = {"launch": (args.config, args.seeds)} if args.config else {
+            f"{d}_{m}": ([f"--dataset {d} --model {m} --{setting.replace('_', '-')} {v}" for v in values], seeds)
+            for (d, m), (setting, values, seeds) in GRID.items() if args.grid in ("all", f"{d}/{m}")}
+        # seeds outermost: a grid stopped halfway has every configuration at its first seeds
+        found = {family: [([args.python, "train.py", *shlex.split(config), "--seed", str(seed), *extra], f"command {i}")
+                          for i, (seed, config) in enumerate(itertools.product(range(args.seeds or seeds), configs), 1)]
+                 for family, (configs, seeds) in grid.items()}
     commands, trained_by = {}, {}
     for family, lines in found.items():
         commands[family] = [check_command(argv, where) for argv, where in lines]
@@ -287,10 +261,15 @@ def visible_gpus():
     return free
 
 
-def run_gpu_gb(commands):
-    """GPU memory in GB the largest run takes: 28 for a recurrent model on Multi-MNIST (16 channels of
-    128x128 at every step, measured), else 8."""
-    return 28 if any(c.args.dataset == "multi_mnist" and is_recurrent(c.args.model) for c in commands) else 8
+def run_gb(command):
+    """GPU memory in GB of a run: GPU_HEADROOM x train.memory_needed on its data (else the paper's split sizes)."""
+    args = command.args
+    info = get_info(args.dataset, args.data_root)
+    try:
+        sizes = read_metadata(args.dataset, args.data_root)["split_sizes"]
+    except DatasetError:  # not created yet
+        sizes = dict(zip(info.splits, info.paper_split_sizes))
+    return GPU_HEADROOM * train.memory_needed(args, info, sizes)[0] / 2**30
 
 
 def slot_cores(slot, slots):
@@ -302,22 +281,23 @@ def slot_cores(slot, slots):
 
 def make_slots(args, commands):
     """[(gpu, cores)] of the slots where runs go at once, and the GPUs: --per-gpu on each GPU, round robin,
-    fewer where its free memory holds fewer runs (CommandError where it holds none), or on the CPU where
-    there is no GPU. A single slot takes what the launcher has."""
+    fewer where its free memory holds fewer of the largest run (CommandError where it holds none), or on the
+    CPU where there is no GPU. A single slot takes what the launcher has."""
     gpus = visible_gpus()
     if args.per_gpu == 1 and len(gpus) <= 1:
         return [(None, None)], list(gpus)
-    per, gb = dict.fromkeys(gpus, args.per_gpu), args.gpu_gb or run_gpu_gb(commands)
+    per = dict.fromkeys(gpus, args.per_gpu)
+    gb = (args.gpu_gb or max(map(run_gb, commands))) if any(free is not None for free in gpus.values()) else None
     for gpu, free in gpus.items():
         if free is None:
             print(f"GPU {gpu}: free memory unknown (no answer from nvidia-smi): not checked", file=sys.stderr)
         elif free < gb:
-            raise CommandError(f"GPU {gpu} has {int(free)} GB free and a run takes about {gb} GB: free it, leave it "
-                               f"out of CUDA_VISIBLE_DEVICES, or set --gpu-gb", status=1)
+            raise CommandError(f"GPU {gpu} has {int(free)} GB free and a run takes about {gb:.0f} GB: free it, leave "
+                               f"it out of CUDA_VISIBLE_DEVICES, or set --gpu-gb", status=1)
         elif free // gb < args.per_gpu:
             per[gpu] = int(free // gb)
-            print(f"GPU {gpu}: {int(free)} GB free, about {gb} GB a run (--gpu-gb): {per[gpu]} at a time instead "
-                  f"of {args.per_gpu}", file=sys.stderr)
+            print(f"GPU {gpu}: {int(free)} GB free, about {gb:.0f} GB a run (--gpu-gb): {per[gpu]} at a time "
+                  f"instead of {args.per_gpu}", file=sys.stderr)
     slot_gpus = [gpu for k in range(args.per_gpu) for gpu in gpus if k < per[gpu]] or [None] * args.per_gpu
     if len(slot_gpus) == 1:
         return [(None, None)], list(gpus)
@@ -337,9 +317,9 @@ def in_child(cores=None):
 
 class Runner:
     """Runs commands in order in slots [(gpu or None, cores or None)], each as one is free, and says how each
-    ended. It owns its runs: on a stop signal it passes the signal on to every run it started (SIGINT as
-    SIGINT, else SIGTERM: train.py pauses at a safe point, and stops at once on a second signal), starts
-    nothing more and returns once they have stopped."""
+    ended. On a stop signal it passes the signal on to every run it started (SIGINT as SIGINT, else SIGTERM:
+    train.py pauses at a safe point, and stops at once on a second one), starts nothing more and returns once
+    they have stopped."""
 
     def __init__(self, args, commands, family, slots, log_dir=None):
         self.args, self.commands, self.family, self.slots, self.log_dir = args, commands, family, slots, log_dir
@@ -384,8 +364,8 @@ class Runner:
         self.statuses[i] = status if status >= 0 else 128 - status  # killed by a signal: as shells report it
         if self.statuses[i]:
             log = f" (log: {self.log_path(i)})" if self.log_dir else ""
-            print(f"{self.args.prog}: error: run {i + 1}/{len(self.commands)} failed (exit status {self.statuses[i]}):"
-                  f" {shlex.join(self.commands[i].argv)}{log}", file=sys.stderr, flush=True)
+            error(self.args, f"run {i + 1}/{len(self.commands)} failed (exit status {self.statuses[i]}): "
+                             f"{shlex.join(self.commands[i].argv)}{log}")
         else:
             print(f"[{i + 1}/{len(self.commands)}] {progress(self.commands[i].run_dir)}", flush=True)
 
@@ -424,12 +404,12 @@ def run_commands(args, commands, family, argv_of=None):
     (and every slice) with each one's output in <runs root>/logs/. Returns the launcher's exit status."""
     slots, gpus = make_slots(args, commands)
     n, log_dir = len(commands), None
-    if len(slots) > 1 or args.slice:
+    if (len(slots) > 1 or args.slice) and args.array_task is None:
         log_dir = settings.runs_root(commands[0].args.runs_root) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         print(f"{n} runs, {args.per_gpu} at a time on each of: {' '.join(gpus) or 'the CPU'}; logs in {log_dir}/")
     runner = Runner(args, commands, family, slots, log_dir)
-    keep_going = args.keep_going or args.slice
+    keep_going = args.keep_going or args.slice or args.array_task is not None
     statuses = runner.run(argv_of or (lambda i: commands[i].argv), keep_going)
     eager = [runner.log_path(i) for i in statuses if log_dir and runner.log_path(i).is_file()
              and "CUDA graph capture failed" in runner.log_path(i).read_text(errors="replace")]
@@ -444,8 +424,7 @@ def run_commands(args, commands, family, argv_of=None):
     if failed and len(slots) == 1 and not keep_going:
         return next(s for s in statuses.values() if s)  # one at a time: the failed run's own status
     if failed:
-        print(f"{args.prog}: error: {len(failed)} of {n} runs failed:\n" + "\n".join(f"  {c}" for c in failed),
-              file=sys.stderr)
+        error(args, f"{len(failed)} of {n} runs failed:\n" + "\n".join(f"  {c}" for c in failed))
         return 1
     not_started = list(statuses.values()).count(None)
     print(f"all {n} runs finished" if all(runs.is_finished(c.run_dir) for c in commands) else
@@ -485,18 +464,9 @@ def write_array(args, commands, family):
     try:
         return subprocess.run(["sbatch", f"{stem}.sbatch"]).returncode
     except FileNotFoundError:
-        print(f"{args.prog}: error: sbatch not found on PATH. Wrote {stem}.commands ({n} runs) and {stem}.sbatch; "
-              f"submit them where SLURM is available with: sbatch {stem}.sbatch", file=sys.stderr)
+        error(args, f"sbatch not found on PATH. Wrote {stem}.commands ({n} runs) and {stem}.sbatch; submit them "
+                    f"where SLURM is available with: sbatch {stem}.sbatch")
         return 1
-
-
-def run_array_task(args, commands):
-    """A SLURM array task (--array-task): its --per-gpu lines of the commands file, all at once."""
-    mine = commands[args.array_task * args.per_gpu:(args.array_task + 1) * args.per_gpu]
-    if not mine:
-        raise CommandError(f"array task {args.array_task} has no lines: the file holds {len(commands)}")
-    slots = [(None, slot_cores(k, len(mine)) if len(mine) > 1 else None) for k in range(len(mine))]
-    return max(Runner(args, mine, "task", slots).run(lambda i: mine[i].argv, keep_going=True).values())
 
 # -----------------------------------------------------------------------------
 # datasets and time slices
@@ -511,26 +481,16 @@ def create_data(args, datasets, data_root=None, check_all=False):
         print(shlex.join(argv), flush=True)
         return 0 if args.dry_run else subprocess.run(argv, cwd=REPO, preexec_fn=in_child).returncode
 
-    made = set()
-    for name in sorted(datasets, key=lambda name: name == "mnist" or name in CREATED_FROM_MNIST):  # offline first
-        folder = settings.data_root(data_root) / get_info(name, data_root).folder
-        if not args.dry_run and (folder / "dataset.json").is_file():
-            continue  # made before: checked below
-        for needed in [CREATED_FROM_MNIST.get(name), name]:
-            if needed and needed not in made:
-                made.add(needed)
-                mnist = ["--from-dir", args.mnist_from_dir] if args.mnist_from_dir and needed == "mnist" else []
-                if step([args.python, *shlex.split(get_info(needed).create_command)[1:], *root, *mnist]):
-                    return f"creating {needed} failed"
+    offline_first = sorted(datasets, key=lambda name: name == "mnist" or name in CREATED_FROM_MNIST)
+    missing = [name for name in offline_first if args.dry_run  # those made before are checked below
+               or not (settings.data_root(data_root) / get_info(name, data_root).folder / "dataset.json").is_file()]
+    for name in dict.fromkeys(n for name in missing for n in (CREATED_FROM_MNIST.get(name), name) if n):  # MNIST first
+        mnist = ["--from-dir", args.mnist_from_dir] if args.mnist_from_dir and name == "mnist" else []
+        if step([args.python, *shlex.split(get_info(name).create_command)[1:], *root, *mnist]):
+            return f"creating {name} failed"
     if step([args.python, "data_scripts/verify_datasets.py", *([] if check_all else datasets), *root]):
         return "the data differs from what it should be"
     return ""
-
-
-def touched_runs(runs_root, since):
-    """The run directories under `runs_root` with a file written since `since`."""
-    return [run for run in runs.find_runs(runs_root)
-            if any(p.is_file() and p.stat().st_mtime >= since for p in run.rglob("*"))]
 
 
 def pack(archive, runs_root, run_dirs, part_mb):
@@ -555,11 +515,11 @@ def pack(archive, runs_root, run_dirs, part_mb):
 
 def run_slice(args, commands, family):
     """Creates and checks the commands' datasets, runs them (with the slice's flags, see make_commands) and
-    packs the runs it touched."""
-    runs_root = Path(args.runs_root or "results/runs")
+    packs the runs it touched (a file written since the slice began)."""
+    runs_root = settings.runs_root(commands[0].args.runs_root)  # --runs-root, see make_commands
     failed = create_data(args, sorted({c.args.dataset for c in commands}), args.data_root)
     if failed:
-        print(f"{args.prog}: error: {failed}: nothing was trained", file=sys.stderr)
+        error(args, f"{failed}: nothing was trained")
         return 1
     since, slice_end = time.time() - 1, time.monotonic() + 60 * args.minutes  # file times are coarser than the clock
 
@@ -571,7 +531,8 @@ def run_slice(args, commands, family):
         return commands[i].argv + ["--stop-after-minutes", f"{max(left, 0.1):.1f}"]
 
     status = run_commands(args, commands, family, with_what_is_left if args.queue else None)
-    touched = touched_runs(runs_root, since)
+    touched = [run for run in runs.find_runs(runs_root)
+               if any(p.is_file() and p.stat().st_mtime >= since for p in run.rglob("*"))]
     if args.archive and touched:
         pack(args.archive, runs_root, touched, args.part_mb)
     return status
@@ -579,8 +540,12 @@ def run_slice(args, commands, family):
 
 def launch(args, family, commands):
     """Runs, prints or submits one family's commands; the exit status."""
-    if args.array_task is not None:
-        return run_array_task(args, commands)
+    if args.array_task is not None:  # a SLURM task: its --per-gpu lines of the file, all at once, output to SLURM's log
+        mine = commands[args.array_task * args.per_gpu:(args.array_task + 1) * args.per_gpu]
+        if not mine:
+            raise CommandError(f"array task {args.array_task} has no lines: the file holds {len(commands)}")
+        args.per_gpu = len(mine)  # the last task may hold fewer: they share what it has
+        return run_commands(args, mine, family)
     if args.slurm:
         return write_array(args, commands, family)
     if args.dry_run:
@@ -599,28 +564,26 @@ def main(argv=None):
         if args.create_data or args.grid == "all":  # --grid all: the datasets first, also for SLURM
             failed = create_data(args, PAPER_DATASETS, first.data_root, check_all=True)
             if failed:
-                print(f"{args.prog}: error: {failed}", file=sys.stderr)
+                error(args, failed)
                 return 1
-        statuses = {}
+        failed = []
         for family, commands in families.items():
-            statuses[family] = launch(args, family, commands)
-            if statuses[family] > 128 or (statuses[family] and not args.keep_going):
-                return statuses[family]  # stopped by a signal, or a failure
+            status = launch(args, family, commands)
+            if status > 128 or (status and not args.keep_going):
+                return status  # stopped by a signal, or a failure
+            failed += [family] * bool(status)
         if args.grid == "all":  # the score table of whatever finished
             score = [args.python, "produce_scores.py", *(["--runs-root", first.runs_root] if first.runs_root else []),
                      *(["--data-root", first.data_root] if first.data_root else [])]
-            if args.slurm:
-                print(f"once the jobs are done, score the runs from {REPO} with: {shlex.join(score)}")
-            else:
-                print(shlex.join(score))
-                if not args.dry_run:
-                    subprocess.run(score, preexec_fn=in_child)
-        failed = [family for family, status in statuses.items() if status]
+            later = f"once the jobs are done, score the runs from {REPO} with: " if args.slurm else ""
+            print(later + shlex.join(score))
+            if not (args.slurm or args.dry_run):
+                subprocess.run(score, preexec_fn=in_child)
         if len(families) > 1 and failed:
-            print(f"{args.prog}: error: runs failed in: {' '.join(failed)}", file=sys.stderr)
+            error(args, f"runs failed in: {' '.join(failed)}")
         return 1 if failed else 0
     except CommandError as e:
-        print(f"{args.prog}: error: {e}", file=sys.stderr)
+        error(args, e)
         return e.status
     except BrokenPipeError:  # the reader went away (--dry-run | head): stop quietly, as a shell tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -247,21 +247,28 @@ def check_settings(parser, args, info=None):
     return meta
 
 
-def check_memory(parser, args, meta, device, info=None, model_config=None):
-    """Refuse a run whose parameters with their gradients and Adam state, data, and one batch's
-    hidden sequence alone exceed the device's memory, before any of it is allocated (`info`, `model_config`:
-    the dataset's get_info and run_model_config, made if not given)."""
-    info = info or get_info(args.dataset, args.data_root)
-    model_config = model_config or run_model_config(args, info)
+def memory_needed(args, info, split_sizes, model_config=None):
+    """(bytes, parameters, images): the least memory a run needs, its parameters with their gradients and Adam
+    state, its images and one batch's hidden sequence (activations and workspace left out). `split_sizes`: the
+    dataset's {split: images}; `model_config`: run_model_config's, made if not given."""
+    if args.bptt_segment == "auto":  # not yet resolved for a device (the launcher): every step stored, the most
+        args = argparse.Namespace(**dict(vars(args), bptt_segment=0))
     with torch.device("meta"):  # shapes only
-        params = count_parameters(build_model(args.model, **model_config))
-    sizes = meta["split_sizes"]
+        params = count_parameters(build_model(args.model, **(model_config or run_model_config(args, info))))
     H, W = info.image_size
-    images = (args.train_size or sizes["train"]) + (args.val_size or sizes["val"]) + sizes["test"]
+    images = (args.train_size or split_sizes["train"]) + (args.val_size or split_sizes["val"]) + split_sizes["test"]
     steps = (min(args.bptt_segment, args.T) if args.bptt_segment else args.T) if is_recurrent(args.model) else 0
     needed = (16 * params  # float32 weights, gradients and Adam's two moments
               + images * H * W * (4 * info.channels + 8)  # float32 images, int64 masks
-              + args.batch_size * steps * args.hidden_channels * H * W * 4)
+              + args.batch_size * steps * args.hidden_channels * H * W * 4)  # float32 hidden states
+    return needed, params, images
+
+
+def check_memory(parser, args, meta, device, info=None, model_config=None):
+    """Refuse a run whose memory_needed exceeds the device's memory, before any of it is allocated (`info`,
+    `model_config`: the dataset's get_info and run_model_config, made if not given)."""
+    needed, params, images = memory_needed(args, info or get_info(args.dataset, args.data_root), meta["split_sizes"],
+                                           model_config)
     available = settings.device_memory(device)
     if needed > available:
         parser.error(f"this run needs at least {needed / 2**30:,.1f} GiB ({params:,} parameters with their gradients "

@@ -1,6 +1,7 @@
-"""launch.py and the scripts on it. Most tests call launch.main in this process with a fake
-interpreter that records how it was called (nothing is trained); a few start real processes: a
-family script, SLURM tasks, the three stop signals, and time slices of tiny training runs."""
+"""launch.py and the scripts on it. Most tests call launch.main in this process with a fake interpreter
+that records how it was called (nothing is trained); a few start real processes: a family script, SLURM
+tasks, the stop signals, and time slices of tiny training runs."""
+import math
 import os
 import re
 import shlex
@@ -8,28 +9,28 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import launch
 import train
 from configs import GRID
+from conftest import FAST, REPO
+from dataset_config import get_info
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-TINY = "--device cpu --batch-size 16 --T 6 --c-mid 4 --readout-width 8 --amp off"
+DATA_STEPS = ["create_tetrominoes.py", "create_polygons.py", "download_mnist.py", "create_multi_mnist.py",
+              "verify_datasets.py"]  # creating and checking the four datasets, the offline ones first
 
 
 @pytest.fixture
 def launched(tmp_path, monkeypatch, capsys):
-    """launched(*argv): (exit status, stdout, stderr) of launch.main(argv) in this process, a usage error's
-    included, with the runs root in tmp_path, no data root override and no GPU unless a test gives one (the
-    working directory, which the launcher changes to the repository root, restored afterwards)."""
+    """launched(*argv): (exit status, stdout, stderr) of launch.main(argv) in this process, usage errors
+    included, with the runs root in tmp_path/runs and no GPU unless a test gives one."""
     monkeypatch.setenv("WAVES_RUNS_ROOT", str(tmp_path / "runs"))
     monkeypatch.delenv("WAVES_DATA_ROOT", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the launcher changes to the repository root: restored afterwards
 
     def launch_main(*argv):
         capsys.readouterr()
@@ -42,11 +43,6 @@ def launched(tmp_path, monkeypatch, capsys):
     return launch_main
 
 
-def bash(script, *args, cwd, timeout=120):
-    return subprocess.run(["bash", str(SCRIPTS / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def parse(line):
     """A printed command -> (interpreter, train.py's parsed arguments); fails unless argparse accepts it."""
     argv = shlex.split(line)
@@ -54,25 +50,35 @@ def parse(line):
     return argv[0], train.build_parser().parse_args(argv[2:])
 
 
-def write_executable(path, text):
+def executable(path, text):
+    path.parent.mkdir(exist_ok=True)
     path.write_text(text)
     path.chmod(0o755)
     return path
 
 
 def fake_python(tmp_path, fail_on=None, line="$(pwd) $*"):
-    """An interpreter that logs `line` (default: its working directory and arguments), failing with
-    status 3 when its arguments contain `fail_on`."""
+    """An interpreter that logs `line` (default: its working directory and arguments) to calls.log, failing
+    with status 3 when its arguments contain `fail_on`."""
     fail = f'case "$*" in *"{fail_on}"*) exit 3 ;; esac\n' if fail_on else ""
-    return write_executable(tmp_path / "python", f'#!/bin/sh\necho "{line}" >> "{tmp_path}/calls.log"\n{fail}')
+    return executable(tmp_path / "python", f'#!/bin/sh\necho "{line}" >> "{tmp_path}/calls.log"\n{fail}')
 
 
 def calls(tmp_path):
     path = tmp_path / "calls.log"
     return path.read_text().splitlines() if path.exists() else []
 
+
+def commands_file(tmp_path, *lines):
+    (tmp_path / "commands.txt").write_text("".join(line + "\n" for line in lines))
+    return tmp_path / "commands.txt"
+
+
+def bash(script, *args, cwd):
+    return subprocess.run(["bash", SCRIPTS / script, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
 # -----------------------------------------------------------------------------
-# the grid: configs.GRID, which the family scripts run
+# the grid (configs.GRID, which the family scripts run) and the options
 
 
 def test_every_family_script_runs_its_grid_entry():
@@ -87,8 +93,8 @@ def test_every_family_script_runs_its_grid_entry():
 
 def test_tetrominoes_nwm_prints_the_same_50_commands(tmp_path):
     result = bash("tetrominoes/nwm.sh", "--dry-run", cwd=tmp_path)  # from any working directory
-    readouts = ["linear", "fft", "last", "mean_time", "max_time"]
     python = ".venv/bin/python" if os.access(REPO / ".venv/bin/python", os.X_OK) else "python3"
+    readouts = ["linear", "fft", "last", "mean_time", "max_time"]
     assert result.stdout.splitlines() == [f"{python} train.py --dataset tetrominoes --model nwm --readout {r} "
                                           f"--seed {s}" for s in range(10) for r in readouts]
 
@@ -98,31 +104,38 @@ def test_seeds_extra_args_and_python_reach_every_command(launched):
                               "/opt/py/bin/python", "--", "--epochs", "50", "--train-size", "2000")
     lines = out.splitlines()
     assert status == 0 and len(lines) == 5 * 8  # --seeds 08 is eight seeds, not an error
-    for line in lines:
-        assert line.endswith("--epochs 50 --train-size 2000")
-        python, args = parse(line)
-        assert python == "/opt/py/bin/python" and (args.epochs, args.train_size) == (50, 2000)
+    assert all(parse(line)[0] == "/opt/py/bin/python" and line.endswith(" --epochs 50 --train-size 2000")
+               for line in lines)  # last: they win over the grid's
     status, out, _ = launched("--config", "--dataset mnist --model nwm", "--config", "--dataset polygons",
                               "--seeds", "2", "--dry-run")
-    assert status == 0 and [(a.dataset, a.seed) for a in map(lambda line: parse(line)[1], out.splitlines())] == [
+    assert status == 0 and [(a.dataset, a.seed) for _, a in map(parse, out.splitlines())] == [
         ("mnist", 0), ("polygons", 0), ("mnist", 1), ("polygons", 1)]
 
 
+GRID_OPTION = ["--grid", "tetrominoes/nwm"]
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--bogus"], "unknown option '--bogus'; train.py flags go after --"),
-    (["--seeds"], "--seeds: expected one argument"),
-    (["--seeds", "two"], "must be a whole number"),
-    (["--seeds", "99999"], "must be at most 100"),
-    (["--seeds", "0"], "must be at least 1"),
-    (["--per-gpu", "-1"], "--per-gpu: must be at least 1"),
-    (["--seed", "3"], "unknown option '--seed'"),  # not taken for --seeds
-    (["--partition", "gpu"], "--partition needs --slurm"),
-    (["--minutes", "5"], "--minutes needs --slice"),
-    (["--slice"], "--minutes is required"),
-    (["--config", "--dataset mnist"], "give one source of commands"),
+    (GRID_OPTION + ["--bogus"], "unknown option '--bogus'; train.py flags go after --"),
+    (GRID_OPTION + ["--seeds"], "--seeds: expected one argument"),
+    (GRID_OPTION + ["--seeds", "two"], "must be a whole number"),
+    (GRID_OPTION + ["--seeds", "99999"], "must be at most 100"),
+    (GRID_OPTION + ["--seeds", "0"], "must be at least 1"),
+    (GRID_OPTION + ["--per-gpu", "-1"], "--per-gpu: must be at least 1"),
+    (GRID_OPTION + ["--seed", "3"], "unknown option '--seed'"),  # not taken for --seeds
+    (GRID_OPTION + ["--partition", "gpu"], "--partition needs --slurm"),
+    (GRID_OPTION + ["--minutes", "5"], "--minutes needs --slice"),
+    (GRID_OPTION + ["--slice"], "--minutes is required"),
+    (GRID_OPTION + ["--config", "--dataset mnist"], "give one source of commands"),
+    (["--config", "--dataset mnist"], "--config needs --seeds"),
+    (["commands.txt", "--seeds", "2"], "--seeds is for --grid and --config"),
+    (["commands.txt", "more.txt"], "one COMMANDS_FILE only, not also 'more.txt'"),
+    (["--slice", "--minutes", "3", "--grid", "mnist/cnn"], "a slice or a SLURM task runs a commands file"),
+    (["--create-data", "--seeds", "1"], "--seeds means nothing to --create-data"),
+    (["--create-data", "--", "--epochs", "3"], "train.py ARGS means nothing to --create-data"),
 ])
 def test_bad_options_are_refused_before_any_work(args, message, launched, tmp_path):
-    status, out, err = launched("--grid", "tetrominoes/nwm", "--python", str(fake_python(tmp_path)), *args)
+    status, out, err = launched("--python", str(fake_python(tmp_path)), *args)
     assert status == 2 and out == "" and message in err.splitlines()[0] and len(err.splitlines()) == 2
     assert calls(tmp_path) == []
 
@@ -138,10 +151,8 @@ def test_help_shows_the_script_and_the_shared_options(launched):
 
 
 def test_a_commands_file_is_read_with_shell_rules(launched, tmp_path):
-    commands = tmp_path / "commands.txt"
-    commands.write_text("# a comment\n\n"
-                        "py train.py --dataset mnist --seed 1  # a note at the end\n"
-                        "py train.py --dataset mnist --run-name 'with space' --seed 2\n")
+    commands = commands_file(tmp_path, "# a comment", "", "py train.py --dataset mnist --seed 1  # a note at the end",
+                             "py train.py --dataset mnist --run-name 'with space' --seed 2")
     status, out, _ = launched(str(commands), "--dry-run", "--", "--runs-root", "R", "--epochs", "3")
     parsed = [parse(line)[1] for line in out.splitlines()]
     assert status == 0 and [(a.seed, a.runs_root, a.epochs) for a in parsed] == [(1, "R", 3), (2, "R", 3)]
@@ -160,18 +171,23 @@ def test_a_commands_file_is_read_with_shell_rules(launched, tmp_path):
     ("py train.py --epochs 5  # the same run with another budget", "line 2 and "),
 ])
 def test_a_bad_line_is_refused_with_its_number_before_anything_runs(line, message, launched, tmp_path):
-    commands = tmp_path / "commands.txt"
-    commands.write_text(f"{fake_python(tmp_path)} train.py --seed 0\n{line}\n")
+    commands = commands_file(tmp_path, f"{fake_python(tmp_path)} train.py --seed 0", line)
     status, _, err = launched("--commands", str(commands))
-    assert status == 2 and f"{commands} {message}" in err
-    assert calls(tmp_path) == []
+    assert status == 2 and f"{commands} {message}" in err and calls(tmp_path) == []
 
 
-def test_a_file_that_is_not_text_is_refused(launched, tmp_path):
-    commands = tmp_path / "commands.bin"
-    commands.write_bytes(b"\xff\xfe\x00binary")
-    status, _, err = launched(str(commands), "--dry-run")
-    assert status == 2 and f"cannot read {commands} as a text file of commands" in err
+@pytest.mark.parametrize("content, message", [(b"\xff\xfe\x00binary", "cannot read {} as a text file of commands"),
+                                              (b"# nothing but a comment\n", "{} holds no command")])
+def test_a_file_that_is_not_text_is_refused(content, message, launched, tmp_path):
+    (tmp_path / "commands.txt").write_bytes(content)
+    status, _, err = launched(str(tmp_path / "commands.txt"), "--dry-run")
+    assert status == 2 and message.format(tmp_path / "commands.txt") in err
+
+
+def test_two_commands_on_one_run_directory_are_refused(launched, tmp_path):
+    status, _, err = launched("--grid", "tetrominoes/cnn", "--seeds", "1", "--dry-run", "--", "--run-name", "mine")
+    assert status == 2 and f"command 2 and command 1 both train the run {tmp_path}/runs/mine" in err
+    assert launched("--grid", "tetrominoes/cnn", "--seeds", "1", "--dry-run")[0] == 0  # the paper's names
 
 
 def test_a_dry_run_into_a_closed_pipe_stops_quietly():
@@ -180,15 +196,8 @@ def test_a_dry_run_into_a_closed_pipe_stops_quietly():
     dry.stdout.close()  # as `| head -1` does once it has its line
     assert dry.wait(timeout=120) == 141 and "Traceback" not in dry.stderr.read()
 
-
-def test_two_commands_on_one_run_directory_are_refused(launched, tmp_path):
-    status, _, err = launched("--grid", "tetrominoes/cnn", "--seeds", "1", "--dry-run", "--", "--run-name",
-                              "mine")
-    assert status == 2 and f"command 2 and command 1 both train the run {tmp_path}/runs/mine" in err
-    assert launched("--grid", "tetrominoes/cnn", "--seeds", "1", "--dry-run")[0] == 0  # the paper's names
-
 # -----------------------------------------------------------------------------
-# running here
+# running here: in order, at once on the CPU's cores, packed on GPUs by their memory
 
 
 def test_runs_go_in_order_from_the_repo_root(launched, tmp_path):
@@ -216,79 +225,83 @@ def test_a_missing_interpreter_fails_its_run(launched, tmp_path):
     assert status == 127 and "cannot start" in err
 
 
-def cpu_list(text):
-    """"0-2,5" -> {0, 1, 2, 5}."""
-    return {core for part in text.split(",") for a, _, b in [part.partition("-")] for core in range(int(a), int(b or a) + 1)}
-
-
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")
 def test_runs_on_the_cpu_each_get_their_share_of_the_cores(launched, tmp_path):
     python = fake_python(tmp_path, line="$(grep Cpus_allowed_list /proc/self/status | cut -f2) $*")
     status, out, _ = launched("--grid", "mnist/lstm", "--seeds", "1", "--per-gpu", "2", "--python", str(python))
     assert status == 0 and "2 runs, 2 at a time on each of: the CPU" in out
     pinned = [launch.slot_cores(k, 2) for k in range(2)]
-    allowed = [cpu_list(line.split()[0]) for line in calls(tmp_path)]
+    allowed = [{core for part in line.split()[0].split(",") for a, _, b in [part.partition("-")]  # "0-2,5"
+                for core in range(int(a), int(b or a) + 1)} for line in calls(tmp_path)]
     assert sorted(map(sorted, allowed)) == sorted(map(sorted, pinned)) and pinned[0].isdisjoint(pinned[1])
     assert len(list((tmp_path / "runs" / "logs").glob("mnist_lstm_*.log"))) == 2  # each run's output in its log
 
 
-def fake_nvidia_smi(tmp_path, monkeypatch, free_mib):
-    """An nvidia-smi that lists GPUs 0 and 1, each with `free_mib` MiB free."""
-    (tmp_path / "bin").mkdir()
-    write_executable(tmp_path / "bin" / "nvidia-smi", f"#!/bin/sh\nprintf '0, {free_mib}\\n1, {free_mib}\\n'\n")
+@pytest.mark.parametrize("data", ["small", "none"])
+def test_a_runs_gpu_memory_is_its_estimate_on_its_data_with_headroom(data, small_tetrominoes, tmp_path):
+    root = small_tetrominoes if data == "small" else tmp_path  # split sizes: its dataset.json's, else the paper's
+    command = launch.check_command(["py", "train.py", "--dataset", "tetrominoes", "--data-root", str(root)], "here")
+    sizes = dict(train=20, val=5, test=5) if data == "small" else dict(train=10_000, val=1_000, test=1_000)
+    needed, _, _ = train.memory_needed(command.args, get_info("tetrominoes"), sizes)
+    assert launch.run_gb(command) == launch.GPU_HEADROOM * needed / 2**30
+
+
+def fake_nvidia_smi(tmp_path, monkeypatch, free_gb):
+    """An nvidia-smi that lists GPUs 0 and 1, each with `free_gb` GB free."""
+    mib = round(free_gb * 1024)
+    executable(tmp_path / "bin" / "nvidia-smi", f"#!/bin/sh\nprintf '0, {mib}\\n1, {mib}\\n'\n")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def test_per_gpu_packs_no_more_runs_than_the_gpu_memory_holds(launched, tmp_path, monkeypatch):
-    python = fake_python(tmp_path, line="${CUDA_VISIBLE_DEVICES} $*")
-    fake_nvidia_smi(tmp_path, monkeypatch, 60_000)  # 58 GB free: two Multi-MNIST NWM runs of 28 GB each
-    status, out, err = launched("--grid", "multi_mnist/nwm", "--seeds", "4", "--per-gpu", "4", "--python",
-                                str(python))
+    _, args, info = train.parse(["--dataset", "multi_mnist", "--model", "nwm"])
+    needed, _, _ = train.memory_needed(args, info, dict(zip(info.splits, info.paper_split_sizes)))
+    assert launch.GPU_HEADROOM == math.ceil(28 * 2**30 / needed)  # the 28 GB it was measured to take on a GPU
+    run_gb = launch.GPU_HEADROOM * needed / 2**30
+    monkeypatch.setenv("WAVES_DATA_ROOT", str(tmp_path / "no data"))  # the paper's split sizes
+    grid = ["--grid", "multi_mnist/nwm", "--seeds", "4", "--per-gpu", "4", "--python",
+            str(fake_python(tmp_path, line="${CUDA_VISIBLE_DEVICES} $*"))]
+    fake_nvidia_smi(tmp_path, monkeypatch, 2.5 * run_gb)  # two runs on each GPU
+    status, out, err = launched(*grid)
     assert status == 0 and "2 at a time instead of 4" in err and "4 at a time on each of: 0 1" in out
     assert re.findall(r"started on GPU (\d)", out) == ["0", "1", "0", "1"]  # round robin
     assert sorted(line.split()[0] for line in calls(tmp_path)) == ["0", "0", "1", "1"]
-
-
-def test_per_gpu_refuses_a_gpu_without_room_for_one_run(launched, tmp_path, monkeypatch):
-    python = fake_python(tmp_path)
-    fake_nvidia_smi(tmp_path, monkeypatch, 20_000)
-    run = ["--grid", "multi_mnist/nwm", "--seeds", "1", "--per-gpu", "2", "--python", str(python)]
-    status, _, err = launched(*run)
-    assert status == 1 and "GPU 0 has 19 GB free and a run takes about 28 GB" in err
-    assert calls(tmp_path) == []  # nothing started
-    assert launched(*run, "--gpu-gb", "8")[0] == 0
+    (tmp_path / "calls.log").unlink()
+    fake_nvidia_smi(tmp_path, monkeypatch, 0.9 * run_gb)  # not even one: refused, nothing started
+    status, _, err = launched(*grid)
+    assert status == 1 and f"GB free and a run takes about {run_gb:.0f} GB" in err and calls(tmp_path) == []
+    assert launched(*grid, "--gpu-gb", "8")[0] == 0  # unless told otherwise
 
 
 def test_per_gpu_lists_the_runs_whose_cuda_graph_failed(launched, tmp_path, monkeypatch):
-    python = write_executable(tmp_path / "python", """#!/bin/sh
+    python = executable(tmp_path / "python", """#!/bin/sh
 case "$*" in *"--seed 0"*) echo "warning: CUDA graph capture failed (boom); training with eager steps" >&2 ;; esac
 """)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    status, out, _ = launched("--grid", "mnist/lstm", "--seeds", "2", "--per-gpu", "2", "--python",
-                              str(python))
+    status, out, _ = launched("--grid", "mnist/lstm", "--seeds", "2", "--per-gpu", "2", "--python", str(python))
     assert status == 0 and "2 of 4 runs trained with eager steps, their CUDA graph capture failed" in out
 
 # -----------------------------------------------------------------------------
 # SLURM
 
 
-def slurm_files(runs_root):
-    commands, = (runs_root / "slurm").glob("tetrominoes_cnn_*.commands")
-    return commands, commands.with_suffix(".sbatch")
+def sbatch_file(runs_root):
+    sbatch, = (runs_root / "slurm").glob("tetrominoes_cnn_*.sbatch")
+    return sbatch
 
 
 @pytest.mark.slow
 def test_slurm_writes_a_job_array_whose_tasks_run_their_lines(launched, tmp_path, monkeypatch):
-    write_executable(tmp_path / "sbatch", f'#!/bin/sh\necho "$@" > "{tmp_path}/sbatch_args"\necho "Submitted 7"\n')
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    executable(tmp_path / "bin" / "sbatch", f'#!/bin/sh\necho "$@" > "{tmp_path}/sbatch_args"\necho "Submitted 7"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     status, _, _ = launched("--grid", "tetrominoes/cnn", "--slurm", "--seeds", "2", "--python",
                             str(fake_python(tmp_path)), "--partition", "gpu", "--time", "02:00:00", "--gpus", "2",
                             "--cpus", "8", "--mem", "32G", "--account", "lab", "--max-parallel", "3", "--per-gpu", "3",
                             "--", "--epochs", "5")
-    commands, sbatch = slurm_files(tmp_path / "runs")
+    sbatch = sbatch_file(tmp_path / "runs")
+    lines = sbatch.with_suffix(".commands").read_text().splitlines()
     assert status == 0 and (tmp_path / "sbatch_args").read_text().strip() == str(sbatch)
-    lines = commands.read_text().splitlines()
     assert len(lines) == 10 and all(parse(line)[1].epochs == 5 for line in lines)
     assert re.findall(r"^#SBATCH (\S+)$", sbatch.read_text(), re.M) == [
         "--job-name=tetrominoes_cnn", "--array=0-3%3", f"--output={tmp_path}/runs/slurm/logs/%A_%a.out",
@@ -302,21 +315,17 @@ def test_slurm_writes_a_job_array_whose_tasks_run_their_lines(launched, tmp_path
         assert sorted(calls(tmp_path)) == sorted(f"{REPO} {line.split(' ', 1)[1]}" for line in expected)
 
 
-def test_slurm_dry_run_and_defaults(launched, tmp_path):
+def test_slurm_dry_run_defaults_and_a_missing_sbatch(launched, tmp_path, monkeypatch):
     runs_root = tmp_path / "elsewhere"
     status, out, _ = launched("--grid", "tetrominoes/cnn", "--slurm", "--dry-run", "--seeds", "1",
                               "--", f"--runs-root={runs_root}")
-    _, sbatch = slurm_files(runs_root)
+    sbatch = sbatch_file(runs_root)
     assert status == 0 and "not submitted (--dry-run)" in out and sbatch.read_text() in out
     assert re.findall(r"^#SBATCH (\S+)$", sbatch.read_text(), re.M) == [
         "--job-name=tetrominoes_cnn", "--array=0-4", f"--output={runs_root}/slurm/logs/%A_%a.out", "--gres=gpu:1"]
-
-
-def test_slurm_without_sbatch_says_how_to_submit(launched, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     status, _, err = launched("--grid", "tetrominoes/cnn", "--slurm", "--seeds", "1")
-    _, sbatch = slurm_files(tmp_path / "runs")
-    assert status == 1 and "sbatch not found" in err and f"sbatch {sbatch}" in err
+    assert status == 1 and "sbatch not found" in err and f"sbatch {sbatch_file(tmp_path / 'runs')}" in err
 
 # -----------------------------------------------------------------------------
 # the datasets, the whole grid, the GPU check
@@ -326,22 +335,15 @@ def test_create_data_commands(launched):
     status, out, _ = launched("--create-data", "--dry-run", "--data-root", "/data/waves", "--mnist-from-dir",
                               "/dl/mnist", "--python", "py")
     assert status == 0 and out.splitlines() == [
-        "py data_scripts/create_tetrominoes.py --data-root /data/waves",
-        "py data_scripts/create_polygons.py --data-root /data/waves",
-        "py data_scripts/download_mnist.py --data-root /data/waves --from-dir /dl/mnist",
-        "py data_scripts/create_multi_mnist.py --data-root /data/waves",
-        "py data_scripts/verify_datasets.py --data-root /data/waves"]
-    for refused in (["--seeds", "1"], ["--", "--epochs", "3"]):
-        assert launched("--create-data", *refused)[:2] == (2, ""), refused
+        f"py data_scripts/{step} --data-root /data/waves" + " --from-dir /dl/mnist" * (step == "download_mnist.py")
+        for step in DATA_STEPS]
 
 
 def test_the_whole_grid_creates_the_data_runs_every_family_seeds_outermost_and_scores(launched, tmp_path):
     status, out, _ = launched("--grid", "all", "--dry-run", "--seeds", "2", "--python", "py",
                               "--", "--data-root", "/data/waves", "--runs-root", "/runs/waves")
     lines = out.splitlines()
-    assert status == 0 and [line.split()[1] for line in lines[:5]] == [
-        "data_scripts/create_tetrominoes.py", "data_scripts/create_polygons.py", "data_scripts/download_mnist.py",
-        "data_scripts/create_multi_mnist.py", "data_scripts/verify_datasets.py"]
+    assert status == 0 and [line.split()[1] for line in lines[:5]] == [f"data_scripts/{s}" for s in DATA_STEPS]
     assert lines[-1] == "py produce_scores.py --runs-root /runs/waves --data-root /data/waves"
     expected = [(dataset, model, setting, value, seed) for (dataset, model), (setting, values, _) in GRID.items()
                 for seed in range(2) for value in values]  # each family in turn, seeds outermost
@@ -354,14 +356,12 @@ def test_the_whole_grid_creates_the_data_runs_every_family_seeds_outermost_and_s
 def test_environment_yml_matches_requirements():
     yaml = pytest.importorskip("yaml")
     env = yaml.safe_load((REPO / "environment.yml").read_text())
-    assert env["name"] == "waves"
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     pip, = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
     names = {re.split(r"[=<>]", d)[0] for d in conda + pip}
-    assert "python=3.11" in conda
+    assert env["name"] == "waves" and "python=3.11" in conda
     requirements = (REPO / "requirements.txt").read_text().splitlines()
-    required = {re.split(r"[=<>]", line)[0] for line in requirements if line and not line.startswith("#")}
-    assert required <= names
+    assert {re.split(r"[=<>]", line)[0] for line in requirements if line and not line.startswith("#")} <= names
 
 
 def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(tmp_path):
@@ -374,16 +374,52 @@ def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(t
     assert re.findall(r"^  (\w+) .*skipped on the CPU: needs CUDA", cpu, re.M) == ["cuda_tests", "resume", "tf32"]
 
 # -----------------------------------------------------------------------------
-# real processes: stop signals and time slices
+# time slices, and real processes: stop signals and slices of tiny runs
+
+
+def test_a_slice_creates_the_missing_datasets_first_and_trains_nothing_when_that_fails(launched, tmp_path):
+    python, data = fake_python(tmp_path, fail_on="create_multi_mnist"), str(tmp_path / "data")
+    commands = commands_file(tmp_path, f"{python} train.py --dataset multi_mnist --model unet",
+                             f"{python} train.py --dataset polygons")
+    status, _, err = launched("--slice", str(commands), "--minutes", "5", "--data-root", data,
+                              "--mnist-from-dir", "M", "--python", str(python), "--runs-root", str(tmp_path / "r"))
+    assert status == 1 and "creating multi_mnist failed: nothing was trained" in err
+    assert [line.split()[1:] for line in calls(tmp_path)] == [  # the offline one first
+        ["data_scripts/create_polygons.py", "--data-root", data],
+        ["data_scripts/download_mnist.py", "--data-root", data, "--from-dir", "M"],
+        ["data_scripts/create_multi_mnist.py", "--data-root", data]]
+
+
+def test_a_slice_trains_nothing_on_data_that_differs(launched, writable_tetrominoes, tmp_path):
+    (writable_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
+    commands = commands_file(tmp_path, f"{fake_python(tmp_path)} train.py --dataset tetrominoes")
+    status, _, err = launched("--slice", str(commands), "--minutes", "1", "--data-root", str(writable_tetrominoes),
+                              "--python", sys.executable, "--runs-root", str(tmp_path / "r"))  # a real check
+    assert status == 1 and "the data differs from what it should be: nothing was trained" in err
+    assert calls(tmp_path) == []
+
+
+def test_a_queue_shares_one_slice_among_its_runs_in_turn(launched, tmp_path):
+    python = fake_python(tmp_path)
+    commands = commands_file(tmp_path, *(f"{python} train.py --seed {seed}" for seed in range(3)))
+    queue = ["--slice", str(commands), "--queue", "--python", str(python), "--data-root", str(tmp_path / "data"),
+             "--runs-root", str(tmp_path / "r")]
+    status, out, _ = launched(*queue, "--minutes", "0.01", "--min-start", "1")  # too short for any run: none starts
+    assert status == 0 and out.count("not started, under 1 minutes of the slice left") == 3
+    assert "all runs paused or finished, 3 not started" in out and not [c for c in calls(tmp_path) if "train.py" in c]
+    status, out, _ = launched(*queue, "--minutes", "30")  # one after another, each with what is left of the slice
+    trained = [c for c in calls(tmp_path) if "train.py" in c]
+    assert status == 0 and len(trained) == 3
+    assert all(re.search(r"--no-progress --stop-after-minutes (29|30)\.\d$", c) for c in trained), trained
 
 
 def children(pid):
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return [int(child) for child in open(f"/proc/{pid}/task/{pid}/children").read().split()]
 
 
 def alive(pid):
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
     except OSError:
         return False
 
@@ -395,28 +431,25 @@ def wait_for(condition, timeout, what):
         time.sleep(0.2)
 
 
-def start_two_runs(tmp_path):
-    """A launcher running two of three runs of an interpreter that records the signals it gets; (launcher, run pids)."""
-    python = write_executable(tmp_path / "python", f"""#!/bin/sh
-trap 'echo "$$ TERM" >> "{tmp_path}/signals"; exit 143' TERM
-trap 'echo "$$ INT" >> "{tmp_path}/signals"; exit 130' INT
-while :; do sleep 0.1; done
-""")
-    commands = tmp_path / "commands.txt"
-    commands.write_text("".join(f"{python} train.py --seed {seed}\n" for seed in range(3)))
-    launcher = subprocess.Popen([sys.executable, "launch.py", str(commands), "--per-gpu", "2"], cwd=REPO,
-                                env=dict(os.environ, CUDA_VISIBLE_DEVICES="", WAVES_RUNS_ROOT=str(tmp_path / "r")),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: len(children(launcher.pid)) == 2, 60, "two runs")
-    return launcher, children(launcher.pid)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
 def test_a_stop_signal_stops_every_run_and_leaves_no_process(signum, tmp_path):
     """The fault of issue 37: `kill PID` of a slice left its train.py children running as orphans. Killed
     outright, the launcher cannot pass the signal on: the kernel sends each run SIGTERM (PR_SET_PDEATHSIG)."""
-    launcher, runs = start_two_runs(tmp_path)
+    python = executable(tmp_path / "python", f"""#!/bin/sh
+trap 'echo "$$ TERM" >> "{tmp_path}/signals"; exit 143' TERM
+trap 'echo "$$ INT" >> "{tmp_path}/signals"; exit 130' INT
+echo $$ >> "{tmp_path}/ready"
+while :; do sleep 0.1; done
+""")
+    commands = commands_file(tmp_path, *(f"{python} train.py --seed {seed}" for seed in range(3)))
+    launcher = subprocess.Popen([sys.executable, "launch.py", str(commands), "--per-gpu", "2"], cwd=REPO,
+                                env=dict(os.environ, CUDA_VISIBLE_DEVICES="", WAVES_RUNS_ROOT=str(tmp_path / "r")),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ready = tmp_path / "ready"  # the third run waits for a free slot
+    wait_for(lambda: ready.exists() and len(ready.read_text().split()) == 2, 60, "two runs with their traps set")
+    runs = [int(pid) for pid in ready.read_text().split()]
+    assert sorted(runs) == sorted(children(launcher.pid))
     launcher.send_signal(signum)
     out, err = launcher.communicate(timeout=60)
     wait_for(lambda: not any(alive(pid) for pid in runs), 10, "no run left")
@@ -426,114 +459,68 @@ def test_a_stop_signal_stops_every_run_and_leaves_no_process(signum, tmp_path):
         assert launcher.returncode == 128 + signum and "stopped by" in err and "[3/3]" not in out, err  # no more
 
 
-def test_a_slice_creates_the_missing_datasets_first_and_trains_nothing_when_that_fails(launched, tmp_path):
-    python = fake_python(tmp_path, fail_on="create_multi_mnist")
-    commands, data = tmp_path / "commands.txt", str(tmp_path / "data")
-    commands.write_text(f"{python} train.py --dataset multi_mnist --model unet\n{python} train.py --dataset polygons\n")
-    status, _, err = launched("--slice", str(commands), "--minutes", "5", "--data-root", data,
-                              "--mnist-from-dir", "M", "--python", str(python), "--runs-root", str(tmp_path / "r"))
-    assert status == 1 and "creating multi_mnist failed: nothing was trained" in err
-    assert [line.split()[1:] for line in calls(tmp_path)] == [  # the offline one first
-        ["data_scripts/create_polygons.py", "--data-root", data],
-        ["data_scripts/download_mnist.py", "--data-root", data, "--from-dir", "M"],
-        ["data_scripts/create_multi_mnist.py", "--data-root", data]]
-
-
-@pytest.fixture
-def small_tetrominoes(tmp_path):
-    data = tmp_path / "data"
-    subprocess.run([sys.executable, "data_scripts/create_tetrominoes.py", "--data-root", str(data), "--train", "32",
-                    "--val", "8", "--test", "8", "--no-progress"], cwd=REPO, check=True, capture_output=True)
-    return data
-
-
-def advance_runs(commands, runs_root, data, *args, start=False):
-    """scripts/advance_runs.sh on a commands file, with runs and data roots, on the CPU: run to its end, or
+def advance_runs(tmp_path, data, *args, start=False):
+    """scripts/advance_runs.sh on tmp_path/commands.txt with runs in tmp_path/r, on the CPU: run to its end, or
     started (its output on stdout)."""
-    argv = ["bash", str(SCRIPTS / "advance_runs.sh"), str(commands), "--runs-root", str(runs_root), "--data-root",
-            str(data), "--python", sys.executable, *args]
-    env, cwd = dict(os.environ, CUDA_VISIBLE_DEVICES=""), runs_root.parent
+    argv = ["bash", SCRIPTS / "advance_runs.sh", tmp_path / "commands.txt", "--runs-root", tmp_path / "r",
+            "--data-root", data, "--python", sys.executable, *args]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     if start:
-        return subprocess.Popen(argv, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def tiny_runs(tmp_path, *lines):
+    """tmp_path/commands.txt of Tetrominoes NWM runs with FAST's flags, then each of `lines`."""
+    return commands_file(tmp_path, *(f"{sys.executable} train.py --dataset tetrominoes {shlex.join(FAST)} {line}"
+                                     for line in lines))
 
 
 @pytest.mark.slow
 def test_a_slice_stopped_by_sigterm_leaves_no_process_and_its_runs_resume(tmp_path, small_tetrominoes):
-    runs_root, commands = tmp_path / "r", tmp_path / "commands.txt"
-    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --seed 0 {TINY} --epochs 3  # a note\n")
-    slice_ = advance_runs(commands, runs_root, small_tetrominoes, "--minutes", "30", start=True)
-    metrics = runs_root / "tetrominoes" / "nwm-linear-T6-h2-seed0" / "metrics.csv"
+    tiny_runs(tmp_path, "--seed 0 --epochs 3  # a note")
+    slice_ = advance_runs(tmp_path, small_tetrominoes, "--minutes", "30", start=True)
+    metrics = tmp_path / "r" / "tetrominoes" / "nwm-linear-T8-h2-seed0" / "metrics.csv"
     wait_for(lambda: metrics.is_file(), 240, "the first epoch")  # the note did not swallow --runs-root
     run, = children(slice_.pid)
     slice_.send_signal(signal.SIGTERM)
     out, _ = slice_.communicate(timeout=120)
     assert slice_.returncode == 143 and not alive(run) and "finished after" not in out, out
-    again = advance_runs(commands, runs_root, small_tetrominoes, "--minutes", "30")
+    again = advance_runs(tmp_path, small_tetrominoes, "--minutes", "30")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "[1/1] finished after epoch 3 of 3" in again.stdout and "all 1 runs finished" in again.stdout
 
 
 @pytest.mark.slow
 def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(tmp_path, small_tetrominoes):
-    runs_root, archive, commands = tmp_path / "slices", tmp_path / "out" / "runs", tmp_path / "commands.txt"
-    commands.write_text(f"# two runs\n{sys.executable} train.py --dataset tetrominoes --seed 0 {TINY} --epochs 2\n"
-                        f"{sys.executable} train.py --dataset tetrominoes --seed 1 {TINY} --epochs 2\n")
+    tiny_runs(tmp_path, "--seed 0 --epochs 2", "--seed 1 --epochs 2")
     for state, epoch, end in (("paused", 1, "all runs paused or finished"), ("finished", 2, "all 2 runs finished")):
-        result = advance_runs(commands, runs_root, small_tetrominoes, "--minutes", "1e-9", "--per-gpu", "2",
-                              "--archive", str(archive))
+        result = advance_runs(tmp_path, small_tetrominoes, "--minutes", "1e-9", "--per-gpu", "2", "--archive",
+                              tmp_path / "out" / "runs")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "tetrominoes  9/9 arrays intact" in result.stdout  # checked before training
         assert result.stdout.count(f"] {state} after epoch {epoch} of 2") == 2 and end in result.stdout
-    parts = sorted((tmp_path / "out").glob("runs.tar.gz.part-*"))
-    assert [p.name for p in parts] == ["runs.tar.gz.part-aa"]
-    (tmp_path / "unpacked").mkdir()
-    subprocess.run(f"cat {' '.join(map(str, parts))} | tar xzf - -C {tmp_path / 'unpacked'}", shell=True, check=True)
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(f"cat {tmp_path}/out/runs.tar.gz.part-* | tar xzf - -C {unpacked}", shell=True, check=True)
     for seed in (0, 1):
-        run = f"tetrominoes/nwm-linear-T6-h2-seed{seed}/test_metrics.json"
-        assert (tmp_path / "unpacked" / run).read_bytes() == (runs_root / run).read_bytes()
-    assert len(list((tmp_path / "unpacked" / "logs").glob("scripts_advance_runs_*.log"))) == 2  # named as before
-
-
-@pytest.mark.slow
-def test_advance_runs_trains_nothing_on_data_that_differs(tmp_path, small_tetrominoes):
-    (small_tetrominoes / "tetrominoes" / "val_masks.npy").write_bytes(b"damaged")
-    commands = tmp_path / "commands.txt"
-    commands.write_text(f"{sys.executable} train.py --dataset tetrominoes --device cpu --epochs 1\n")
-    result = advance_runs(commands, tmp_path / "r", small_tetrominoes, "--minutes", "1")
-    assert result.returncode == 1 and "nothing was trained" in result.stderr
-    assert not (tmp_path / "r" / "tetrominoes").exists()
-
-
-@pytest.mark.slow
-def test_advance_runs_queue_shares_one_slice_among_the_runs(tmp_path, small_tetrominoes):
-    commands = tmp_path / "commands.txt"
-    commands.write_text("".join(f"{sys.executable} train.py --dataset tetrominoes --seed {seed} {TINY} --epochs 1\n"
-                                for seed in (0, 1, 2)))
-    queue = [commands, tmp_path / "r", small_tetrominoes, "--queue"]
-    spent = advance_runs(*queue, "--minutes", "0.01", "--min-start", "1")  # too short for any run: none starts
-    assert spent.returncode == 0, spent.stdout + spent.stderr
-    assert spent.stdout.count("not started, under 1 minutes of the slice left") == 3
-    assert "all runs paused or finished, 3 not started" in spent.stdout and not (tmp_path / "r" / "tetrominoes").exists()
-    result = advance_runs(*queue, "--minutes", "30")  # one after another, each with what is left, until all are done
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("finished after epoch 1 of 1") == 3
-    assert re.search(r"--no-progress --stop-after-minutes (29|30)\.\d\b", result.stdout)
+        run = f"tetrominoes/nwm-linear-T8-h2-seed{seed}/test_metrics.json"
+        assert (unpacked / run).read_bytes() == (tmp_path / "r" / run).read_bytes()
+    assert len(list((unpacked / "logs").glob("scripts_advance_runs_*.log"))) == 2  # named as before
 
 
 def test_the_archive_is_split_into_parts_that_unpack_to_the_runs(tmp_path):
-    runs_root, archive = tmp_path / "r", tmp_path / "out" / "runs"
-    run = runs_root / "tetrominoes" / "nwm-seed0"
-    run.mkdir(parents=True)
-    (run / "last.pt").write_bytes(os.urandom(int(2.5 * 2**20)))  # does not compress: three parts of 1 MB
-    (runs_root / "logs").mkdir()
-    (runs_root / "logs" / "a.log").write_text("epoch 1\n")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "runs.tar.gz.part-ad").write_text("a part of an older archive")
-    launch.pack(archive, runs_root, [run], part_mb=1)
+    runs_root, archive, unpacked = tmp_path / "r", tmp_path / "out" / "runs", tmp_path / "unpacked"
+    for path, content in ((runs_root / "tetrominoes" / "nwm-seed0" / "last.pt", os.urandom(int(2.5 * 2**20))),
+                          (runs_root / "logs" / "a.log", b"epoch 1\n"),  # random bytes do not compress: 3 parts
+                          (tmp_path / "out" / "runs.tar.gz.part-ad", b"a part of an older archive")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    launch.pack(archive, runs_root, [runs_root / "tetrominoes" / "nwm-seed0"], part_mb=1)
     assert [p.name for p in sorted((tmp_path / "out").iterdir())] == [
         "runs.tar.gz.part-aa", "runs.tar.gz.part-ab", "runs.tar.gz.part-ac"]
-    (tmp_path / "unpacked").mkdir()
-    subprocess.run(f"cat {archive}.tar.gz.part-* | tar xzf - -C {tmp_path / 'unpacked'}", shell=True, check=True)
-    assert (tmp_path / "unpacked" / "tetrominoes" / "nwm-seed0" / "last.pt").read_bytes() == (run / "last.pt").read_bytes()
-    assert (tmp_path / "unpacked" / "logs" / "a.log").read_text() == "epoch 1\n"
+    unpacked.mkdir()
+    subprocess.run(f"cat {archive}.tar.gz.part-* | tar xzf - -C {unpacked}", shell=True, check=True)
+    for path in ("tetrominoes/nwm-seed0/last.pt", "logs/a.log"):
+        assert (unpacked / path).read_bytes() == (runs_root / path).read_bytes()

@@ -241,6 +241,27 @@ def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
     assert args.T == 100 and args.lr == 1e-3  # the paper's model and optimiser
 
 
+@pytest.mark.parametrize("flags, params, steps", [
+    # the NWM: encoders of omega, alpha (3->4->4->2 channels, 3x3 with biases: 112 + 148 + 74 each) and of the
+    # position (3->4->4->4->2: 112 + 148 + 148 + 74), the 2->2 coupling (36), the readout (6x4 time weights and
+    # 4 layers of width 8: 24 + 72 + 72 + 72 + 27): 1453 parameters
+    (["--model", "nwm"], 1453, 6),  # --bptt-segment auto, not yet resolved for a device: every step
+    (["--model", "nwm", "--bptt-segment", "2"], 1453, 2),
+    # the CNN: a 3->2 3x3 convolution (56), the 1x1 expansion to T/2 - 1 = 1 feature a channel (6), a head of
+    # width 4 (12 + 20 + 20 + 15); no hidden sequence
+    (["--model", "cnn", "--T", "4", "--depth", "1", "--readout-width", "4"], 56 + 6 + 67, 0),
+])
+def test_memory_needed_counts_adam_state_the_images_and_one_batchs_hidden_sequence(flags, params, steps,
+                                                                                  tiny_dataset):
+    _, args, info = train.parse(["--dataset", "tiny", "--data-root", str(tiny_dataset), "--T", "6", "--c-mid", "4",
+                                 "--readout-width", "8", "--batch-size", "4", "--train-size", "40", *flags])
+    images = 40 + 16 + 16  # --train-size, then the tiny dataset's val and test splits
+    needed = (16 * params  # float32 weights, gradients and Adam's two moments
+              + images * 16 * 16 * (3 * 4 + 8)  # 16x16 RGB images in float32, int64 masks
+              + 4 * steps * 2 * 16 * 16 * 4)  # a batch of 4, 2 hidden channels in float32
+    assert train.memory_needed(args, info, dict(train=48, val=16, test=16)) == (needed, params, images)
+
+
 @pytest.mark.slow
 def test_a_run_is_not_continued_on_other_data(tiny_dataset, run_train, tmp_path, capsys):
     run_train(tmp_path / "runs", "--epochs", "1", "--run-name", "d")
