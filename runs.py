@@ -41,7 +41,6 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
-import dataset_config
 import settings
 
 CONFIG, METRICS, CHECKPOINT, LAST, TEST_METRICS, LOCK = (
@@ -536,7 +535,9 @@ def data_label(config):
         return data["label"]
     if data["paper_identical"]:
         return "paper"
-    if config["dataset"] not in dataset_config.BUILT_IN:  # a folder of the user's, by data_scripts/import_folder.py
+    from dataset_config import BUILT_IN  # keeps `import runs` light: no data root scanned on import
+
+    if config["dataset"] not in BUILT_IN:  # a folder of the user's, by data_scripts/import_folder.py
         return f"imported, sha256 {data['sha256'][:12]}"
     origin = "our recipe" if data["paper_identical"] is None else "paper's recipe"
     return f"{origin}, seed {data['seed']}, sha256 {data['sha256'][:12]}"
