@@ -131,7 +131,7 @@ static void fill_pair_slot(bf16 *ring, const float *x, long H, long W, long Wb, 
     }
 }
 
-/* Slot `slot` of a plain bfloat16 ring (NC padded rows of Wh + 2) = row `row` of x, as fill_slot. */
+/* Slot `slot` of plain bfloat16 rows (NC padded rows of Wh + 2 a slot) = row `row` of x, as fill_slot. */
 static void fill_half_slot(bf16 *ring, const float *x, long H, long W, long Wh, long stride, long row, int slot) {
     row = (row + H) % H;
     for (int c = 0; c < NC; c++) {
@@ -146,33 +146,33 @@ static void fill_half_slot(bf16 *ring, const float *x, long H, long W, long Wh, 
     }
 }
 
-/* As advance_ring, for the pair ring (pairs: 1) or a plain bfloat16 ring (pairs: 0). */
-static void advance_half_ring(bf16 *ring, int pairs, const float *x, long H, long W, long width, long stride,
-                              long r) {
-    void (*fill)(bf16 *, const float *, long, long, long, long, long, int) = pairs ? fill_pair_slot : fill_half_slot;
+/* As advance_ring, for the pair ring. */
+static void advance_pair_ring(bf16 *ring, const float *x, long H, long W, long Wb, long stride, long r) {
     if (r == 0) {
-        fill(ring, x, H, W, width, stride, -1, 2);
-        fill(ring, x, H, W, width, stride, 0, 0);
+        fill_pair_slot(ring, x, H, W, Wb, stride, -1, 2);
+        fill_pair_slot(ring, x, H, W, Wb, stride, 0, 0);
     }
-    fill(ring, x, H, W, width, stride, r + 1, (int)((r + 1) % 3));
+    fill_pair_slot(ring, x, H, W, Wb, stride, r + 1, (int)((r + 1) % 3));
 }
 
-/* conv_row with the pair ring and the packed weight pairs: per vector of 16 pixels, NP pairs
- * x 9 taps x NC dot products of (2 channels of a pixel) . (their 2 weights), sums in float32.
- * CB output channels of nb (at most NB) vectors at a time: each broadcast weight pair serves
- * nb vectors and each loaded vector CB channels, with the sums in 24 or fewer registers. */
+/* conv_row with pair rows and the packed weight pairs: per vector of 16 pixels, NP pairs x 9
+ * taps x NC dot products of (2 channels of a pixel) . (their 2 weights), sums in float32. The
+ * input rows r-1, r, r+1 are the slots slots[0..2] of `rows` (slot k, pair p: padded row k * NP + p,
+ * as in the pair ring). CB output channels of nb (at most NB) vectors at a time: each broadcast
+ * weight pair serves nb vectors and each loaded vector CB channels, with the sums in 24 or fewer
+ * registers. */
 #define CB (NC % 8 == 0 ? 8 : NC % 4 == 0 ? 4 : 2)
 #define NB 3
-static inline __attribute__((always_inline)) void conv_block_half(float *restrict acc, const bf16 *restrict ring,
-                                                                  const unsigned *restrict wp, long Wb, long r,
-                                                                  long j, const int nb) {
+static inline __attribute__((always_inline)) void conv_block_half(float *restrict acc, const bf16 *restrict rows,
+                                                                  const unsigned *restrict wp, long Wb,
+                                                                  const long slots[3], long j, const int nb) {
     for (int c0 = 0; c0 < NC; c0 += CB) {
         __m512 a[CB][NB];
         for (int co = 0; co < CB; co++)
             for (int b = 0; b < nb; b++) a[co][b] = _mm512_setzero_ps();
         for (int p = 0; p < NP; p++)
             for (int di = 0; di < 3; di++) {
-                const bf16 *row = ring + (((r + 2 + di) % 3) * NP + p) * (Wb + 2) * 2;
+                const bf16 *row = rows + (slots[di] * NP + p) * (Wb + 2) * 2;
                 for (int dj = 0; dj < 3; dj++) {
                     __m512bh x[NB];
                     for (int b = 0; b < nb; b++) x[b] = (__m512bh)_mm512_loadu_si512(row + (j + 16 * b + dj) * 2);
@@ -189,33 +189,37 @@ static inline __attribute__((always_inline)) void conv_block_half(float *restric
     }
 }
 
-static void conv_row_half(float *restrict acc, const bf16 *restrict ring, const unsigned *restrict wp, long Wb,
-                          long r) {
+static void conv_row_half(float *restrict acc, const bf16 *restrict rows, const unsigned *restrict wp, long Wb,
+                          const long slots[3]) {
     long j = 0;
-    for (; j + 16 * NB <= Wb; j += 16 * NB) conv_block_half(acc, ring, wp, Wb, r, j, NB);
-    for (; j < Wb; j += 16) conv_block_half(acc, ring, wp, Wb, r, j, 1);
+    for (; j + 16 * NB <= Wb; j += 16 * NB) conv_block_half(acc, rows, wp, Wb, slots, j, NB);
+    for (; j < Wb; j += 16) conv_block_half(acc, rows, wp, Wb, slots, j, 1);
 }
 
-/* weight_row in bfloat16: gh (NC x H rows of Wh, dL/da in bfloat16) times the plain ring of
- * the input rows, each lane summing two neighbouring pixels, GH output channels at a time. */
+/* gv (NC x NC x 3 x 3 vectors, summed over lanes later) += the weight gradient of one step:
+ * gh (NC x H rows of Wh, dL/da in bfloat16) times yh (H slots of NC padded rows of Wh + 2, the
+ * input y in bfloat16), each lane summing two neighbouring pixels. The sums of GH output channels
+ * stay in registers over the whole image (per-row sums would spend as long adding them up). */
 #define GH (NC % 8 == 0 ? 8 : NC % 4 == 0 ? 4 : 2)
-static void weight_row_half(vec *restrict gv, const bf16 *restrict gh, long H, const bf16 *restrict ring, long Wh,
-                            long r) {
-    for (int c0 = 0; c0 < NC; c0 += GH) {
-        const bf16 *g = gh + ((long)c0 * H + r) * Wh;
+static void weight_step_half(vec *restrict gv, const bf16 *restrict gh, const bf16 *restrict yh, long H, long Wh) {
+    for (int c0 = 0; c0 < NC; c0 += GH)
         for (int ci = 0; ci < NC; ci++)
             for (int di = 0; di < 3; di++) {
-                const bf16 *p = ring + (((r + 2 + di) % 3) * NC + ci) * (Wh + 2);
                 __m512 s[GH][3];
                 for (int k = 0; k < GH; k++) s[k][0] = s[k][1] = s[k][2] = _mm512_setzero_ps();
-                for (long j = 0; j < Wh; j += HW) {
-                    __m512bh x0 = (__m512bh)_mm512_loadu_si512(p + j), x1 = (__m512bh)_mm512_loadu_si512(p + j + 1),
-                             x2 = (__m512bh)_mm512_loadu_si512(p + j + 2);
-                    for (int k = 0; k < GH; k++) {
-                        __m512bh gk = (__m512bh)_mm512_loadu_si512(g + k * H * Wh + j);
-                        s[k][0] = _mm512_dpbf16_ps(s[k][0], gk, x0);
-                        s[k][1] = _mm512_dpbf16_ps(s[k][1], gk, x1);
-                        s[k][2] = _mm512_dpbf16_ps(s[k][2], gk, x2);
+                for (long r = 0; r < H; r++) {
+                    const bf16 *g = gh + ((long)c0 * H + r) * Wh;
+                    const bf16 *p = yh + (((r + di - 1 + H) % H) * NC + ci) * (Wh + 2);
+                    for (long j = 0; j < Wh; j += HW) {
+                        __m512bh x0 = (__m512bh)_mm512_loadu_si512(p + j),
+                                 x1 = (__m512bh)_mm512_loadu_si512(p + j + 1),
+                                 x2 = (__m512bh)_mm512_loadu_si512(p + j + 2);
+                        for (int k = 0; k < GH; k++) {
+                            __m512bh gk = (__m512bh)_mm512_loadu_si512(g + k * H * Wh + j);
+                            s[k][0] = _mm512_dpbf16_ps(s[k][0], gk, x0);
+                            s[k][1] = _mm512_dpbf16_ps(s[k][1], gk, x1);
+                            s[k][2] = _mm512_dpbf16_ps(s[k][2], gk, x2);
+                        }
                     }
                 }
                 for (int k = 0; k < GH; k++) {
@@ -225,7 +229,6 @@ static void weight_row_half(vec *restrict gv, const bf16 *restrict gh, long H, c
                     acc[2] += (vec)s[k][2];
                 }
             }
-    }
 }
 #endif
 
@@ -234,13 +237,14 @@ int nwm_half_coupling(void) { return HALF_COUPLING; }
 
 /* Per-thread scratch: rings of padded rows for y and for dL/da, one row of sums per
  * channel, dL/da of one step (rows of Wb), the weight gradient's vector sums; with the
- * bfloat16 coupling also its pair ring, a plain bfloat16 ring of y, dL/da in bfloat16 (rows
- * of Wh) and the packed weights (w, and the adjoint's). */
+ * bfloat16 coupling also its pair ring, one step's dL/da as pair rows (H slots), y as plain
+ * padded rows (H slots) and dL/da in rows of Wh, all bfloat16, and the packed weights (w, and
+ * the adjoint's). */
 typedef struct {
     long Wb, Wh;
     real *ring, *ring_y, *acc, *ga;
     vec *gv;
-    bf16 *ring_h, *ring_yh, *gah;
+    bf16 *ring_h, *gpair, *yh, *gah;
     unsigned *wp, *wadjp;
 } scratch;
 
@@ -252,13 +256,14 @@ static int scratch_init(scratch *s, long H, long W, int half) {
     s->ring = calloc(2 * ring + NC * Wb + NC * H * Wb, sizeof(real));
 #if HALF_COUPLING
     if (half) {
-        long Wh = half_width(W), pair_ring = 3 * NC * (Wb + 2), half_ring = 3 * NC * (Wh + 2);
+        long Wh = half_width(W), pair_ring = 3 * NC * (Wb + 2), gpair = H * NC * (Wb + 2), yh = H * NC * (Wh + 2);
         s->Wh = Wh;
-        s->ring_h = calloc(pair_ring + half_ring + NC * H * Wh, sizeof(bf16));
+        s->ring_h = calloc(pair_ring + gpair + yh + NC * H * Wh, sizeof(bf16));
         s->wp = malloc(sizeof(unsigned) * NC * NC * 9);
         if (s->ring_h && s->wp) {
-            s->ring_yh = s->ring_h + pair_ring;
-            s->gah = s->ring_yh + half_ring;
+            s->gpair = s->ring_h + pair_ring;
+            s->yh = s->gpair + gpair;
+            s->gah = s->yh + yh;
             s->wadjp = s->wp + NC * NC * 9 / 2;
         }
     }
@@ -289,8 +294,9 @@ static void couple_row(scratch *s, const real *x, long H, long W, long stride, c
                        const unsigned *wp, long r) {
 #if HALF_COUPLING
     if (wp) {
-        advance_half_ring(s->ring_h, 1, x, H, W, s->Wb, stride, r);
-        conv_row_half(s->acc, s->ring_h, wp, s->Wb, r);
+        const long slots[3] = {(r + 2) % 3, r % 3, (r + 1) % 3};
+        advance_pair_ring(s->ring_h, x, H, W, s->Wb, stride, r);
+        conv_row_half(s->acc, s->ring_h, wp, s->Wb, slots);
         return;
     }
 #endif
@@ -337,6 +343,77 @@ static const unsigned *weight_pairs(scratch *s, const real *w, const real *wadj,
     (void)s, (void)w, (void)wadj, (void)half;
     return NULL;
 }
+
+/* The adjoint step's pass over the W pixels at offset o of one image (a row of a channel):
+ * given gy, gz after step t, y, z before it and t its tanh, moves gy (without the coupling's
+ * W^T * dL/da) and gz before the step, accumulates the gradients of dt_omega (g_om) and
+ * damping (g_dm), and writes dL/da to ga (and in bfloat16 to gah, if not NULL). gf or gh:
+ * the gradient of the frame y_t (float or bfloat16). */
+static inline __attribute__((always_inline)) void adjoint_pixels_as(
+    const int half_frames, const int half_ga, long o, long W, real dt, real *restrict gy, real *restrict gz,
+    const real *restrict gf, const bf16 *restrict gh, const real *restrict y, const real *restrict z,
+    const real *restrict t, const real *restrict om, const real *restrict dm, real *restrict g_om,
+    real *restrict g_dm, real *restrict ga, bf16 *restrict gah) {
+#pragma omp simd
+    for (long j = 0; j < W; j++) {
+        long p = o + j;
+        real gyp = gy[p] + (half_frames ? (real)from_bf16(gh[p]) : gf[p]);
+        real gzp = gz[p] + dt * gyp;  /* the total dL/dz_t */
+        g_dm[p] += gzp * z[p];
+        g_om[p] -= gzp * y[p];
+        ga[j] = dt * (gzp - gzp * t[p] * t[p]);
+        if (half_ga) gah[j] = to_bf16((float)ga[j]);
+        gy[p] = gyp - om[p] * gzp;
+        gz[p] = gzp * dm[p];
+    }
+}
+
+/* adjoint_pixels_as with the choices as constants: the compiler would otherwise vectorise the
+ * unused pointer's loads and stores as masked ones, which at a NULL pointer cost a microcode
+ * assist each (half the adjoint's time on an AMD Zen 4). */
+static void adjoint_pixels(long o, long W, real dt, real *gy, real *gz, const real *gf, const bf16 *gh,
+                           const real *y, const real *z, const real *t, const real *om, const real *dm, real *g_om,
+                           real *g_dm, real *ga, bf16 *gah) {
+    if (gh && gah) adjoint_pixels_as(1, 1, o, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm, ga, gah);
+    else if (gh) adjoint_pixels_as(1, 0, o, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm, ga, gah);
+    else if (gah) adjoint_pixels_as(0, 1, o, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm, ga, gah);
+    else adjoint_pixels_as(0, 0, o, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm, ga, gah);
+}
+
+#if HALF_COUPLING
+/* The pixel pass of row q of every channel for adjoint_step_half: dL/da to s->gah and, as
+ * pair rows, to slot q of s->gpair. */
+static void adjoint_row_half(scratch *s, long q, long H, long W, real dt, real *gy, real *gz, const real *gf,
+                             const bf16 *gh, const real *y, const real *z, const real *t, const real *om,
+                             const real *dm, real *g_om, real *g_dm) {
+    for (int c = 0; c < NC; c++)
+        adjoint_pixels(((long)c * H + q) * W, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm,
+                       s->ga + c * s->Wb, s->gah + ((long)c * H + q) * s->Wh);
+    fill_pair_slot(s->gpair, s->ga, 1, W, s->Wb, s->Wb, 0, (int)q);
+}
+
+/* One adjoint step of one image (the arguments as adjoint_pixels', for whole images) with the
+ * bfloat16 coupling, row by row so that dL/da is still in cache when the adjoint product
+ * reads it: the pixel pass of row r + 1, then the product W^T * dL/da at row r added to gy.
+ * The weight gradient then runs over the whole image (weight_step_half). */
+static void adjoint_step_half(scratch *s, long H, long W, real dt, real *gy, real *gz, const real *gf,
+                              const bf16 *gh, const real *y, const real *z, const real *t, const real *om,
+                              const real *dm, real *g_om, real *g_dm) {
+    for (long q = 0; q < H; q++) fill_half_slot(s->yh, y, H, W, s->Wh, W, q, (int)q);
+    /* rows 0 and H - 1 first: the product at row 0 reads both */
+    adjoint_row_half(s, 0, H, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm);
+    if (H > 1) adjoint_row_half(s, H - 1, H, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm);
+    for (long r = 0; r < H; r++) {
+        if (r + 1 < H - 1) adjoint_row_half(s, r + 1, H, W, dt, gy, gz, gf, gh, y, z, t, om, dm, g_om, g_dm);
+        const long slots[3] = {(r - 1 + H) % H, r, (r + 1) % H};
+        conv_row_half(s->acc, s->gpair, s->wadjp, s->Wb, slots);
+        for (int c = 0; c < NC; c++)
+#pragma omp simd
+            for (long j = 0; j < W; j++) gy[((long)c * H + r) * W + j] += s->acc[c * s->Wb + j];
+    }
+    weight_step_half(s->gv, s->gah, s->yh, H, s->Wh);
+}
+#endif
 
 /* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
  * frames[t] (n x B x NC x H x W, float, or bfloat16 if bf16_frames) = y after step t+1.
@@ -418,34 +495,20 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
                 const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
                 const real *gf = half ? NULL : (const real *)g_frames + ((t0 + i) * B + b) * S;
                 const bf16 *gh = half ? (const bf16 *)g_frames + ((t0 + i) * B + b) * S : NULL;
-                for (long row = 0; row < NC * H; row++) {
-                    real *ga = s.ga + row * Wb;
-                    bf16 *gah = wp ? s.gah + row * s.Wh : NULL;
-#pragma omp simd
-                    for (long j = 0; j < W; j++) {
-                        long p = row * W + j;
-                        real gyp = gyb[p] + get_frame(gf, gh, p);
-                        real gzp = gzb[p] + dt * gyp;  /* the total dL/dz_t */
-                        gdb[p] += gzp * zi[p];
-                        gob[p] -= gzp * yi[p];
-                        ga[j] = dt * (gzp - gzp * t[p] * t[p]);
-                        if (gah) gah[j] = to_bf16((float)ga[j]);
-                        gyb[p] = gyp - om[p] * gzp;
-                        gzb[p] = gzp * dm[p];
-                    }
+#if HALF_COUPLING
+                if (wp) {
+                    adjoint_step_half(&s, H, W, dt, gyb, gzb, gf, gh, yi, zi, t, om, dm, gob, gdb);
+                    continue;
                 }
+#endif
+                for (long row = 0; row < NC * H; row++)
+                    adjoint_pixels(row * W, W, dt, gyb, gzb, gf, gh, yi, zi, t, om, dm, gob, gdb, s.ga + row * Wb,
+                                   NULL);
                 for (long r = 0; r < H; r++) {
-                    couple_row(&s, s.ga, H, W, Wb, wadj, wp ? s.wadjp : NULL, r);
+                    couple_row(&s, s.ga, H, W, Wb, wadj, NULL, r);
                     for (long c = 0; c < NC; c++)
 #pragma omp simd
                         for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
-#if HALF_COUPLING
-                    if (wp) {
-                        advance_half_ring(s.ring_yh, 0, yi, H, W, s.Wh, W, r);
-                        weight_row_half(s.gv, s.gah, H, s.ring_yh, s.Wh, r);
-                        continue;
-                    }
-#endif
                     advance_ring(s.ring_y, NC, yi, H, W, Wb, W, r);
                     weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
                 }

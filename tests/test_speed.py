@@ -265,9 +265,10 @@ BF16_COUPLING_TOLERANCE = 2e-2  # bfloat16's 8 bits through 10 steps: measured 1
 
 
 @needs_bf16_coupling
-@pytest.mark.parametrize("shape", [(2, 16, 16, 16), (3, 16, 5, 7), (1, 16, 17, 50)])
+@pytest.mark.parametrize("shape", [(2, 16, 16, 16), (3, 16, 5, 7), (1, 16, 17, 50), (2, 16, 2, 20)])
 def test_bf16_coupling_matches_float64_within_bfloat16_rounding(shape, monkeypatch):
-    # image widths off the kernel's 16- and 32-pixel blocks, and chunks the threads split unevenly
+    # image widths off the kernel's 16- and 32-pixel blocks, chunks the threads split unevenly, and two rows
+    # (the adjoint's row order wraps at both ends at once)
     monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)
     assert nwm_cpu.kernel(torch.empty(shape)).nwm_half_coupling() == 1
     reference = kernel_recurrence(torch.float64, shape)
