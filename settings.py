@@ -164,4 +164,5 @@ def tune_cpu_allocator():
     except OSError:
         return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    # -1: never trim (mallopt's largest threshold, 2 GiB, still trims after a step that frees more)
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, -1))
