@@ -1,6 +1,6 @@
 """The analyses from the command line: python -m analysis SUBCOMMAND (--help for each).
 
-    python -m analysis tables                   # score table -> mean ± std, min / median / max
+    python -m analysis tables                   # score table -> mean ± std, min / median / max; beside the paper's
     python -m analysis tables --scores results/scores.csv --out results/tables   # the shipped tables
     python -m analysis squares                  # square-area theory: errors and area classifier
     python -m analysis erf                      # receptive-field radii of untrained NWMs and CNNs
@@ -15,7 +15,7 @@ import runs
 import settings
 from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
-from analysis.tables import score_tables, write_tables
+from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
 from cli import HelpFormatter, add_data_root, add_threads, int_at_least, run_main
 from dataset_config import DatasetError
@@ -33,7 +33,8 @@ def tables(args):
     if not len(scores):
         sys.exit(f"error: {path} holds no rows; score runs into it with: python produce_scores.py")
     try:
-        written = write_tables(score_tables(scores), settings.tables_dir(args.out))
+        out = settings.tables_dir(args.out)
+        written = write_tables(score_tables(scores), out) + write_comparison(paper_comparison(scores), out)
     except runs.WriteError as e:
         sys.exit(f"error: {e}; choose another --out")
     for path in written:
@@ -73,7 +74,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     p = commands.add_parser("tables", formatter_class=HelpFormatter,
-                            help="score table (produce_scores.py) -> statistics over seeds as CSV, LaTeX, Markdown")
+                            help="score table (produce_scores.py) -> statistics over seeds as CSV, LaTeX, Markdown, "
+                                 "and ours beside the paper's results (paper_comparison.csv, .md)")
     p.add_argument("--scores", default=None,
                    help="score CSV to read (default: $WAVES_SCORES, else <runs root>/scores.csv)")
     p.add_argument("--out", default=None,

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+import configs
 import runs
 from metrics import METRIC_NAMES
+from models import build_model, count_parameters
 from produce_scores import BASELINE, whole_numbers
 
 # a configuration: its variant (runs.variant) and its model's other settings (runs.MODEL_COLUMNS), on one data
@@ -133,5 +135,82 @@ def write_tables(table, out_dir, name="scores"):
     runs.make_dir(out_dir)
     paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "tex", "md")]
     for path, text in zip(paths, (table.to_csv(index=False), to_latex(table), to_markdown(table))):
+        runs.save_text(text, path)
+    return paths
+
+
+# -----------------------------------------------------------------------------
+# ours beside the paper's
+
+
+def paper_model_config(dataset, model, variant):
+    """build_model keywords of a configuration of configs.PAPER_RESULTS ("linear", "depth 8", "width 4"):
+    the paper's settings, its variant set."""
+    key, _, value = variant.rpartition(" ")
+    return configs.model_config(dataset, model, **({key: int(value)} if key else {"readout": value}))
+
+
+def _runs_of(scores, dataset, model, config):
+    """The runs of `scores` on the paper's data of `dataset` with exactly the paper's model `config`
+    (its variant, steps and hidden channels) trained on the whole train split."""
+    wanted = runs.model_columns({"model": model, **config})
+    rows = scores[(scores["dataset"] == dataset) & (scores["model"] == model) & (scores["data"] == "paper")
+                  & scores["run"].notna()]
+    if "train_size" in rows.columns:
+        rows = rows[rows["train_size"].isna()]
+    for column, value in wanted.items():
+        if column in rows.columns:
+            rows = rows[rows[column].isna()] if value is None else rows[rows[column] == value]
+    return rows
+
+
+def paper_comparison(scores):
+    """One row per configuration the paper reports (configs.PAPER_RESULTS), in its order: our test fg IoU
+    and fg accuracy over the seeds of `scores` (produce_scores.py) with the paper's settings on the paper's
+    data beside the paper's, the parameters, seeds and epochs. A configuration we have no run of keeps the
+    paper's numbers, with n_seeds 0; its parameters come from building the model."""
+    rows = []
+    for (dataset, model, variant), (iou, iou_std, acc, acc_std) in configs.PAPER_RESULTS.items():
+        config = paper_model_config(dataset, model, variant)
+        ours = _runs_of(scores, dataset, model, config)
+        epochs = sorted(ours["epochs_run"].dropna().astype(int).unique())
+        rows.append(dict(
+            dataset=dataset, model=model, variant=variant,
+            num_params=count_parameters(build_model(model, **config)), n_seeds=len(ours),
+            epochs=" / ".join(map(str, epochs)),
+            iou_foreground_mean=ours["iou_foreground"].mean(), iou_foreground_std=ours["iou_foreground"].std(),
+            paper_iou_foreground_mean=iou, paper_iou_foreground_std=iou_std,
+            acc_foreground_mean=ours["acc_foreground"].mean(), acc_foreground_std=ours["acc_foreground"].std(),
+            paper_acc_foreground_mean=acc, paper_acc_foreground_std=acc_std))
+    return pd.DataFrame(rows)
+
+
+def _mean_std(mean, std, digits):
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def comparison_markdown(comparison):
+    """The comparison as a Markdown table: ours to three digits, the paper's to its two."""
+    header = ["dataset", "model", "variant", "params", "seeds", "epochs", "fg IoU, ours", "fg IoU, paper",
+              "fg acc, ours", "fg acc, paper"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in comparison.to_dict("records"):
+        cells = [r["dataset"], r["model"], r["variant"], f"{r['num_params']:,}", str(r["n_seeds"]), r["epochs"],
+                 _mean_std(r["iou_foreground_mean"], r["iou_foreground_std"], 3),
+                 _mean_std(r["paper_iou_foreground_mean"], r["paper_iou_foreground_std"], 2),
+                 _mean_std(r["acc_foreground_mean"], r["acc_foreground_std"], 3),
+                 _mean_std(r["paper_acc_foreground_mean"], r["paper_acc_foreground_std"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(comparison, out_dir, name="paper_comparison"):
+    """Writes <name>.csv and <name>.md to out_dir, each renamed over the old one whole."""
+    out_dir = Path(out_dir)
+    runs.make_dir(out_dir)
+    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
+    for path, text in zip(paths, (comparison.to_csv(index=False), comparison_markdown(comparison))):
         runs.save_text(text, path)
     return paths

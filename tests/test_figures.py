@@ -68,6 +68,35 @@ def test_score_tables_keep_cnns_of_other_feature_counts_apart():
     markdown = tables.to_markdown(table)
     assert markdown.count("| depth 8 |") == 2 and "| linear, T 20 |" in markdown
 
+
+def test_paper_comparison_takes_only_the_papers_configuration_on_the_papers_data():
+    def run(name, iou, **columns):
+        return {**dict(run=name, dataset="multi_mnist", model="unet", data="paper", width=4, epochs_run=30,
+                       iou_foreground=iou, acc_foreground=iou + 0.01), **columns}
+    scores = pd.DataFrame([
+        run("a", 0.90), run("b", 0.80), run("c", 0.10, train_size=128),  # a subset: not the paper's recipe
+        run("d", 0.20, data="our recipe"), run("e", 0.30, width=3, epochs_run=12),
+        dict(run=None, dataset="multi_mnist", model="background only", data="paper", iou_foreground=0.0),
+        dict(run="f", dataset="tetrominoes", model="nwm", data="paper", readout="linear", T=50, hidden_channels=2,
+             epochs_run=100, iou_foreground=0.5, acc_foreground=0.6)])  # T 50: not the paper's 100
+    table = tables.paper_comparison(scores).set_index(["dataset", "model", "variant"])
+    width4, width3 = table.loc[("multi_mnist", "unet", "width 4")], table.loc[("multi_mnist", "unet", "width 3")]
+    assert width4["n_seeds"] == 2 and width4["epochs"] == "30" and width4["num_params"] == 122071
+    assert width4["iou_foreground_mean"] == pytest.approx(0.85)
+    assert width4["iou_foreground_std"] == pytest.approx(0.0707107)
+    assert (width4["paper_iou_foreground_mean"], width4["paper_acc_foreground_mean"]) == (0.96, 0.97)
+    assert width3["n_seeds"] == 1 and width3["epochs"] == "12" and pd.isna(width3["iou_foreground_std"])
+    nwm = table.loc[("multi_mnist", "nwm", "linear")]  # no run: the paper's numbers and the model's size
+    assert nwm["n_seeds"] == 0 and nwm["num_params"] == 54855 and pd.isna(nwm["iou_foreground_mean"])
+    assert table.loc[("tetrominoes", "nwm", "linear"), "n_seeds"] == 0
+    markdown = tables.comparison_markdown(table.reset_index())
+    assert "| multi_mnist | unet | width 4 | 122,071 | 2 | 30 | 0.850 ± 0.071 | 0.96 | 0.860 ± 0.071 | 0.97 |" \
+        in markdown
+    assert "| multi_mnist | nwm | linear | 54,855 | 0 |  |  | 0.93 ± 0.01 |  | 0.96 ± 0.01 |" in markdown
+    fig = plotting.parameters_plot(table.reset_index(), "multi_mnist")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert labels == ["nwm, paper", "unet, paper", "unet, ours"]
+
 # -----------------------------------------------------------------------------
 # square-area theory
 
@@ -211,7 +240,8 @@ def test_notebook_runs_headless(path, figure_inputs, monkeypatch):
     missing = [line for line in text.splitlines() if "missing" in line]
     # the fixture trains no Multi-MNIST run and no Polygons LSTM: every other part had its inputs
     assert all("multi_mnist" in line or "lstm run on polygons" in line for line in missing), missing
-    expected = {"scores_tables": ["figures/scores_tetrominoes.png", "tables/scores.md"],
+    expected = {"scores_tables": ["figures/scores_tetrominoes.png", "tables/scores.md", "figures/params_multi_mnist.png",
+                                  "tables/paper_comparison.md"],
                 "wave_animations": ["figures/animations/tetrominoes_lstm-linear-T8-h2-seed0-test0-ch0.gif"],
                 "fig_lstm_vs_nwm": ["figures/lstm_vs_nwm.png"],
                 "square_area_theory": ["figures/square_area_theory.png"],

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import configs
 import produce_scores
 import runs
 import train
@@ -313,3 +314,13 @@ def test_the_tables_command_refuses_what_is_not_a_score_table(tmp_path):
             analysis_cli.main(["tables", "--scores", str(tmp_path / scores), "--out", str(tmp_path / "t")])
         assert says in str(exit_info.value.code)
     assert not (tmp_path / "t").exists()
+
+
+def test_the_tables_command_writes_the_statistics_and_the_papers_beside_ours(runs_root, tiny_dataset, tmp_path):
+    score(runs_root, tiny_dataset, tmp_path / "s.csv", "--no-eval")
+    analysis_cli.main(["tables", "--scores", str(tmp_path / "s.csv"), "--out", str(tmp_path / "t")])
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "paper_comparison.csv", "paper_comparison.md", "scores.csv", "scores.md", "scores.tex"]
+    comparison = pd.read_csv(tmp_path / "t" / "paper_comparison.csv")
+    assert len(comparison) == len(configs.PAPER_RESULTS)
+    assert (comparison["n_seeds"] == 0).all()  # runs on our own tiny data are not the paper's experiment
