@@ -5,6 +5,7 @@
     python -m analysis squares                  # square-area theory: errors and area classifier
     python -m analysis erf                      # receptive-field radii of untrained NWMs and CNNs
     python -m analysis waves RUN [RUN ...]      # waves of trained runs: numbers, figures, sounds
+    python -m analysis classes RUN [RUN ...]    # per-class IoU and the confusion matrix: which classes it confuses
 """
 import argparse
 import sys
@@ -13,6 +14,7 @@ import pandas as pd
 
 import runs
 import settings
+from analysis.classes import write_reports
 from analysis.receptive_fields import erf_radii, probe_images
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
@@ -70,6 +72,22 @@ def waves(args):
         print(f"wrote {path}")
 
 
+def classes(args):
+    settings.set_threads(args.threads)
+    try:
+        reports, paths = write_reports(args.runs, settings.figures_dir(args.figures), settings.tables_dir(args.tables),
+                                       args.split, args.data_root, args.n)
+    except (OSError, ValueError, DatasetError, runs.WriteError) as e:
+        sys.exit(f"error: {e}")
+    for report in reports:
+        print(f"{report['run']}, {report['split']} split, {report['images']} images, float32:")
+        print(report["classes"].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"the {args.pairs} largest confusions (share: of the true class's pixels):")
+        print(report["pairs"].head(args.pairs).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for path in paths:
+        print(f"wrote {path}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -101,6 +119,19 @@ def build_parser():
     p.add_argument("--sounds", default=None, help="WAV folder (default: sounds/ beside the figures folder)")
     add_threads(p)
     p.set_defaults(run=waves)
+    p = commands.add_parser("classes", formatter_class=HelpFormatter,
+                            help="per-class IoU, recall and precision and the confusion matrix of trained runs' "
+                                 "pixels (float32), and the classes they confuse most")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or shipped models' names")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split predicted")
+    p.add_argument("--n", type=int_at_least(1), default=None, help="images predicted, the first of the split "
+                                                                    "(default: all of it)")
+    p.add_argument("--pairs", type=int_at_least(1), default=10, help="confusions printed, the largest first")
+    add_data_root(p)
+    p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
+    p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
+    add_threads(p)
+    p.set_defaults(run=classes)
     return parser
 
 

@@ -17,7 +17,7 @@ import produce_scores
 import runs
 import train
 from analysis import __main__ as analysis_cli
-from analysis import tables
+from analysis import classes, tables
 from conftest import REPO
 from data_scripts import common
 from produce_scores import BASELINE
@@ -324,3 +324,38 @@ def test_the_tables_command_writes_the_statistics_and_the_papers_beside_ours(run
     comparison = pd.read_csv(tmp_path / "t" / "paper_comparison.csv")
     assert len(comparison) == len(configs.PAPER_RESULTS)
     assert (comparison["n_seeds"] == 0).all()  # runs on our own tiny data are not the paper's experiment
+
+
+def test_the_classes_report_agrees_with_the_score_table_and_sums_every_pixel(runs_root, tiny_dataset, tmp_path):
+    table, _ = score(runs_root, tiny_dataset, tmp_path / "s.csv")
+    row = table[table["run"] == "tiny/nwm-linear-T8-h2-seed0"].iloc[0]
+    run_dir = runs_root / "tiny" / "nwm-linear-T8-h2-seed0"
+    report = classes.class_report(run_dir, data_root=tiny_dataset)
+    confusion, per_class = report["confusion"].to_numpy(), report["classes"]
+    assert confusion.sum() == 16 * 16 * 16 and report["images"] == 16  # every test pixel, once
+    assert list(per_class["class"]) == ["background", "small", "large"]
+    np.testing.assert_allclose(per_class["iou"], [row[f"iou_class{c}"] for c in range(3)], rtol=1e-12)
+    assert list(per_class["pixels"]) == list(confusion.sum(1)) and list(per_class["predicted"]) == list(confusion.sum(0))
+    pairs = report["pairs"]
+    assert list(pairs["pixels"]) == sorted(pairs["pixels"], reverse=True) and (pairs["true"] != pairs["predicted"]).all()
+    assert pairs["pixels"].sum() == confusion.sum() - np.trace(confusion)
+    first = pairs.iloc[0]
+    assert first["share"] == pytest.approx(first["pixels"] / report["confusion"].loc[first["true"]].sum())
+
+
+def test_the_classes_command_checks_every_run_before_predicting_and_writes_per_run(runs_root, tiny_dataset, tmp_path,
+                                                                                   capsys):
+    good = runs_root / "tiny" / "cnn-depth2-seed0"
+    unfinished = runs_root / "tiny" / "nwm-linear-T8-h2-seed2"
+    out = ["--data-root", str(tiny_dataset), "--figures", str(tmp_path / "f"), "--tables", str(tmp_path / "t")]
+    with pytest.raises(SystemExit) as exit_info:
+        analysis_cli.main(["classes", str(good), str(unfinished), *out])
+    assert "has not finished an epoch" in str(exit_info.value.code)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()  # nothing done for the good run either
+    analysis_cli.main(["classes", str(good), "--n", "4", *out])
+    assert "tiny/cnn-depth2-seed0, test split, 4 images, float32" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "classes_tiny_cnn-depth2-seed0_test.csv", "confusion_tiny_cnn-depth2-seed0_test.csv"]
+    assert (tmp_path / "f" / "confusion_tiny_cnn-depth2-seed0_test.png").is_file()
+    assert pd.read_csv(tmp_path / "t" / "confusion_tiny_cnn-depth2-seed0_test.csv", index_col=0).to_numpy().sum() \
+        == 4 * 16 * 16
