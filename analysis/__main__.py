@@ -4,6 +4,7 @@
     python -m analysis tables --scores results/scores.csv --out results/tables   # the shipped tables
     python -m analysis squares                  # square-area theory: errors and area classifier
     python -m analysis erf                      # receptive-field radii of untrained NWMs and CNNs
+    python -m analysis erf RUN [RUN ...]        # and of trained runs, on their own datasets' images
     python -m analysis waves RUN [RUN ...]      # waves of trained runs: numbers, figures, sounds
     python -m analysis classes RUN [RUN ...]    # per-class IoU and the confusion matrix: which classes it confuses
 """
@@ -15,7 +16,7 @@ import pandas as pd
 import runs
 import settings
 from analysis.classes import write_reports
-from analysis.receptive_fields import erf_radii, probe_images
+from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
@@ -53,8 +54,15 @@ def squares(args):
 
 
 def erf(args):
-    table, _ = erf_radii(probe_images(), (32, 32))
-    print(table.to_string(float_format=lambda v: f"{v:.2f}"))
+    if args.runs:
+        settings.set_threads(args.threads)
+        try:
+            table = trained_radii(args.runs, args.n, args.split, args.data_root)
+        except (OSError, ValueError, DatasetError) as e:
+            sys.exit(f"error: {e}")
+    else:
+        table, _ = erf_radii(probe_images(), (32, 32))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 
 def waves(args):
@@ -103,8 +111,15 @@ def build_parser():
                                             "confined to squares of side 4..32, and how well one pixel's "
                                             "spectrum tells the area (about a minute)")
     p.set_defaults(run=squares)
-    p = commands.add_parser("erf", help="effective receptive-field radius of untrained NWMs (T = 5..400) and "
-                                        "CNNs (depth 2..32) on random 64x64 images (a few minutes)")
+    p = commands.add_parser("erf", formatter_class=HelpFormatter,
+                            help="effective receptive-field radius of untrained NWMs (T = 5..400) and CNNs (depth "
+                                 "2..32) on random 64x64 images (a few minutes); with runs, of those trained models")
+    p.add_argument("runs", nargs="*", metavar="RUN", help="trained runs (directories or shipped names): the radius "
+                                                           "at the centre pixel of their own dataset's images")
+    p.add_argument("--n", type=int_at_least(1), default=4, help="with runs: images averaged, the first of the split")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"), help="with runs: split of the images")
+    add_data_root(p)
+    add_threads(p)
     p.set_defaults(run=erf)
     p = commands.add_parser("waves", formatter_class=HelpFormatter,
                             help="phase, frequency, speed and directionality of trained recurrent runs' "

@@ -7,7 +7,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+import pretrained
+import runs
 from configs import model_config
+from dataset_config import load_dataset
 from models import build_model
 
 def effective_receptive_field(model, images, pixel):
@@ -115,3 +118,26 @@ def probe_images(n=4, size=64, channels=3, seed=0):
     """Random images (uniform in [0, 1], N x C x H x W) to probe untrained models' receptive fields."""
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(n, channels, size, size, generator=generator)
+
+
+def trained_radii(sources, n=4, split="test", data_root=None, fraction=0.9):
+    """ERF radius of trained runs (run directories or shipped names) at the centre pixel of the first `n`
+    images of a split of each run's own dataset: one row per run (run, dataset, model, variant, pixel,
+    radius; NaN where the model's logits there do not move with the input, as a dead CNN's).
+    Every run and its data are read before any gradient is taken."""
+    run_dirs = [pretrained.resolve(str(source))[0] for source in sources]
+    images = {}
+    for run_dir in run_dirs:
+        dataset = runs.load_json(run_dir / runs.CONFIG)["dataset"]
+        if dataset not in images:
+            images[dataset] = load_dataset(dataset, split, data_root, limit=n)[0]
+    rows = []
+    for run_dir in run_dirs:
+        model = pretrained.load(run_dir)
+        config = model.config
+        x = images[config["dataset"]]
+        pixel = (x.shape[-2] // 2, x.shape[-1] // 2)
+        erf = effective_receptive_field(model, x, pixel)
+        rows.append(dict(run=config["run_name"], dataset=config["dataset"], model=config["model"],
+                         variant=runs.variant(config), pixel=pixel, radius=radius_of_mass(erf, pixel, fraction)))
+    return pd.DataFrame(rows)

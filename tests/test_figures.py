@@ -5,6 +5,7 @@ runs, made once for this module: 32/8/8-image Tetrominoes and Polygons, and 8-st
 and LSTM runs trained for one epoch.
 """
 import math
+import shutil
 
 import nbformat
 import numpy as np
@@ -179,6 +180,27 @@ def test_animation_has_one_frame_per_step(figure_inputs, tmp_path):
     assert Image.open(gif).n_frames == 8 and png.is_file()
     gif, _ = make_animation(run, "test", 1, 1, tmp_path, figure_inputs["data"], stride=3)
     assert Image.open(gif).n_frames == 3
+
+
+@pytest.mark.slow
+def test_trained_receptive_fields_are_measured_on_each_runs_own_data(figure_inputs, tmp_path, capsys):
+    chosen = [runs.find_run(figure_inputs["runs"], dataset, "nwm", readout="linear")
+              for dataset in ("tetrominoes", "polygons")]
+    table = receptive_fields.trained_radii(chosen, n=2, data_root=figure_inputs["data"])
+    assert list(table["dataset"]) == ["tetrominoes", "polygons"] and list(table["pixel"]) == [(32, 32)] * 2
+    # 8 steps of a 3x3 coupling reach 8 pixels, the 3x3 encoder and readout a pixel more each
+    assert ((table["radius"] > 0) & (table["radius"] <= math.sqrt(2) * 10)).all()
+    (tmp_path / "unfinished").mkdir()
+    shutil.copy(chosen[0] / runs.CONFIG, tmp_path / "unfinished" / runs.CONFIG)
+    with pytest.raises(SystemExit) as exit_info:  # refused before any model is loaded
+        analysis_cli.main(["erf", str(chosen[0]), str(tmp_path / "unfinished"), "--data-root", str(figure_inputs["data"])])
+    assert "has not finished an epoch" in str(exit_info.value.code)
+    threads = torch.get_num_threads()
+    try:
+        analysis_cli.main(["erf", str(chosen[1]), "--n", "2", "--data-root", str(figure_inputs["data"]), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert "polygons/nwm-linear-T8-h2-seed0" in capsys.readouterr().out
 
 
 @pytest.mark.slow
