@@ -307,9 +307,10 @@ def erf_radius_plot(table, fraction=0.9):
 # segmentation results
 
 
-def sample_grid(images, masks, class_names, n=8, columns=8):
-    """The first n samples, each image (N x C x H x W in [0, 1]) above its coloured mask."""
-    images, masks = np.asarray(images)[:n], np.asarray(masks)[:n]
+def sample_grid(images, masks, class_names, n=8, columns=8, titles=None):
+    """The first n samples, each image (C x H x W in [0, 1]; sizes may differ) above its coloured mask,
+    under its title if `titles` are given."""
+    images, masks = list(images)[:n], list(masks)[:n]
     n = len(images)
     columns = min(columns, n)
     rows = -(-n // columns)  # ceil
@@ -318,7 +319,7 @@ def sample_grid(images, masks, class_names, n=8, columns=8):
         ax.axis("off")
     for i in range(n):
         row, col = 2 * (i // columns), i % columns
-        show_image(axes[row, col], images[i])
+        show_image(axes[row, col], images[i], titles[i] if titles else None)
         show_mask(axes[row + 1, col], masks[i], len(class_names))
     class_legend(fig, class_names)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.5 / (3.2 * rows + 0.6), wspace=0.06, hspace=0.06)

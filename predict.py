@@ -3,6 +3,7 @@
     python predict.py my_shapes.png --model polygons/nwm --out predictions/
     python predict.py photos/ --model runs/tetrominoes/nwm-linear-T100-h2-seed0 --out predictions/ --resize
     python predict.py digit.jpg --model RUN_DIR/checkpoint.pt --invert --save-ids --animate --out predictions/
+    python predict.py my_digits/ --model multi_mnist/unet --out predictions/ --sheet   # and all in one figure
 
 --model is a shipped model (pretrained.SHIPPED, listed under --model below; `python
 pretrained.py` says what each was trained on), a run directory (or any file in one but a
@@ -15,9 +16,10 @@ the first frame is used, and said so. For each image, --out gets <name>_mask.png
 in the project's colours, at the image's size, --resize or not) and <name>_panel.png (image
 beside mask, with a legend); --save-ids adds <name>_classes.npy (uint8 class ids, at the
 image's size), --animate <name>_waves.gif (the hidden state over time at the model's size,
-recurrent models only). <name> is the file's name without its extension, or <name>-2, -3...
-when another input has the same name (a/x.png and b/x.png, y.png and y.jpg) or an output
-would overwrite an input; each output file is written whole or not at all.
+recurrent models only); --sheet writes sheet.png, the first images above their masks in one
+figure. <name> is the file's name without its extension, or <name>-2, -3... when another
+input has the same name (a/x.png and b/x.png, y.png and y.jpg) or an output would overwrite
+an input (sheet-2 where sheet.png is an input); each output file is written whole or not at all.
 """
 import contextlib
 import os
@@ -41,6 +43,7 @@ from cli import ArgumentParser, HelpFormatter, add_device, add_threads, int_at_l
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 OUTPUTS = ("_mask.png", "_panel.png", "_classes.npy", "_waves.gif", "_waves.png")  # <name> + each, per image
 EXIF_ORIENTATION = 0x0112
+SHEET_IMAGES = 16
 
 
 class ImageError(ValueError):
@@ -62,6 +65,8 @@ def build_parser():
     p.add_argument("--save-ids", action="store_true", help="also write <name>_classes.npy, the class id of every pixel")
     p.add_argument("--animate", action="store_true", help="also write <name>_waves.gif, the hidden state over time")
     p.add_argument("--channel", type=int_at_least(0), default=0, help="hidden channel that --animate shows")
+    p.add_argument("--sheet", action="store_true",
+                   help=f"also write sheet.png: the first {SHEET_IMAGES} images above their masks in one figure")
     add_device(p)
     add_threads(p)
     return p
@@ -202,6 +207,16 @@ def class_ids(model, x, size, device):
     return logits.argmax(1)[0].cpu()
 
 
+def sheet_name(paths, out):
+    """sheet, or sheet-2, sheet-3... where <out>/sheet.png is one of the inputs."""
+    inputs = {os.path.realpath(p).casefold() for p in paths}
+    name, n = "sheet", 1
+    while os.path.realpath(out / f"{name}.png").casefold() in inputs:
+        n += 1
+        name = f"sheet-{n}"
+    return name
+
+
 def coloured(mask, num_classes):
     """H x W class ids -> H x W x 3 uint8 in the project's class colours."""
     palette = (np.array(plotting.class_colours(num_classes)) * 255).round().astype(np.uint8)
@@ -252,6 +267,7 @@ def main(argv=None):
         parser.error(f"{len(problems)} of {len(paths)} images cannot be used: " + "; ".join(problems))
 
     names = output_names(paths, out)
+    sheet = []  # (image, mask, file name) of the first SHEET_IMAGES images, for --sheet
     try:
         out.mkdir(parents=True, exist_ok=True)
         for path in paths:  # read again, so that one image at a time is held at its full size
@@ -275,10 +291,19 @@ def main(argv=None):
                                     f"{name}_waves", f"{path.name}: hidden channel {args.channel}",
                                     channel=args.channel)
                     model.to(device)
+            if args.sheet and len(sheet) < SHEET_IMAGES:
+                sheet.append((x, mask, path.name))
             counts = torch.bincount(mask.flatten(), minlength=len(class_names))
             found = ", ".join(f"{class_names[c]} {int(n)} px" for c, n in enumerate(counts) if c and n)
             print(f"{path} -> {out / f'{name}_mask.png'}: {found or 'background only'}"
                   + (f" ({'; '.join(notes)})" if notes else ""))
+        if sheet:
+            name = sheet_name(paths, out)
+            with staged(out, name) as folder:
+                images, masks, titles = zip(*sheet)
+                plotting.save_figure(plotting.sample_grid(images, masks, class_names, len(sheet), min(len(sheet), 8),
+                                                          titles), name, folder)
+            print(f"the first {len(sheet)} images and their masks -> {out / f'{name}.png'}")
     except BrokenPipeError:  # stdout's reader went away (| head), not the disk: run_main ends quietly
         raise
     except OSError as e:  # a disk that fills up, or a folder made read-only, after the check

@@ -54,6 +54,26 @@ def test_predict_writes_a_coloured_mask_per_image(tiny_run, tmp_path, capsys):
     assert "mine.png ->" in capsys.readouterr().out
 
 
+def test_the_sheet_shows_every_image_above_its_mask_and_overwrites_no_input(tiny_run, tmp_path, capsys,
+                                                                           monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    squares_image().save(out / "sheet.png")  # an input where the sheet would go
+    squares_image(size=24).save(tmp_path / "large.png")
+    drawn = []
+    real_grid = plotting.sample_grid
+    monkeypatch.setattr(plotting, "sample_grid", lambda *a, **k: drawn.append((a, k)) or real_grid(*a, **k))
+    predict_cpu([str(out / "sheet.png"), str(tmp_path / "large.png"), "--model", str(tiny_run), "--out", str(out),
+                 "--resize", "--sheet", "--save-ids"])
+    assert np.array_equal(np.asarray(Image.open(out / "sheet.png")), np.asarray(squares_image()))  # untouched
+    assert (out / "sheet-2.png").is_file() and "-> " + str(out / "sheet-2.png") in capsys.readouterr().out
+    (images, masks, class_names, n, columns, titles), _ = drawn[0]
+    assert titles == ("sheet.png", "large.png") and (n, columns) == (2, 2)
+    # each image at its own size beside the mask predict.py wrote for it
+    assert [tuple(m.shape) for m in masks] == [(16, 16), (24, 24)]
+    assert np.array_equal(masks[1].numpy(), np.load(out / "large_classes.npy"))
+
+
 def test_predict_converts_what_the_model_expects(tiny_run, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
