@@ -310,7 +310,7 @@ def erf_radius_plot(table, fraction=0.9):
 def sample_grid(images, masks, class_names, n=8, columns=8, titles=None):
     """The first n samples, each image (C x H x W in [0, 1]; sizes may differ) above its coloured mask,
     under its title if `titles` are given."""
-    images, masks = list(images)[:n], list(masks)[:n]
+    images, masks = list(images[:n]), list(masks[:n])
     n = len(images)
     columns = min(columns, n)
     rows = -(-n // columns)  # ceil

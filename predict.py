@@ -44,6 +44,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 OUTPUTS = ("_mask.png", "_panel.png", "_classes.npy", "_waves.gif", "_waves.png")  # <name> + each, per image
 EXIF_ORIENTATION = 0x0112
 SHEET_IMAGES = 16
+SHEET_SIDE = 256  # pixels of a sheet image's longer side at most
 
 
 class ImageError(ValueError):
@@ -207,6 +208,17 @@ def class_ids(model, x, size, device):
     return logits.argmax(1)[0].cpu()
 
 
+def thumbnail(x, mask, side=SHEET_SIDE):
+    """Image (C x H x W) and mask (H x W) with their longer side at most `side` pixels, the mask as uint8:
+    what a figure of many images shows, without holding every photo at its full size."""
+    scale = side / max(x.shape[1:])
+    if scale >= 1:
+        return x, mask.to(torch.uint8)
+    size = [max(1, round(n * scale)) for n in x.shape[1:]]
+    small = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    return small, F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].to(torch.uint8)
+
+
 def sheet_name(paths, out):
     """sheet, or sheet-2, sheet-3... where <out>/sheet.png is one of the inputs."""
     inputs = {os.path.realpath(p).casefold() for p in paths}
@@ -292,7 +304,7 @@ def main(argv=None):
                                     channel=args.channel)
                     model.to(device)
             if args.sheet and len(sheet) < SHEET_IMAGES:
-                sheet.append((x, mask, path.name))
+                sheet.append((*thumbnail(x, mask), path.name))
             counts = torch.bincount(mask.flatten(), minlength=len(class_names))
             found = ", ".join(f"{class_names[c]} {int(n)} px" for c, n in enumerate(counts) if c and n)
             print(f"{path} -> {out / f'{name}_mask.png'}: {found or 'background only'}"

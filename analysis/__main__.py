@@ -72,7 +72,7 @@ def waves(args):
     try:
         outputs = report(args.runs, figures, settings.tables_dir(args.tables), sounds, args.n, args.split,
                          args.data_root)
-    except (OSError, DatasetError) as e:
+    except (OSError, ValueError, DatasetError) as e:
         sys.exit(f"error: {e}")
     print(outputs["summary"].to_string(float_format=lambda v: f"{v:.4g}"))
     print(outputs["classes"].to_string(float_format=lambda v: f"{v:.4g}"))

@@ -1,7 +1,7 @@
 """Which classes a trained run confuses: per-class IoU, recall and precision, and the confusion matrix of
 its pixels on a split, evaluated in float32 as produce_scores.py evaluates.
 
-    report = class_report("results/runs/mnist/nwm-linear-T100-h2-seed0")
+    report = class_report(pretrained.load("results/runs/mnist/nwm-linear-T100-h2-seed0"))
     report["classes"], report["pairs"].head(10), report["confusion"]
     python -m analysis classes RUN [RUN ...]     # the same as tables and a confusion figure per run
 """
@@ -12,21 +12,20 @@ import pandas as pd
 import torch
 
 import plotting
-import pretrained
 import runs
-from analysis.trained import confusion_and_iou, predict
-from dataset_config import load_dataset, read_metadata
+from analysis.trained import confusion_and_iou, load_trained, predict
+from dataset_config import load_dataset
 
 
 @torch.no_grad()
-def class_report(run_dir, split="test", data_root=None, n=None, batch_size=32):
-    """The run's model on the first `n` images of `split` (all by default). Returns dict(
+def class_report(model, split="test", data_root=None, n=None, batch_size=32):
+    """A trained model (pretrained.load) on the first `n` images of `split` of its dataset (all by default).
+    Returns dict(
     classes: one row per class: pixels (true), predicted (pixels predicted as it), iou, recall, precision;
     confusion: true class x predicted class pixel counts, both labelled with the class names;
     pairs: every off-diagonal cell with pixels, largest first: true, predicted, pixels, share (of the true
            class's pixels);
     run, split, images)."""
-    model = pretrained.load(run_dir)
     names = list(model.class_names)
     images, masks = load_dataset(model.config["dataset"], split, data_root, limit=n)
     confusion, iou = confusion_and_iou(predict(model, images, batch_size), masks, len(names))
@@ -48,20 +47,26 @@ def report_name(run_name):
     return run_name.replace("/", "_")
 
 
-def write_reports(run_dirs, figures, tables, split="test", data_root=None, n=None):
-    """class_report for each run (a run directory or a shipped model's name), checked first (every run's checkpoint and data, before minutes of
-    predicting); writes <tables>/classes_<name>_<split>.csv, <tables>/confusion_<name>_<split>.csv and
-    <figures>/confusion_<name>_<split>.png per run. Returns ([reports], [paths written])."""
-    run_dirs = [pretrained.resolve(str(source))[0] for source in run_dirs]  # shipped names too
-    for run_dir in run_dirs:
-        dataset = runs.load_json(run_dir / runs.CONFIG)["dataset"]
-        load_dataset(dataset, split, data_root, limit=1)
-        read_metadata(dataset, data_root)
+def write_reports(sources, figures, tables, split="test", data_root=None, n=None):
+    """class_report for each run (a run directory, a checkpoint in one, or a shipped model's name), all
+    of them loaded and checked first (analysis.trained.load_trained), and the output folders made, before
+    minutes of predicting; writes <tables>/classes_<name>_<split>.csv, <tables>/confusion_<name>_<split>.csv
+    and <figures>/confusion_<name>_<split>.png per run. Returns ([reports], [paths written])."""
+    models = load_trained(sources, split, data_root)
+    names = {}
+    for model in models:
+        name = report_name(model.config["run_name"])
+        if name in names:
+            raise ValueError(f"{names[name]} and {model.source} are both run {model.config['run_name']}: their "
+                             f"reports would overwrite each other; analyse them in two calls with other --tables "
+                             f"and --figures")
+        names[name] = model.source
+    for folder in (tables, figures):
+        runs.make_dir(Path(folder))
     reports, paths = [], []
-    for run_dir in run_dirs:
-        report = class_report(run_dir, split, data_root, n)
+    for model in models:
+        report = class_report(model, split, data_root, n)
         name = f"{report_name(report['run'])}_{split}"
-        runs.make_dir(Path(tables))
         for kind, frame, index in (("classes", report["classes"], False), ("confusion", report["confusion"], True)):
             paths.append(Path(tables) / f"{kind}_{name}.csv")
             runs.save_text(frame.to_csv(index=index, float_format="%.6g"), paths[-1])

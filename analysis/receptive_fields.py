@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-import pretrained
 import runs
+from analysis.trained import load_trained
 from configs import model_config
 from dataset_config import load_dataset
 from models import build_model
@@ -121,19 +121,19 @@ def probe_images(n=4, size=64, channels=3, seed=0):
 
 
 def trained_radii(sources, n=4, split="test", data_root=None, fraction=0.9):
-    """ERF radius of trained runs (run directories or shipped names) at the centre pixel of the first `n`
-    images of a split of each run's own dataset: one row per run (run, dataset, model, variant, pixel,
-    radius; NaN where the model's logits there do not move with the input, as a dead CNN's).
-    Every run and its data are read before any gradient is taken."""
-    run_dirs = [pretrained.resolve(str(source))[0] for source in sources]
+    """ERF radius of trained runs (run directories, checkpoints in them, or shipped names) at the centre
+    pixel of the first `n` images of a split of each run's own dataset: one row per run (run, dataset,
+    model, variant, pixel, radius; NaN where the model's logits there do not move with the input, as a
+    dead CNN's). Every model and its data are read and checked (analysis.trained.load_trained) before
+    any gradient is taken."""
+    models = load_trained(sources, split, data_root)
     images = {}
-    for run_dir in run_dirs:
-        dataset = runs.load_json(run_dir / runs.CONFIG)["dataset"]
+    for model in models:
+        dataset = model.config["dataset"]
         if dataset not in images:
             images[dataset] = load_dataset(dataset, split, data_root, limit=n)[0]
     rows = []
-    for run_dir in run_dirs:
-        model = pretrained.load(run_dir)
+    for model in models:
         config = model.config
         x = images[config["dataset"]]
         pixel = (x.shape[-2] // 2, x.shape[-1] // 2)

@@ -8,6 +8,7 @@ everywhere) first and apart.
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 import configs
 import runs
@@ -150,33 +151,36 @@ def paper_model_config(dataset, model, variant):
     return configs.model_config(dataset, model, **({key: int(value)} if key else {"readout": value}))
 
 
-def _runs_of(scores, dataset, model, config):
-    """The runs of `scores` on the paper's data of `dataset` with exactly the paper's model `config`
-    (its variant, steps and hidden channels) trained on the whole train split."""
+def _runs_of(scores, dataset, model, config, num_params):
+    """The runs of `scores` on the paper's data of `dataset` with the paper's model `config`: its variant,
+    steps and hidden channels (the score table's model columns) and its size (num_params, which the
+    settings the table has no column for change, as c_mid and the head's width), trained on the whole
+    train split; one per seed (the first, where a run was scored twice under two names)."""
     wanted = runs.model_columns({"model": model, **config})
     rows = scores[(scores["dataset"] == dataset) & (scores["model"] == model) & (scores["data"] == "paper")
-                  & scores["run"].notna()]
+                  & scores["run"].notna() & (scores["num_params"] == num_params)]
     if "train_size" in rows.columns:
         rows = rows[rows["train_size"].isna()]
     for column, value in wanted.items():
         if column in rows.columns:
             rows = rows[rows[column].isna()] if value is None else rows[rows[column] == value]
-    return rows
+    return rows.drop_duplicates("seed")
 
 
 def paper_comparison(scores):
     """One row per configuration the paper reports (configs.PAPER_RESULTS), in its order: our test fg IoU
     and fg accuracy over the seeds of `scores` (produce_scores.py) with the paper's settings on the paper's
-    data beside the paper's, the parameters, seeds and epochs. A configuration we have no run of keeps the
-    paper's numbers, with n_seeds 0; its parameters come from building the model."""
+    data beside the paper's, the parameters, seeds and epochs (the runs' epochs differ where it lists
+    several). A configuration we have no run of keeps the paper's numbers, with n_seeds 0."""
     rows = []
     for (dataset, model, variant), (iou, iou_std, acc, acc_std) in configs.PAPER_RESULTS.items():
         config = paper_model_config(dataset, model, variant)
-        ours = _runs_of(scores, dataset, model, config)
+        with torch.device("meta"):  # the parameter count without the memory or the initialisation
+            num_params = count_parameters(build_model(model, **config))
+        ours = _runs_of(scores, dataset, model, config, num_params)
         epochs = sorted(ours["epochs_run"].dropna().astype(int).unique())
         rows.append(dict(
-            dataset=dataset, model=model, variant=variant,
-            num_params=count_parameters(build_model(model, **config)), n_seeds=len(ours),
+            dataset=dataset, model=model, variant=variant, num_params=num_params, n_seeds=len(ours),
             epochs=" / ".join(map(str, epochs)),
             iou_foreground_mean=ours["iou_foreground"].mean(), iou_foreground_std=ours["iou_foreground"].std(),
             paper_iou_foreground_mean=iou, paper_iou_foreground_std=iou_std,
@@ -197,7 +201,8 @@ def comparison_markdown(comparison):
               "fg acc, ours", "fg acc, paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in comparison.to_dict("records"):
-        cells = [r["dataset"], r["model"], r["variant"], f"{r['num_params']:,}", str(r["n_seeds"]), r["epochs"],
+        cells = [r["dataset"], r["model"], r["variant"], f"{r['num_params']:,}", str(r["n_seeds"]),
+                 "" if pd.isna(r["epochs"]) else str(r["epochs"]),
                  _mean_std(r["iou_foreground_mean"], r["iou_foreground_std"], 3),
                  _mean_std(r["paper_iou_foreground_mean"], r["paper_iou_foreground_std"], 2),
                  _mean_std(r["acc_foreground_mean"], r["acc_foreground_std"], 3),

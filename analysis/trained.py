@@ -1,7 +1,35 @@
 """Looking inside a trained model: its hidden sequence, what its readout makes of it, its predictions."""
 import torch
 
+import pretrained
+import runs
+from dataset_config import fingerprint, load_dataset, read_metadata
 from metrics import confusion_matrix, iou_from_confusion
+
+
+def load_trained(sources, split="test", data_root=None):
+    """The models of `sources` (run directories, checkpoints in them, or shipped names: pretrained.load),
+    each with `source` attached, after checking that the data root holds the split of each one's dataset
+    and that it is the data the run was trained on (as produce_scores.py checks): every model and every
+    dataset is read before any analysis starts. ValueError, or a DatasetError, saying what to do."""
+    models = []
+    for source in sources:
+        model = pretrained.load(str(source))
+        check_data(model.config, source, split, data_root)
+        model.source = source
+        models.append(model)
+    return models
+
+
+def check_data(config, source, split="test", data_root=None):
+    """That the data root holds `split` of the dataset of run `config` (from `source`), and that it is the
+    data the run was trained on, where the run recorded it; ValueError or a DatasetError saying what to do."""
+    load_dataset(config["dataset"], split, data_root, limit=1)
+    trained_on = (config.get("data") or {}).get("sha256")
+    if trained_on is not None and fingerprint(read_metadata(config["dataset"], data_root))["sha256"] != trained_on:
+        raise ValueError(f"{source} was trained on other {config['dataset']} data ({runs.data_label(config)}, "
+                         f"sha256 {trained_on[:12]}) than the data root holds; pass --data-root with the data it "
+                         f"was trained on, or re-create that data")
 
 
 @torch.no_grad()

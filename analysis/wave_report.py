@@ -25,6 +25,7 @@ import plotting
 import pretrained
 import runs
 from analysis import sound, waves
+from analysis.trained import check_data
 from dataset_config import load_dataset, read_metadata
 
 WELL_SEGMENTED = 0.8  # object recall from which an object counts as segmented well
@@ -194,9 +195,9 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
     for run_dir in run_dirs:  # every run's files and data first: a missing one stops before minutes of measuring
         if not (Path(run_dir) / runs.CHECKPOINT).is_file():
             raise FileNotFoundError(f"{run_dir} has no {runs.CHECKPOINT}: not a trained run directory")
-        dataset = runs.load_json(Path(run_dir) / runs.CONFIG)["dataset"]
-        load_dataset(dataset, split, data_root, limit=1)
-        counts[run_dir] = min(n, read_metadata(dataset, data_root)["split_sizes"][split])
+        config = runs.load_json(Path(run_dir) / runs.CONFIG)
+        check_data(config, run_dir, split, data_root)
+        counts[run_dir] = min(n, read_metadata(config["dataset"], data_root)["split_sizes"][split])
     rows, examples, sound_paths, figure_paths, labels = [], {}, {}, [], {}
     for run_dir in run_dirs:
         run_rows, spectra, example = measure_run(run_dir, split, counts[run_dir], data_root)

@@ -72,14 +72,16 @@ def test_score_tables_keep_cnns_of_other_feature_counts_apart():
 
 def test_paper_comparison_takes_only_the_papers_configuration_on_the_papers_data():
     def run(name, iou, **columns):
-        return {**dict(run=name, dataset="multi_mnist", model="unet", data="paper", width=4, epochs_run=30,
-                       iou_foreground=iou, acc_foreground=iou + 0.01), **columns}
+        return {**dict(run=name, dataset="multi_mnist", model="unet", data="paper", width=4, epochs_run=30, seed=0,
+                       num_params=122071, iou_foreground=iou, acc_foreground=iou + 0.01), **columns}
     scores = pd.DataFrame([
-        run("a", 0.90), run("b", 0.80), run("c", 0.10, train_size=128),  # a subset: not the paper's recipe
-        run("d", 0.20, data="our recipe"), run("e", 0.30, width=3, epochs_run=12),
+        run("a", 0.90), run("b", 0.80, seed=1), run("c", 0.10, train_size=128),  # a subset: not the paper's recipe
+        run("d", 0.20, data="our recipe"), run("e", 0.30, width=3, epochs_run=12, num_params=68834),
+        run("copy-of-a", 0.40),  # seed 0 again: one run scored under two names counts once
+        run("g", 0.50, num_params=61852),  # another size: a setting the table has no column for changed
         dict(run=None, dataset="multi_mnist", model="background only", data="paper", iou_foreground=0.0),
         dict(run="f", dataset="tetrominoes", model="nwm", data="paper", readout="linear", T=50, hidden_channels=2,
-             epochs_run=100, iou_foreground=0.5, acc_foreground=0.6)])  # T 50: not the paper's 100
+             seed=0, num_params=176124, epochs_run=100, iou_foreground=0.5, acc_foreground=0.6)])  # T 50, not 100
     table = tables.paper_comparison(scores).set_index(["dataset", "model", "variant"])
     width4, width3 = table.loc[("multi_mnist", "unet", "width 4")], table.loc[("multi_mnist", "unet", "width 3")]
     assert width4["n_seeds"] == 2 and width4["epochs"] == "30" and width4["num_params"] == 122071
@@ -232,6 +234,12 @@ def test_waves_command_checks_every_run_and_its_data_before_measuring(figure_inp
         analysis_cli.main(["waves", str(nwm), str(tmp_path), *common])
     with pytest.raises(SystemExit, match="not found"):
         analysis_cli.main(["waves", str(nwm), *common[2:], "--data-root", str(tmp_path / "empty")])
+    other = shutil.copytree(nwm, tmp_path / "other-data")  # the same run, as if trained on other data
+    config = runs.load_json(other / runs.CONFIG)
+    config["data"]["sha256"] = "0" * 64
+    runs.save_json(config, other / runs.CONFIG)
+    with pytest.raises(SystemExit, match="was trained on other tetrominoes data"):
+        analysis_cli.main(["waves", str(nwm), str(other), *common])
 
 
 def test_notebooks_are_committed_with_their_figures():

@@ -336,3 +336,15 @@ def test_hub_names_the_shipped_models_for_an_unknown_dataset():
     assert "train.py" not in str(info.value)
     with pytest.raises(ValueError, match="pretrained must be True or False"):
         torch.hub.load(str(REPO), "nwm", source="local", pretrained="no")
+
+
+def test_sheet_thumbnails_keep_the_shape_and_the_class_ids():
+    x = torch.rand(3, 300, 600)
+    mask = torch.zeros(300, 600, dtype=torch.long)
+    mask[:, 300:] = 2
+    small, small_mask = predict.thumbnail(x, mask)
+    assert small.shape == (3, 128, 256) and small_mask.shape == (128, 256) and small_mask.dtype == torch.uint8
+    assert set(small_mask.unique().tolist()) == {0, 2} and (small_mask[:, :120] == 0).all()
+    assert (small_mask[:, 136:] == 2).all()  # nearest: ids are never blended into others
+    same, same_mask = predict.thumbnail(x[:, :64, :64], mask[:64, :64])
+    assert same.shape == (3, 64, 64) and torch.equal(same_mask, mask[:64, :64].to(torch.uint8))

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import configs
+import pretrained
 import produce_scores
 import runs
 import train
@@ -330,7 +331,7 @@ def test_the_classes_report_agrees_with_the_score_table_and_sums_every_pixel(run
     table, _ = score(runs_root, tiny_dataset, tmp_path / "s.csv")
     row = table[table["run"] == "tiny/nwm-linear-T8-h2-seed0"].iloc[0]
     run_dir = runs_root / "tiny" / "nwm-linear-T8-h2-seed0"
-    report = classes.class_report(run_dir, data_root=tiny_dataset)
+    report = classes.class_report(pretrained.load(run_dir), data_root=tiny_dataset)
     confusion, per_class = report["confusion"].to_numpy(), report["classes"]
     assert confusion.sum() == 16 * 16 * 16 and report["images"] == 16  # every test pixel, once
     assert list(per_class["class"]) == ["background", "small", "large"]
@@ -352,6 +353,18 @@ def test_the_classes_command_checks_every_run_before_predicting_and_writes_per_r
         analysis_cli.main(["classes", str(good), str(unfinished), *out])
     assert "has not finished an epoch" in str(exit_info.value.code)
     assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()  # nothing done for the good run either
+    with pytest.raises(SystemExit) as exit_info:  # its best and its last checkpoint: two reports of one name
+        analysis_cli.main(["classes", str(good), str(good / runs.LAST), *out])
+    assert "are both run tiny/cnn-depth2-seed0" in str(exit_info.value.code)
+    other_data = runs_root / "tiny" / "other-data"
+    shutil.copytree(good, other_data)
+    config = runs.load_json(other_data / runs.CONFIG)
+    config["data"]["sha256"] = "0" * 64
+    runs.save_json(config, other_data / runs.CONFIG)
+    with pytest.raises(SystemExit) as exit_info:
+        analysis_cli.main(["classes", str(other_data), *out])
+    assert "was trained on other tiny data" in str(exit_info.value.code) and "--data-root" in str(exit_info.value.code)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()
     analysis_cli.main(["classes", str(good), "--n", "4", *out])
     assert "tiny/cnn-depth2-seed0, test split, 4 images, float32" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
