@@ -138,15 +138,15 @@ def parameters_plot(comparison, dataset, metric="iou_foreground"):
     for i, (model, rows) in enumerate(df.groupby("model", sort=True)):
         colour = plt.cm.tab10(i % 10)
         x = rows["num_params"].to_numpy(float)
-        line = "-" if len(rows) > 1 else "none"
+        curve = len(rows) > 1  # several variants: joined by a line, the paper's dashed
         ax.errorbar(x, rows[f"paper_{metric}_mean"], yerr=rows[f"paper_{metric}_std"].fillna(0), color=colour,
-                    ls=line.replace("-", "--"), marker="o", mfc="white", capsize=3, label=f"{model}, paper")
+                    ls="--" if curve else "none", marker="o", mfc="white", capsize=3, label=f"{model}, paper")
         ours = rows[f"{metric}_mean"].notna().to_numpy()
         if ours.any():
             ax.errorbar(x[ours], rows[f"{metric}_mean"][ours], yerr=rows[f"{metric}_std"][ours].fillna(0),
-                        color=colour, ls=line, marker="o", capsize=3, label=f"{model}, ours")
+                        color=colour, ls="-" if curve else "none", marker="o", capsize=3, label=f"{model}, ours")
         for xi, variant in zip(x, rows["variant"]):
-            ax.annotate(variant if len(rows) > 1 else model, (xi, 0.02), ha="center", fontsize=7, color=colour)
+            ax.annotate(variant if curve else model, (xi, 0.02), ha="center", fontsize=7, color=colour)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -155,9 +155,9 @@ def parameters_plot(comparison, dataset, metric="iou_foreground"):
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"test {metric.replace('_', ' ')}")
     ax.set_ylim(0, 1.02)
-    ours = "; ".join(f"{r.model} {r.variant}: {r.n_seeds} seed{'s' * (r.n_seeds > 1)}, {r.epochs} epochs"
-                     for r in df.itertuples() if r.n_seeds)
-    ax.set_title(f"{dataset}: ours filled ({ours or 'no runs yet'}),\nthe paper's open (mean over its seeds, "
+    trained = "; ".join(f"{r.model} {r.variant}: {r.n_seeds} seed{'s' * (r.n_seeds > 1)}, {r.epochs} epochs"
+                        for r in df.itertuples() if r.n_seeds)
+    ax.set_title(f"{dataset}: ours filled ({trained or 'no runs yet'}),\nthe paper's open (mean over its seeds, "
                  f"300 epochs)", fontsize=8)
     ax.legend(fontsize=7, loc="center right")
     fig.tight_layout()

@@ -96,6 +96,11 @@ def classes(args):
         print(f"wrote {path}")
 
 
+def add_output_folders(p):
+    p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
+    p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
@@ -129,8 +134,7 @@ def build_parser():
     p.add_argument("--n", type=int_at_least(1), default=32, help="images measured, the first of the split")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     add_data_root(p)
-    p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
-    p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
+    add_output_folders(p)
     p.add_argument("--sounds", default=None, help="WAV folder (default: sounds/ beside the figures folder)")
     add_threads(p)
     p.set_defaults(run=waves)
@@ -143,8 +147,7 @@ def build_parser():
                                                                     "(default: all of it)")
     p.add_argument("--pairs", type=int_at_least(1), default=10, help="confusions printed, the largest first")
     add_data_root(p)
-    p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
-    p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
+    add_output_folders(p)
     add_threads(p)
     p.set_defaults(run=classes)
     return parser

@@ -129,15 +129,20 @@ def to_latex(table):
     return "\n".join(lines) + "\n"
 
 
-def write_tables(table, out_dir, name="scores"):
-    """Writes <name>.csv (every statistic), <name>.tex and <name>.md (formatted) to out_dir,
-    each renamed over the old one whole (runs.WriteError when it cannot be written)."""
+def _write_texts(out_dir, texts):
+    """Writes each {file name: text} to out_dir, each renamed over the old one whole (runs.WriteError
+    when it cannot be written); returns the paths."""
     out_dir = Path(out_dir)
     runs.make_dir(out_dir)
-    paths = [out_dir / f"{name}.{ext}" for ext in ("csv", "tex", "md")]
-    for path, text in zip(paths, (table.to_csv(index=False), to_latex(table), to_markdown(table))):
-        runs.save_text(text, path)
-    return paths
+    for file_name, text in texts.items():
+        runs.save_text(text, out_dir / file_name)
+    return [out_dir / file_name for file_name in texts]
+
+
+def write_tables(table, out_dir, name="scores"):
+    """Writes <name>.csv (every statistic), <name>.tex and <name>.md (formatted) to out_dir."""
+    return _write_texts(out_dir, {f"{name}.csv": table.to_csv(index=False), f"{name}.tex": to_latex(table),
+                                  f"{name}.md": to_markdown(table)})
 
 
 # -----------------------------------------------------------------------------
@@ -212,10 +217,6 @@ def comparison_markdown(comparison):
 
 
 def write_comparison(comparison, out_dir, name="paper_comparison"):
-    """Writes <name>.csv and <name>.md to out_dir, each renamed over the old one whole."""
-    out_dir = Path(out_dir)
-    runs.make_dir(out_dir)
-    paths = [out_dir / f"{name}.csv", out_dir / f"{name}.md"]
-    for path, text in zip(paths, (comparison.to_csv(index=False), comparison_markdown(comparison))):
-        runs.save_text(text, path)
-    return paths
+    """Writes <name>.csv and <name>.md to out_dir."""
+    return _write_texts(out_dir, {f"{name}.csv": comparison.to_csv(index=False),
+                                  f"{name}.md": comparison_markdown(comparison)})
