@@ -67,6 +67,7 @@ def erf(args):
 
 def waves(args):
     settings.set_threads(args.threads)
+    settings.tune_cpu_allocator()  # its large numpy fields, allocated per image, reuse freed memory (3x faster)
     figures = settings.figures_dir(args.figures)
     sounds = args.sounds if args.sounds is not None else figures.parent / "sounds"
     try:

@@ -36,7 +36,7 @@ MEASURES = ("speed", "directionality", "local_directionality", "travelling", "do
 def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=0.1):
     """Measures the first `n` images of a split of the run's dataset. Returns
     (rows: one dict per object, with waves.object_measures' keys plus run, model, image,
-    class, recall and local_directionality; spectra: class name -> list of (freqs, power)
+    class and recall; spectra: class name -> list of (freqs, power)
     per object; example: image 0's input, mask, sequence and the number of classes)."""
     model = pretrained.load(run_dir)  # the class names the run recorded: imported datasets too
     config, class_names = model.config, model.class_names
@@ -48,14 +48,11 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
             index, mask = start + offset, masks[start + offset].numpy()
             if example is None:
                 example = dict(image=images[index], mask=mask, sequence=sequence, num_classes=len(class_names))
-            a = waves.trimmed_analytic_signal(sequence, trim)
-            local = waves.local_directionality(a)
-            for row in waves.object_measures(sequence, mask, trim, a):
+            for row in waves.object_measures(sequence, mask, trim):
                 region = mask == row["label"]
                 name = class_names[row["label"]]
                 row.update(run=config["run_name"], model=config["model"], image=index, **{"class": name},
-                           recall=float((prediction[region] == row["label"]).mean()),
-                           local_directionality=float(np.median(local[..., region])))
+                           recall=float((prediction[region] == row["label"]).mean()))
                 rows.append(row)
                 spectra.setdefault(name, []).append(waves.power_spectrum(sequence, region))
     return rows, {name: spectra[name] for name in class_names if name in spectra}, example
