@@ -16,7 +16,7 @@ the first frame is used, and said so. For each image, --out gets <name>_mask.png
 in the project's colours, at the image's size, --resize or not) and <name>_panel.png (image
 beside mask, with a legend); --save-ids adds <name>_classes.npy (uint8 class ids, at the
 image's size), --animate <name>_waves.gif (the hidden state over time at the model's size,
-recurrent models only); --sheet writes sheet.png, the first images above their masks in one
+recurrent models only) and <name>_waves.png (a strip of its frames); --sheet writes sheet.png, the first images above their masks in one
 figure. <name> is the file's name without its extension, or <name>-2, -3... when another
 input has the same name (a/x.png and b/x.png, y.png and y.jpg) or an output would overwrite
 an input (sheet-2 where sheet.png is an input); each output file is written whole or not at all.
@@ -64,7 +64,8 @@ def build_parser():
     p.add_argument("--invert", action="store_true",
                    help="use 1 - value: for dark objects on a light background (the models saw bright ones on black)")
     p.add_argument("--save-ids", action="store_true", help="also write <name>_classes.npy, the class id of every pixel")
-    p.add_argument("--animate", action="store_true", help="also write <name>_waves.gif, the hidden state over time")
+    p.add_argument("--animate", action="store_true", help="also write <name>_waves.gif, the hidden state over time, and <name>_waves.png, "
+                                                                "a strip of its frames")
     p.add_argument("--channel", type=int_at_least(0), default=0, help="hidden channel that --animate shows")
     p.add_argument("--sheet", action="store_true",
                    help=f"also write sheet.png: the first {SHEET_IMAGES} images above their masks in one figure")

@@ -10,12 +10,12 @@ Files that do not make a model (a checkpoint overwritten, one of another run) ra
 naming the file.
 
 (torch.hub.load works too, see hubconf.py.) The shipped models are seed-0 runs of the paper's
-recipe, trained on a CPU for fewer than its 300 epochs (docs/results.md): on the paper's
-Tetrominoes arrays the NWM, the ConvLSTM and a CNN of depth 2 (the CNNs of depth 8 and 16
-collapsed to predicting background, so the shipped CNN is the shallow one that learned), on the
-paper's Multi-MNIST arrays the U-Net of width 4 (the U-Net the paper's wave model rivals), and an
-NWM on today's Polygons recipe. What each was trained on, for how many epochs, and its test
-score are read from its run directory:
+recipe, trained for fewer than its 300 epochs (on our CPUs, the Polygons NWM on a GPU;
+docs/results.md): on the paper's Tetrominoes arrays the NWM, the ConvLSTM and a CNN of depth 2
+(the CNNs of depth 8 and 16 collapsed to predicting background, so the shipped CNN is the
+shallow one that learned), on the paper's Multi-MNIST arrays the U-Net of width 4 (the U-Net the
+paper's wave model rivals), and an NWM on today's Polygons recipe. What each was trained on, for
+how many epochs, and its test score are read from its run directory:
 
     python pretrained.py                                           # or pretrained.describe(name)
 """

@@ -10,7 +10,8 @@ Re-evaluating takes a while on a CPU (times in docs/speed.md): --no-eval is inst
 Each finished run's best checkpoint is evaluated again on the test split, in float32
 (--no-eval reads the test metrics the run stored instead). A run is only re-evaluated on
 the data it was trained on: when its recorded data fingerprint differs from the dataset
-now under the data root (or it has none), its stored metrics are used, and the `data`
+now under the data root (or it has none, or the data root lacks the dataset), its stored
+metrics are used, and the `data`
 column says which data each row comes from, so that no table mixes them. Unfinished and
 damaged runs are listed and skipped.
 
@@ -264,8 +265,13 @@ def score_run(run_dir, key, test_splits, device, do_evaluate, batch_size, stop):
     metrics, evaluated = stored, "stored"
     if do_evaluate:
         trained_on = (config.get("data") or {}).get("sha256")
-        images, masks, data = test_splits(config["dataset"])
-        if trained_on == data["sha256"]:
+        try:
+            images, masks, data = test_splits(config["dataset"])
+        except DatasetError:  # not under this data root: the run's own test still stands
+            data = None
+        if data is None:
+            evaluated = "stored (its dataset is not under the data root)"
+        elif trained_on == data["sha256"]:
             model, _ = runs.load_model(run_dir, device)
             metrics = evaluate(model, images, masks, config["num_classes"], batch_size, stop=stop)
             evaluated = "re-evaluated"
@@ -337,7 +343,7 @@ def main(argv=None):
                     row, config, stored = score_run(run_dir, key, test_splits, device, args.evaluate,
                                                     args.batch_size, stop)
                     version = (row["dataset"], row["data"])
-                    baseline = None if version in baselines else baseline_row(config, stored, key, test_splits)
+                    baseline = None if baselines.get(version) else baseline_row(config, stored, key, test_splits)
                 except runs.DamagedFile as e:
                     skipped.append((run_dir, f"{e}: restore it, or train the run again with --restart"))
                     continue
@@ -347,7 +353,8 @@ def main(argv=None):
                     skipped.append((run_dir, f"broken ({type(e).__name__}: {e}); check its files, or train it "
                                              f"again with --restart"))
                     continue
-                baselines.setdefault(version, baseline)
+                if not baselines.get(version):  # a later run of the version may have stored one where this had none
+                    baselines[version] = baseline
                 table = scores.update([row, *filter(None, [baseline])])  # after each run: Ctrl-C keeps the rest
                 rows.append(row)
         if args.fresh and rows:

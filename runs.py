@@ -53,13 +53,16 @@ NOT_CHECKPOINTS = {CONFIG: "the run's settings", METRICS: "the run's per-epoch m
 # with the same values: open_run) except these. BUDGET, how long it trains, may grow when it continues.
 # NOT_DEFINING, how and where it computes, may change between invocations: config.json keeps the first
 # invocation's values (each invocation's hardware is in its `invocations`), and under the names of OUTCOMES what
-# that invocation computed with (amp: whether bfloat16; cuda_graph, compile: their outcome), which --resume
-# therefore does not take back as flags. INVOCATION, how one command was invoked, config.json does not keep.
+# that invocation computed with (amp: whether bfloat16; cuda_graph, compile: their outcome), and under RESOLVED
+# what its machine made of the flag (device: "auto" as cuda or cpu; bptt_segment: "auto" as a length for that
+# device's memory): --resume takes neither back as flags. INVOCATION, how one command was invoked, config.json
+# does not keep.
 BUDGET = ("epochs", "min_epochs", "patience", "max_minutes")
 NOT_DEFINING = ("device", "threads", "amp", "bf16_coupling", "bptt_segment", "fused", "compile", "cuda_graph",
-                "cpu_allocator", "data_root", "runs_root", "run_name", "progress")
+                "cpu_allocator", "data_root", "runs_root", "run_name")
 OUTCOMES = ("amp", "cuda_graph", "compile")
-INVOCATION = ("resume", "restart", "quickstart", "stop_after_minutes")
+RESOLVED = ("device", "bptt_segment")
+INVOCATION = ("resume", "restart", "quickstart", "stop_after_minutes", "progress")
 
 
 class RunConflict(Exception):

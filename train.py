@@ -145,11 +145,12 @@ def build_parser():
                    help="run directory under the runs root, a relative path that stays inside it (default: from "
                         "the settings, e.g. tetrominoes/nwm-linear-T100-h2-seed0)")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="resume the run in the folder RUN_DIR (also a moved one) with its stored settings "
+                   help="resume the run in the folder RUN_DIR (also a moved one) with its stored settings, but "
+                        "for the device, --bptt-segment and progress bars, which come from this command's flags "
                         "(running the same command again resumes too)")
     g.add_argument("--restart", action="store_true",
-                   help="delete the run files (config.json, metrics.csv, checkpoints) of an existing run of the same "
-                        "name and start over; nothing else is deleted")
+                   help="delete the run files (config.json, metrics.csv, checkpoint.pt, last.pt, test_metrics.json) of "
+                        "an existing run of the same name and start over; nothing else is deleted")
     add_progress(g, log="one line per epoch")
     g.add_argument("--quickstart", action="store_true",
                    help="a CPU-sized demo: creates Tetrominoes if missing and trains a small NWM in minutes "
@@ -183,7 +184,8 @@ def parse(argv=None):
                          f"copy")
         if args.run_name is not None or args.runs_root is not None:
             parser.error(f"--resume {args.resume} names the run's folder itself: leave out --run-name and --runs-root")
-        parser.set_defaults(**{k: v for k, v in stored.items() if k in vars(args) and k not in runs.OUTCOMES})
+        parser.set_defaults(**{k: v for k, v in stored.items()
+                               if k in vars(args) and k not in runs.OUTCOMES + runs.RESOLVED + runs.INVOCATION})
         args = parser.parse_args(argv)
     try:  # a built-in dataset, or one imported under this run's data root (the parser cannot list those)
         info = get_info(args.dataset, args.data_root)
@@ -221,10 +223,9 @@ def fill_model_defaults(args):
         args.run_name = runs.default_run_name(vars(args))
 
 
-def check_settings(parser, args, info=None):
-    """Refuse impossible settings before any work starts (`info`: the dataset's get_info, read if not given);
-    returns the dataset's metadata."""
-    info = info or get_info(args.dataset, args.data_root)
+def check_settings(parser, args, info):
+    """Refuse impossible settings before any work starts (`info`: the dataset's get_info); returns the dataset's
+    metadata."""
     if args.model == "cnn" and features_per_channel(args.T) < 1:
         parser.error(f"--T {args.T}: the CNN makes T/2 - 1 features per channel, so --T must be at least 4")
     if args.model == "unet" and min(info.image_size) < 16:
@@ -264,11 +265,10 @@ def memory_needed(args, info, split_sizes, model_config=None):
     return needed, params, images
 
 
-def check_memory(parser, args, meta, device, info=None, model_config=None):
+def check_memory(parser, args, meta, device, info, model_config):
     """Refuse a run whose memory_needed exceeds the device's memory, before any of it is allocated (`info`,
-    `model_config`: the dataset's get_info and run_model_config, made if not given)."""
-    needed, params, images = memory_needed(args, info or get_info(args.dataset, args.data_root), meta["split_sizes"],
-                                           model_config)
+    `model_config`: the dataset's get_info and run_model_config)."""
+    needed, params, images = memory_needed(args, info, meta["split_sizes"], model_config)
     available = settings.device_memory(device)
     if needed > available:
         parser.error(f"this run needs at least {needed / 2**30:,.1f} GiB ({params:,} parameters with their gradients "
@@ -290,11 +290,9 @@ def ensure_quickstart_data(args):
         subprocess.run([sys.executable, str(script), *root, *([] if args.progress else ["--no-progress"])], check=True)
 
 
-def run_model_config(args, info=None):
-    """build_model keywords of this run: the dataset's channels and classes (`info`: its get_info, read if not
-    given), then its model settings, each from a flag (the paper's value where none was given:
-    fill_model_defaults)."""
-    info = info or get_info(args.dataset, args.data_root)
+def run_model_config(args, info):
+    """build_model keywords of this run: the dataset's channels and classes (`info`: its get_info), then its
+    model settings, each from a flag (the paper's value where none was given: fill_model_defaults)."""
     return dict(in_channels=info.channels, num_classes=info.num_classes,
                 **{k: getattr(args, k) for k in model_config_keys(args.model) if hasattr(args, k)})
 

@@ -95,12 +95,14 @@ def wave_maps(sequence, channel=0, trim=0.1):
     series = sequence[:, channel]
     a = waves.trimmed_analytic_signal(series, trim)
     cut = (len(series) - len(a)) // 2  # steps trimmed at each end
-    uy, ux = waves.wave_direction(a)
+    gradient = waves.phase_gradient(a)
+    uy, ux = waves.wave_direction(a, gradient)
     middle = len(series) // 2
     return dict(frame=series[middle], phase=waves.instantaneous_phase(a[middle - cut]),
                 frequency=np.median(np.abs(waves.instantaneous_frequency(a)), axis=0),
-                speed=np.median(waves.wave_speed(a), axis=0), direction=(uy.mean(0), ux.mean(0)),
-                local_directionality=np.median(waves.local_directionality(a), axis=0), middle=middle)
+                speed=np.median(waves.wave_speed(a, gradient), axis=0), direction=(uy.mean(0), ux.mean(0)),
+                local_directionality=np.median(waves.local_directionality(a, direction=(uy, ux)), axis=0),
+                middle=middle)
 
 
 def maps_figure(examples, num_classes, channel=0, arrow_step=4):

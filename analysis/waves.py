@@ -55,16 +55,22 @@ def instantaneous_phase(a):
     return np.angle(a)
 
 
+def angle_between(later, earlier):
+    """angle(later conj(earlier)), the phase advance from `earlier` to `later`; 0 where either is 0 (a still
+    pixel has no phase: its product, -0.0 in part, would give pi)."""
+    return np.angle(later * np.conj(earlier) + 0.0)  # + 0.0 turns -0.0 into +0.0
+
+
 def instantaneous_frequency(a):
     """f_t = angle(a_{t+1} conj(a_t)) / 2 pi in cycles per step; one step shorter than `a`."""
-    return np.angle(a[1:] * np.conj(a[:-1])) / (2 * np.pi)
+    return angle_between(a[1:], a[:-1]) / (2 * np.pi)
 
 
 def phase_gradient(a):
     """(g_y, g_x) in radians per pixel over the last two axes, central differences with
     circular neighbours: g_x = angle(a(x+1) conj(a(x-1))) / 2."""
     def along(axis):
-        return np.angle(np.roll(a, -1, axis) * np.conj(np.roll(a, 1, axis))) / 2
+        return angle_between(np.roll(a, -1, axis), np.roll(a, 1, axis)) / 2
     return along(-2), along(-1)
 
 
@@ -85,8 +91,8 @@ def wave_speed(a, gradient=None):
     f = instantaneous_frequency(a)
     gy, gx = phase_gradient(a) if gradient is None else gradient
     norm = np.hypot(gy[:-1], gx[:-1])
-    with np.errstate(divide="ignore"):
-        return 2 * np.pi * np.abs(f) / np.where(norm > FLAT, norm, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):  # where it is flat, the other branch
+        return np.where(norm > FLAT, 2 * np.pi * np.abs(f) / norm, np.inf)
 
 
 def directionality(a, region=None, direction=None):
@@ -143,16 +149,14 @@ def dominant_frequency(series, region=None):
     return float(freqs[k] + offset * (freqs[1] - freqs[0]))
 
 
-def object_measures(sequence, mask, trim=0.1, a=None):
+def object_measures(sequence, mask, trim=0.1):
     """One row per class present in `mask` (H x W class ids, 0 = background) of the
     measures of `sequence` (T x C x H x W) over that class's pixels: median speed, median
     |frequency|, directionality, median local directionality, travelling index (all over the
     channels, without the first and last `trim` of the steps, where the analytic signal has
-    edge effects) and dominant frequency (over all steps). `a`:
-    trimmed_analytic_signal(sequence, trim) where the caller has it already. Returns a list
-    of dicts."""
+    edge effects) and dominant frequency (over all steps). Returns a list of dicts."""
     sequence = np.asarray(sequence, float)
-    a = trimmed_analytic_signal(sequence, trim) if a is None else a
+    a = trimmed_analytic_signal(sequence, trim)
     gradient = phase_gradient(a)  # the costliest field: computed once for every measure
     direction = wave_direction(a, gradient)
     speed, frequency = wave_speed(a, gradient), np.abs(instantaneous_frequency(a))

@@ -127,6 +127,24 @@ def test_runs_on_other_data_keep_their_stored_metrics_and_are_labelled(runs_root
         assert again.set_index("run").loc[run, "iou_foreground"] == stored["iou_foreground"]
 
 
+def test_runs_whose_dataset_is_not_under_the_data_root_keep_their_stored_metrics(runs_root, tmp_path, capsys):
+    finished = [d for d in runs.find_runs(runs_root) if runs.is_finished(d)]
+    first = runs.load_json(finished[0] / runs.TEST_METRICS)
+    first.pop("background_only")  # as an older run's test stored it: the next run of the data must give the row
+    runs.save_json(first, finished[0] / runs.TEST_METRICS)
+    (tmp_path / "empty").mkdir()
+    table, skipped = score(runs_root, tmp_path / "empty", tmp_path / "s.csv")
+    assert not skipped[1:] and "unfinished" in skipped[0][1]  # the run killed in its first epoch, nothing else
+    runs_only = trained(table).set_index("run")
+    assert len(runs_only) == 3 and set(runs_only["evaluated"]) == {"stored (its dataset is not under the data root)"}
+    for run_dir in finished:
+        key = str(run_dir.relative_to(runs_root))
+        assert runs_only.loc[key, "iou_foreground"] == runs.load_json(run_dir / runs.TEST_METRICS)["iou_foreground"]
+    baseline = table[table["model"] == BASELINE]
+    assert len(baseline) == 1 and baseline["evaluated"].iloc[0].startswith("stored by the test of")
+    assert "no background-only row" not in capsys.readouterr().out
+
+
 def test_a_log_gets_one_plain_line_per_run(runs_root, tiny_dataset, tmp_path, capsys):
     capsys.readouterr()  # (stderr is not a terminal under capsys, as in a log)
     score(runs_root, tiny_dataset, tmp_path / "scores.csv", "--no-eval")

@@ -174,7 +174,7 @@ def test_a_moved_run_resumes_where_it_is(run_train, tmp_path, capsys):
     moved.parent.mkdir()
     (tmp_path / "a" / "x" / "y").rename(moved)
     capsys.readouterr()
-    result = train.main(["--resume", str(moved), "--no-progress"])
+    result = train.main(["--resume", str(moved), "--device", "cpu", "--no-progress"])
     assert result["epochs_run"] == 2 and len(runs.load_metrics(moved)) == 2
     assert f"resuming {moved} after epoch 1" in capsys.readouterr().out
     assert list((tmp_path / "a").rglob("*")) == [tmp_path / "a" / "x"]  # nothing new where it was
@@ -192,7 +192,7 @@ def test_a_config_edited_to_another_model_is_refused_on_resume(paused_run, tmp_p
     monkeypatch.setattr(train, "train_one_epoch", no_training)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--resume", str(paused_run), "--no-progress"])
+        train.main(["--resume", str(paused_run), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err
     assert f"{paused_run / runs.LAST} holds another model than the one the run's settings build" in err

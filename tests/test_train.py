@@ -95,9 +95,19 @@ def test_resume_flag_takes_the_stored_settings(run_train, tmp_path, monkeypatch)
         run_train(tmp_path / "runs", "--epochs", "1", "--lr", "0.002", "--run-name", "x/y")
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     run_dir = tmp_path / "runs" / "x" / "y"
-    result = train.main(["--resume", str(run_dir), "--no-progress"])
+    result = train.main(["--resume", str(run_dir), "--device", "cpu", "--no-progress"])
     assert runs.is_finished(run_dir) and result["epochs_run"] == 1
     assert runs.load_json(run_dir / runs.CONFIG)["lr"] == 0.002
+
+
+def test_resume_flag_leaves_the_first_machines_device_and_segment(run_train, tmp_path):
+    run_dir = tmp_path / "runs" / "r"
+    run_train(tmp_path / "runs", "--run-name", "r", "--epochs", "2", "--lr", "0.002", "--stop-after-minutes", "1e-9")
+    config = runs.load_json(run_dir / runs.CONFIG)  # as a run begun on a GPU stores it: "auto" resolved there
+    runs.save_json(dict(config, device="cuda", bptt_segment=7, progress=False), run_dir / runs.CONFIG)
+    _, args, _ = train.parse(["--resume", str(run_dir)])
+    assert (args.device, args.bptt_segment, args.progress) == ("auto", "auto", True)  # this command's defaults
+    assert (args.lr, args.epochs, args.dataset) == (0.002, 2, "tiny")
 
 
 def test_finished_run_is_not_trained_again(run_train, tmp_path, capsys):
