@@ -310,8 +310,8 @@ def run_worker(config_name, impl, batch_size, steps, device, threads, bf16_coupl
            "--steps", str(steps), "--device", device, "--threads", str(threads), "--bf16-coupling", bf16_coupling]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        reason = "killed (out of memory?)" if result.returncode < 0 else result.stderr.strip().splitlines()[-1:]
-        return {"error": str(reason)}
+        last_line = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        return {"error": "killed (out of memory?)" if result.returncode < 0 else last_line}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -373,7 +373,8 @@ def per_gpu_rates(counts, device, root, train_args):
         grid_root, start = root / f"per_gpu_{n}", time.perf_counter()
         subprocess.run([sys.executable, "launch.py", "--grid", "tetrominoes/lstm", "--seeds", "2", "--per-gpu", str(n),
                         "--python", sys.executable, "--", "--device", str(device), "--runs-root", str(grid_root),
-                        *train_args], cwd=REPO, env=dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus)), check=True)
+                        "--restart", *train_args],  # afresh: a finished run of an earlier call would be skipped
+                       cwd=REPO, env=dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus)), check=True)
         rates = []
         for run in runs.find_runs(grid_root):
             config, last = runs.load_json(run / runs.CONFIG), runs.load_metrics(run)[-1]

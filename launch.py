@@ -40,7 +40,7 @@ CREATED_FROM_MNIST = {"multi_mnist": "mnist"}  # Multi-MNIST is drawn from the M
 MAX_SEEDS = 100  # the paper runs 10 or 12; more is a typo, not a grid
 SLURM_FLAGS = ("partition", "time", "gpus", "cpus", "mem", "account", "max_parallel")
 SLICE_FLAGS = ("minutes", "queue", "min_start", "archive", "part_mb", "runs_root", "mnist_from_dir", "data_root")
-CREATE_DATA_FLAGS = ("create_data", "dry_run", "python", "script", "data_root", "mnist_from_dir")
+CREATE_DATA_FLAGS = ("create_data", "dry_run", "python", "script", "caller_dir", "data_root", "mnist_from_dir")
 # train.memory_needed leaves out activations and workspace: the Multi-MNIST NWM at batch 64 takes about 28 GB on a
 # GPU, 3.3 times its 8.4 GiB estimate
 GPU_HEADROOM = 4
@@ -73,6 +73,7 @@ def build_parser(prog="launch.py", description=__doc__):
                    help="a family of configs.GRID; all: every family, the datasets created first, the runs scored last")
     g.add_argument("--config", action="append", metavar="FLAGS", help="a configuration's train.py flags (repeatable)")
     g.add_argument("--script", help=argparse.SUPPRESS)  # the calling script: its name and --help
+    g.add_argument("--caller-dir", help=argparse.SUPPRESS)  # where the calling script was started
     g.add_argument("--array-task", type=int_at_least(0), help=argparse.SUPPRESS)  # a SLURM task: its lines
 
     g = p.add_argument_group("how they run")
@@ -102,7 +103,7 @@ def build_parser(prog="launch.py", description=__doc__):
     g.add_argument("--queue", action="store_true", help="the runs share the slice in turn, each with what is left")
     g.add_argument("--min-start", type=float_at_least(0), default=5, metavar="MIN",
                    help="with --queue, the least time worth starting a run for")
-    cli.add_runs_root(g).help = "where the runs live and continue (default: results/runs)"
+    cli.add_runs_root(g).help = "where the runs live and continue (default: $WAVES_RUNS_ROOT, else ./runs, as train.py)"
     cli.add_data_root(g)
     g.add_argument("--mnist-from-dir", metavar="DIR", help="the four MNIST files (any source, gzip'd or not)")
     g.add_argument("--archive", metavar="PREFIX", help="pack the runs it touched and the logs as PREFIX.tar.gz.part-*")
@@ -124,8 +125,12 @@ def parse_args(argv):
     why = refusal(parser, args, extra)
     if why:
         parser.error(why)
-    given = args.commands or args.commands_file  # named from where the launcher started, not the repo root
-    args.commands = os.path.abspath(given) if given else None
+    # the paths given are named from where the launcher (or its script) started, not the repo root
+    start = args.caller_dir or os.getcwd()
+    args.commands = args.commands or args.commands_file
+    for name in ("commands", "archive", "mnist_from_dir", "data_root", "runs_root"):
+        if getattr(args, name):
+            setattr(args, name, os.path.join(start, os.path.expanduser(getattr(args, name))))
     args.prog, args.python = parser.prog, args.python or default_python()
     return args, extra
 
@@ -138,7 +143,8 @@ def refusal(parser, args, extra):
         others = [f for d, f in given.items() if d not in CREATE_DATA_FLAGS] + ["train.py ARGS"] * bool(extra)
         return f"{others[0]} means nothing to --create-data" if others else None
     for flags, needed, on in ((SLURM_FLAGS, "--slurm", args.slurm), (SLICE_FLAGS, "--slice", args.slice)):
-        stray = [flag for dest, flag in given.items() if dest in flags]
+        stray = [flag for dest, flag in given.items() if dest in flags
+                 and not (dest == "mnist_from_dir" and args.grid == "all")]  # --grid all creates the datasets too
         if stray and not on:
             return f"{stray[0]} needs {needed}"
     commands = args.commands or args.commands_file
@@ -207,7 +213,7 @@ def make_commands(args, extra):
     """{family: [Command]}: the runs of each family (one but for --grid all), every command checked. A family
     names the logs and SLURM files: tetrominoes_nwm, the commands file's name, or its script's."""
     if args.slice:  # where the slice's runs live and find their data, and no progress bars in the logs
-        extra = extra + ["--runs-root", str(args.runs_root or "results/runs"),
+        extra = extra + ["--runs-root", str(settings.runs_root(args.runs_root)),
                          "--data-root", str(settings.data_root(args.data_root)), "--no-progress"]
         extra += [] if args.queue else ["--stop-after-minutes", f"{args.minutes:g}"]
     if args.commands:
@@ -339,7 +345,14 @@ class Runner:
                     process.send_signal(signal.SIGINT if self.stopped == signal.SIGINT else signal.SIGTERM)
 
     def log_path(self, i):
-        return self.log_dir / f"{self.family}_{i + 1}.log" if self.log_dir else None
+        """<runs root>/logs/<the run's path under the runs root, / as _>.log: one log per run, whichever line of
+        which file names it (a run's output stays in its log when lines come and go)."""
+        if not self.log_dir:
+            return None
+        run_dir = self.commands[i].run_dir
+        root = self.log_dir.parent.resolve()
+        name = run_dir.relative_to(root) if run_dir.is_relative_to(root) else Path(run_dir.name)
+        return self.log_dir / f"{'_'.join(name.parts)}.log"
 
     def start(self, slot, i, argv):
         gpu, cores = self.slots[slot]

@@ -214,7 +214,7 @@ def lstm_vs_nwm_figure(image, panels, n_frames=6, n_features=4):
 
 def square_theory_plot(theory, classifier=None):
     """Measured vs predicted (1,1)-mode frequency against the side, the relative error, and
-    (if given, from analysis.area_classifier) the area classifier's accuracy against T."""
+    (if given, from analysis.squares.area_classifier) the area classifier's accuracy against T."""
     columns = 3 if classifier else 2
     fig, axes = plt.subplots(1, columns, figsize=(4.2 * columns, 3.4))
     ax = axes[0]
@@ -284,7 +284,7 @@ def erf_maps_plot(maps, rows, pixel, titles):
 
 
 def erf_radius_plot(table, fraction=0.9):
-    """ERF radius against NWM steps T and against CNN depth L (analysis.erf_radii's table)."""
+    """ERF radius against NWM steps T and against CNN depth L (analysis.receptive_fields.erf_radii's table)."""
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), sharey=True)
     nwm, cnn = table[table["model"] == "nwm"], table[table["model"] == "cnn"]
     axes[0].plot(nwm["steps_or_depth"], nwm["radius"], "o-", color="tab:red", label="NWM")

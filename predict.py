@@ -12,14 +12,15 @@ checkpoint), or a checkpoint inside one. Inputs are PNG or JPEG files, or folder
 model expects: turned upright as its EXIF orientation says, RGB or gray (alpha composited onto
 black, as the training images' background), 8- or 16-bit values scaled to [0, 1]; its size
 must be the training images' size (or pass --resize); of an animated or multi-page file only
-the first frame is used, and said so. For each image, --out gets <name>_mask.png (the classes
-in the project's colours, at the image's size, --resize or not) and <name>_panel.png (image
-beside mask, with a legend); --save-ids adds <name>_classes.npy (uint8 class ids, at the
-image's size), --animate <name>_waves.gif (the hidden state over time at the model's size,
-recurrent models only) and <name>_waves.png (a strip of its frames); --sheet writes sheet.png, the first images above their masks in one
-figure. <name> is the file's name without its extension, or <name>-2, -3... when another
-input has the same name (a/x.png and b/x.png, y.png and y.jpg) or an output would overwrite
-an input (sheet-2 where sheet.png is an input); each output file is written whole or not at all.
+the first frame is used, and said so. For each image, --out gets <name>_mask.png (the
+classes in the project's colours, at the image's size, --resize or not) and <name>_panel.png
+(image beside mask, with a legend); --save-ids adds <name>_classes.npy (uint8 class ids, at
+the image's size), --animate <name>_waves.gif (the hidden state over time at the model's
+size, recurrent models only) and <name>_waves.png (a strip of its frames); --sheet writes
+sheet.png, the first images above their masks in one figure. <name> is the file's name
+without its extension, or <name>-2, -3... when another input has the same name (a/x.png and
+b/x.png, y.png and y.jpg) or an output would overwrite an input (sheet-2 where sheet.png is
+an input); each output file is written whole or not at all.
 """
 import contextlib
 import os
@@ -64,8 +65,9 @@ def build_parser():
     p.add_argument("--invert", action="store_true",
                    help="use 1 - value: for dark objects on a light background (the models saw bright ones on black)")
     p.add_argument("--save-ids", action="store_true", help="also write <name>_classes.npy, the class id of every pixel")
-    p.add_argument("--animate", action="store_true", help="also write <name>_waves.gif, the hidden state over time, and <name>_waves.png, "
-                                                                "a strip of its frames")
+    p.add_argument("--animate", action="store_true",
+                   help="also write <name>_waves.gif, the hidden state over time, and <name>_waves.png, a strip of its "
+                        "frames")
     p.add_argument("--channel", type=int_at_least(0), default=0, help="hidden channel that --animate shows")
     p.add_argument("--sheet", action="store_true",
                    help=f"also write sheet.png: the first {SHEET_IMAGES} images above their masks in one figure")

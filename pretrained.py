@@ -66,8 +66,8 @@ def describe(name):
     run_dir = REPO / SHIPPED[name]
     config, test = runs.load_json(run_dir / runs.CONFIG), runs.load_json(run_dir / runs.TEST_METRICS)
     return (f"{name}: {config['model']} {runs.variant(config)} on {config['dataset']} "
-            f"(data: {runs.data_label(config)}), {test['epochs_run']} epochs (best {test['best_epoch']}), test fg IoU {test['iou_foreground']:.4f}, "
-            f"acc {test['acc']:.4f}; {SHIPPED[name]}")
+            f"(data: {runs.data_label(config)}), {test['epochs_run']} epochs (best {test['best_epoch']}), "
+            f"test fg IoU {test['iou_foreground']:.4f}, acc {test['acc']:.4f}; {SHIPPED[name]}")
 
 
 def load(source, device="cpu"):

@@ -43,8 +43,8 @@ from tqdm import tqdm
 
 import runs
 import settings
-from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads, int_at_least,
-                 run_main, shows_bars)
+from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads,
+                 int_at_least, run_main, shows_bars)
 from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
 from engine import evaluate
 from metrics import METRIC_NAMES, background_only_metrics

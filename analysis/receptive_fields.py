@@ -44,7 +44,8 @@ def radius_of_mass(erf_map, pixel, fraction=0.9):
     distance = np.hypot(rows - pixel[0], cols - pixel[1]).ravel()
     order = np.argsort(distance, kind="stable")
     mass = np.cumsum(erf_map.ravel()[order])
-    return float(distance[order][np.searchsorted(mass, fraction * total)])
+    # against the cumulative sum's own total: sum() may round above it, and fraction 1 would fall off the end
+    return float(distance[order][np.searchsorted(mass, fraction * mass[-1])])
 
 
 def copy_matching_weights(source, target):

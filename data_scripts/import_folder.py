@@ -261,7 +261,8 @@ def split_by_seed(names, val_fraction, test_fraction, seed, problems):
         problems.append(f"{n} usable pairs cannot be split into train, val ({n_val}) and test ({n_test}); "
                         f"add pairs or lower --val-fraction / --test-fraction")
         return {}
-    order = [sorted(names)[i] for i in np.random.default_rng(seed).permutation(n)]
+    in_order = sorted(names)
+    order = [in_order[i] for i in np.random.default_rng(seed).permutation(n)]
     return {"train": sorted(order[n_val + n_test:]), "val": sorted(order[:n_val]),
             "test": sorted(order[n_val:n_val + n_test])}
 

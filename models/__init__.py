@@ -6,7 +6,7 @@
     unet           U-Net of configurable base width, models/unet.py
 
 Every model maps B x in_channels x H x W images to B x num_classes x H x W logits, for
-any image size.
+any image size (the U-Net's at least 16 x 16: it pools four times).
 """
 import math
 import numbers

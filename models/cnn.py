@@ -27,7 +27,6 @@ class CNN(nn.Module):
             raise ValueError(f"CNN depth must be at least 1, got {depth}")
         if features_per_channel(T) < 1:
             raise ValueError(f"CNN needs T >= 4 (it makes T/2 - 1 features per channel), got T={T}")
-        self.depth = depth
         self.trunk = conv_stack(in_channels, c_mid, hidden_channels, depth, nn.ReLU())
         features = features_per_channel(T) * hidden_channels
         self.expand = nn.Conv2d(hidden_channels, features, 1)

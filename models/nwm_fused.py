@@ -21,8 +21,8 @@ Backward step t, given gy = dL/dy_t and gz = dL/dz_t through later steps:
     dL/dy_{t-1} = gy - dt_omega Gz + W^T * Ga        (W^T: the adjoint circular conv)
     dL/dz_{t-1} = damping Gz
     dL/ddamping += Gz z_{t-1},  dL/ddt_omega -= Gz y_{t-1},  dL/dW += Ga (x) y_{t-1}
-On the CPU the steps of each segment run in a compiled kernel (models/nwm_cpu.py) with
-the same arithmetic, where one can be built; the eager steps below are its fallback and
+On the CPU the steps run in a compiled kernel (models/nwm_cpu.py, with segments of its
+own) with the same arithmetic, where one can be built; the eager steps below are its fallback and
 the path on other devices. tests/test_speed.py checks both against the autograd path.
 """
 import torch

@@ -29,11 +29,11 @@ device=cuda dry_run=0 out=runs/gpu_check_$(date +%Y%m%d-%H%M%S) mnist_dir="" ste
 while (($#)); do
   case $1 in
     --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
-    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+    -h | --help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$script"; exit 0 ;;
     --dry-run) dry_run=1 ;;
     --device) need "$@"; device=$2; shift ;;
-    --mnist-from-dir) need "$@"; mnist_dir=$2; shift ;;
-    --out) need "$@"; out=$2; shift ;;
+    --mnist-from-dir) need "$@"; mnist_dir=$(from_caller "$2"); shift ;;
+    --out) need "$@"; out=$(from_caller "$2"); shift ;;
     --python) need "$@"; PYTHON=$2; shift ;;
     --step) step=$2; shift ;;  # one step, in its own process under its timeout
     *) echo "$0: error: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -101,7 +101,7 @@ for entry in "${STEPS[@]}"; do
   elif [[ -n $skip ]]; then
     result="skipped: needs CUDA"
   else
-    timeout --kill-after=10 "$seconds" bash "$0" --step "$name" --device "$device" --out "$out" \
+    timeout --kill-after=10 "$seconds" bash "$script" --step "$name" --device "$device" --out "$out" \
       ${mnist_dir:+--mnist-from-dir "$mnist_dir"} --python "$PYTHON" >"$out/$name.log" 2>&1 || code=$?
     case $code in
       0) ;;

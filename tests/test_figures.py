@@ -137,6 +137,10 @@ def test_radius_of_mass_on_synthetic_maps():
     assert receptive_fields.radius_of_mass(erf, (10, 10), 0.9) == 5
     assert receptive_fields.radius_of_mass(erf, (10, 10), 0.1) == 0
     assert math.isnan(receptive_fields.radius_of_mass(np.zeros((5, 5)), (2, 2)))
+    rng = np.random.default_rng(0)  # all of the mass: the farthest pixel that holds any, whatever the rounding
+    for _ in range(50):
+        erf = rng.random((9, 9))
+        assert receptive_fields.radius_of_mass(erf, (4, 4), 1.0) == np.hypot(4, 4)
 
 
 def test_cnn_erf_stays_inside_its_window():

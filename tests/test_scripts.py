@@ -234,7 +234,8 @@ def test_runs_on_the_cpu_each_get_their_share_of_the_cores(launched, tmp_path):
     allowed = [{core for part in line.split()[0].split(",") for a, _, b in [part.partition("-")]  # "0-2,5"
                 for core in range(int(a), int(b or a) + 1)} for line in calls(tmp_path)]
     assert sorted(map(sorted, allowed)) == sorted(map(sorted, pinned)) and pinned[0].isdisjoint(pinned[1])
-    assert len(list((tmp_path / "runs" / "logs").glob("mnist_lstm_*.log"))) == 2  # each run's output in its log
+    assert sorted(p.name for p in (tmp_path / "runs" / "logs").glob("*.log")) == [  # each run's output in its log
+        "mnist_lstm-fft-T20-h2-seed0.log", "mnist_lstm-linear-T20-h2-seed0.log"]
 
 
 @pytest.mark.parametrize("data", ["small", "none"])
@@ -372,6 +373,10 @@ def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(t
     assert sum(int(seconds) for _, seconds in steps) < 9 * 60
     cpu = bash("gpu_check.sh", "--dry-run", "--device", "cpu", cwd=tmp_path).stdout
     assert re.findall(r"^  (\w+) .*skipped on the CPU: needs CUDA", cpu, re.M) == ["cuda_tests", "resume", "tf32"]
+    # called by a path relative to elsewhere, which no longer leads to it once the script is in the repository root
+    relative = subprocess.run(["bash", f"{REPO.name}/scripts/gpu_check.sh", "--help"], cwd=REPO.parent,
+                              capture_output=True, text=True, timeout=60)
+    assert relative.returncode == 0 and relative.stdout.startswith("Checks the GPU path")
 
 # -----------------------------------------------------------------------------
 # time slices, and real processes: stop signals and slices of tiny runs
@@ -386,7 +391,7 @@ def test_a_slice_creates_the_missing_datasets_first_and_trains_nothing_when_that
     assert status == 1 and "creating multi_mnist failed: nothing was trained" in err
     assert [line.split()[1:] for line in calls(tmp_path)] == [  # the offline one first
         ["data_scripts/create_polygons.py", "--data-root", data],
-        ["data_scripts/download_mnist.py", "--data-root", data, "--from-dir", "M"],
+        ["data_scripts/download_mnist.py", "--data-root", data, "--from-dir", str(tmp_path / "M")],  # from the cwd
         ["data_scripts/create_multi_mnist.py", "--data-root", data]]
 
 
@@ -397,6 +402,21 @@ def test_a_slice_trains_nothing_on_data_that_differs(launched, writable_tetromin
                               "--python", sys.executable, "--runs-root", str(tmp_path / "r"))  # a real check
     assert status == 1 and "the data differs from what it should be: nothing was trained" in err
     assert calls(tmp_path) == []
+
+
+def test_a_scripts_paths_are_named_from_where_it_was_called(tmp_path):
+    commands_file(tmp_path, ".venv/bin/python train.py --dataset tetrominoes --model cnn --seed 0")
+    result = bash("advance_runs.sh", "commands.txt", "--minutes", "1", "--runs-root", "r", "--data-root", "d",
+                  "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(
+        f"--seed 0 --runs-root {tmp_path}/r --data-root {tmp_path}/d --no-progress --stop-after-minutes 1")
+
+
+def test_a_slice_without_a_runs_root_uses_train_pys_not_the_shipped_runs(launched, tmp_path):
+    commands = commands_file(tmp_path, ".venv/bin/python train.py --dataset tetrominoes --model cnn --seed 0")
+    status, out, _ = launched("--slice", str(commands), "--minutes", "1", "--dry-run")
+    assert status == 0 and f"--runs-root {tmp_path / 'runs'} " in out.splitlines()[-1]  # $WAVES_RUNS_ROOT here
 
 
 def test_a_queue_shares_one_slice_among_its_runs_in_turn(launched, tmp_path):
@@ -507,7 +527,8 @@ def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(tmp_path,
     for seed in (0, 1):
         run = f"tetrominoes/nwm-linear-T8-h2-seed{seed}/test_metrics.json"
         assert (unpacked / run).read_bytes() == (tmp_path / "r" / run).read_bytes()
-    assert len(list((unpacked / "logs").glob("scripts_advance_runs_*.log"))) == 2  # named as before
+    assert sorted(p.name for p in (unpacked / "logs").glob("*.log")) == [  # named after their runs, as before
+        f"tetrominoes_nwm-linear-T8-h2-seed{seed}.log" for seed in (0, 1)]
 
 
 def test_the_archive_is_split_into_parts_that_unpack_to_the_runs(tmp_path):
