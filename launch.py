@@ -125,12 +125,15 @@ def parse_args(argv):
     why = refusal(parser, args, extra)
     if why:
         parser.error(why)
-    # the paths given are named from where the launcher (or its script) started, not the repo root
+    # the paths given are named from where the launcher (or its script) started; the runs start in the repository
+    # root, and a path inside it stays relative to it (no machine's folders in the runs' configs and commands)
     start = args.caller_dir or os.getcwd()
     args.commands = args.commands or args.commands_file
     for name in ("commands", "archive", "mnist_from_dir", "data_root", "runs_root"):
         if getattr(args, name):
-            setattr(args, name, os.path.join(start, os.path.expanduser(getattr(args, name))))
+            path = os.path.normpath(os.path.join(start, os.path.expanduser(getattr(args, name))))
+            inside = os.path.commonpath([path, str(REPO)]) == str(REPO)
+            setattr(args, name, os.path.relpath(path, REPO) if inside else path)
     args.prog, args.python = parser.prog, args.python or default_python()
     return args, extra
 
