@@ -251,9 +251,10 @@ def create_command(name, data_root=None) -> str:
     return get_info(name, data_root).create_command + _root_flag(data_root)
 
 
-def how_to_create(name, data_root=None) -> str:
-    """create_command plus the dataset's extra advice, for "not found" errors."""
-    info, flag = get_info(name, data_root), _root_flag(data_root)
+def how_to_create(name, data_root=None, force=False) -> str:
+    """create_command (with --force where a folder is in the way) plus the dataset's extra advice, for "not
+    found" and "not complete" errors."""
+    info, flag = get_info(name, data_root), _root_flag(data_root) + " --force" * force
     return info.create_command + flag + ("\n" + info.create_hint.format(flag=flag) if info.create_hint else "")
 
 
@@ -354,7 +355,7 @@ def read_metadata(name, data_root=None):
                                    f"{how_to_create(name, data_root)}")
     if not path.is_file():
         raise DatasetError(f"{folder} has no {METADATA}, so it was not written (or not completely) by this "
-                           f"project's data scripts. Re-create it with:\n{create_command(name, data_root)} --force")
+                           f"project's data scripts. Re-create it with:\n{how_to_create(name, data_root, force=True)}")
     try:
         meta = json.loads(path.read_text())
     except ValueError:
