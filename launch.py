@@ -131,9 +131,8 @@ def parse_args(argv):
     args.commands = args.commands or args.commands_file
     for name in ("commands", "archive", "mnist_from_dir", "data_root", "runs_root"):
         if getattr(args, name):
-            path = os.path.normpath(os.path.join(start, os.path.expanduser(getattr(args, name))))
-            inside = os.path.commonpath([path, str(REPO)]) == str(REPO)
-            setattr(args, name, os.path.relpath(path, REPO) if inside else path)
+            path = Path(os.path.normpath(os.path.join(start, os.path.expanduser(getattr(args, name)))))
+            setattr(args, name, str(path.relative_to(REPO) if path.is_relative_to(REPO) else path))
     args.prog, args.python = parser.prog, args.python or default_python()
     return args, extra
 

@@ -95,12 +95,12 @@ def wave_maps(sequence, channel=0, trim=0.1):
     series = sequence[:, channel]
     a = waves.trimmed_analytic_signal(series, trim)
     cut = (len(series) - len(a)) // 2  # steps trimmed at each end
-    gradient = waves.phase_gradient(a)
+    gradient, frequency = waves.phase_gradient(a), np.abs(waves.instantaneous_frequency(a))
     uy, ux = waves.wave_direction(a, gradient)
     middle = len(series) // 2
     return dict(frame=series[middle], phase=waves.instantaneous_phase(a[middle - cut]),
-                frequency=np.median(np.abs(waves.instantaneous_frequency(a)), axis=0),
-                speed=np.median(waves.wave_speed(a, gradient), axis=0), direction=(uy.mean(0), ux.mean(0)),
+                frequency=np.median(frequency, axis=0),
+                speed=np.median(waves.wave_speed(a, gradient, frequency), axis=0), direction=(uy.mean(0), ux.mean(0)),
                 local_directionality=np.median(waves.local_directionality(a, direction=(uy, ux)), axis=0),
                 middle=middle)
 

@@ -84,15 +84,15 @@ def wave_direction(a, gradient=None):
     return np.where(moving, -gy / safe, 0.0), np.where(moving, -gx / safe, 0.0)
 
 
-def wave_speed(a, gradient=None):
+def wave_speed(a, gradient=None, frequency=None):
     """2 pi f / |g| in pixels per step, per pixel and step (T - 1 steps: f is measured between
-    steps t and t + 1, the gradient at step t); infinite where |g| <= FLAT. `gradient`:
-    phase_gradient(a) where the caller has it already."""
-    f = instantaneous_frequency(a)
+    steps t and t + 1, the gradient at step t); infinite where |g| <= FLAT. `gradient`,
+    `frequency`: phase_gradient(a) and |instantaneous_frequency(a)| where the caller has them."""
+    frequency = np.abs(instantaneous_frequency(a)) if frequency is None else frequency
     gy, gx = phase_gradient(a) if gradient is None else gradient
     norm = np.hypot(gy[:-1], gx[:-1])
     with np.errstate(divide="ignore", invalid="ignore"):  # where it is flat, the other branch
-        return np.where(norm > FLAT, 2 * np.pi * np.abs(f) / norm, np.inf)
+        return np.where(norm > FLAT, 2 * np.pi * frequency / norm, np.inf)
 
 
 def directionality(a, region=None, direction=None):
@@ -159,7 +159,8 @@ def object_measures(sequence, mask, trim=0.1):
     a = trimmed_analytic_signal(sequence, trim)
     gradient = phase_gradient(a)  # the costliest field: computed once for every measure
     direction = wave_direction(a, gradient)
-    speed, frequency = wave_speed(a, gradient), np.abs(instantaneous_frequency(a))
+    frequency = np.abs(instantaneous_frequency(a))
+    speed = wave_speed(a, gradient, frequency)
     local = local_directionality(a, direction=direction)
     rows = []
     for label in np.unique(mask):
