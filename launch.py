@@ -157,6 +157,8 @@ def refusal(parser, args, extra):
         (args.seeds and commands, "--seeds is for --grid and --config; the lines of a commands file name their own "
                                   "seeds"),
         (args.slice and args.minutes is None, "--minutes is required for a slice"),
+        (args.queue and args.minutes is not None and args.min_start >= args.minutes,
+         f"--min-start {args.min_start:g} is not under --minutes {args.minutes or 0:g}: the queue would start no run"),
         ((args.slice or args.array_task is not None) and not commands, "a slice or a SLURM task runs a commands file"),
     ] if wrong), None)
 

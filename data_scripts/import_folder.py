@@ -47,7 +47,6 @@ from dataset_config import (BUILT_IN, IMPORTER, NAME_PATTERN, SPLITS, DatasetErr
                             resolve_data_root)
 
 CLASSES_FILE = "classes.txt"
-GRAY_MODES = ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N")
 MASK_MODES = ("1", "L", "P", "I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -170,7 +169,7 @@ def read_image(path):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
         return np.asarray(image.convert("L" if gray else "RGB"), np.uint8), 1 if gray else 3
-    if image.mode in GRAY_MODES:
+    if image.mode in ("1", "L"):  # the other gray modes (LA, I;16) are handled above
         return np.asarray(image.convert("L"), np.uint8), 1
     return np.asarray(image.convert("RGB"), np.uint8), 3
 

@@ -131,6 +131,7 @@ GRID_OPTION = ["--grid", "tetrominoes/nwm"]
     (["commands.txt", "--seeds", "2"], "--seeds is for --grid and --config"),
     (["commands.txt", "more.txt"], "one COMMANDS_FILE only, not also 'more.txt'"),
     (["--slice", "--minutes", "3", "--grid", "mnist/cnn"], "a slice or a SLURM task runs a commands file"),
+    (["commands.txt", "--slice", "--queue", "--minutes", "3"], "--min-start 5 is not under --minutes 3"),
     (["--create-data", "--seeds", "1"], "--seeds means nothing to --create-data"),
     (["--create-data", "--", "--epochs", "3"], "train.py ARGS means nothing to --create-data"),
 ])
