@@ -176,7 +176,9 @@ def paper_comparison(scores):
     """One row per configuration the paper reports (configs.PAPER_RESULTS), in its order: our test fg IoU
     and fg accuracy over the seeds of `scores` (produce_scores.py) with the paper's settings on the paper's
     data beside the paper's, the parameters, seeds and epochs (the runs' epochs differ where it lists
-    several). A configuration we have no run of keeps the paper's numbers, with n_seeds 0."""
+    several), and the seeds that collapsed (test fg IoU 0: no foreground pixel right), which the means count
+    as the paper counts its collapses. A configuration we have no run of keeps the paper's numbers, with
+    n_seeds 0."""
     rows = []
     for (dataset, model, variant), (iou, iou_std, acc, acc_std) in configs.PAPER_RESULTS.items():
         config = paper_model_config(dataset, model, variant)
@@ -187,6 +189,7 @@ def paper_comparison(scores):
         rows.append(dict(
             dataset=dataset, model=model, variant=variant, num_params=num_params, n_seeds=len(ours),
             epochs=" / ".join(map(str, epochs)),
+            collapsed_seeds=" ".join(str(int(seed)) for seed in sorted(ours.loc[ours["iou_foreground"] == 0, "seed"])),
             iou_foreground_mean=ours["iou_foreground"].mean(), iou_foreground_std=ours["iou_foreground"].std(),
             paper_iou_foreground_mean=iou, paper_iou_foreground_std=iou_std,
             acc_foreground_mean=ours["acc_foreground"].mean(), acc_foreground_std=ours["acc_foreground"].std(),
@@ -206,7 +209,9 @@ def comparison_markdown(comparison):
               "fg acc, ours", "fg acc, paper"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in comparison.to_dict("records"):
-        cells = [r["dataset"], r["model"], r["variant"], f"{r['num_params']:,}", str(r["n_seeds"]),
+        collapsed = r["collapsed_seeds"].split() if isinstance(r["collapsed_seeds"], str) else []
+        seeds = str(r["n_seeds"]) + (f" (seed {', '.join(collapsed)} at fg IoU 0)" if collapsed else "")
+        cells = [r["dataset"], r["model"], r["variant"], f"{r['num_params']:,}", seeds,
                  "" if pd.isna(r["epochs"]) else str(r["epochs"]),
                  _mean_std(r["iou_foreground_mean"], r["iou_foreground_std"], 3),
                  _mean_std(r["paper_iou_foreground_mean"], r["paper_iou_foreground_std"], 2),

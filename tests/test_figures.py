@@ -79,6 +79,7 @@ def test_paper_comparison_takes_only_the_papers_configuration_on_the_papers_data
         run("d", 0.20, data="our recipe"), run("e", 0.30, width=3, epochs_run=12, num_params=68834),
         run("copy-of-a", 0.40),  # seed 0 again: one run scored under two names counts once
         run("g", 0.50, num_params=61852),  # another size: a setting the table has no column for changed
+        run("h", 0.0, width=5, num_params=190456), run("i", 0.6, width=5, num_params=190456, seed=3),  # h collapsed
         dict(run=None, dataset="multi_mnist", model="background only", data="paper", iou_foreground=0.0),
         dict(run="f", dataset="tetrominoes", model="nwm", data="paper", readout="linear", T=50, hidden_channels=2,
              seed=0, num_params=176124, epochs_run=100, iou_foreground=0.5, acc_foreground=0.6)])  # T 50, not 100
@@ -96,6 +97,9 @@ def test_paper_comparison_takes_only_the_papers_configuration_on_the_papers_data
     assert "| multi_mnist | unet | width 4 | 122,071 | 2 | 30 | 0.850 ± 0.071 | 0.96 | 0.860 ± 0.071 | 0.97 |" \
         in markdown
     assert "| multi_mnist | nwm | linear | 54,855 | 0 |  |  | 0.93 ± 0.01 |  | 0.96 ± 0.01 |" in markdown
+    width5 = table.loc[("multi_mnist", "unet", "width 5")]  # the collapsed seed counts in the mean, and is named
+    assert width5["n_seeds"] == 2 and width5["collapsed_seeds"] == "0" and width4["collapsed_seeds"] == ""
+    assert "| width 5 | 190,456 | 2 (seed 0 at fg IoU 0) | 30 | 0.300 ± 0.424 |" in markdown
     fig = plotting.parameters_plot(table.reset_index(), "multi_mnist")
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert labels == ["nwm, paper", "unet, paper", "unet, ours"]
