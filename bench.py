@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -256,6 +257,17 @@ def time_evaluation(model, x, amp, repeats, device):
     return times[len(times) // 2]
 
 
+def warm_up(step, device, most=5, settled_pages=2560):
+    """Runs `step` until one maps fewer than `settled_pages` new pages (10 MB), at most `most` times. On the
+    CPU the allocator's heap takes a few steps to reach its size, and each page a step touches for the first
+    time is a page fault (a 1.5x slower step on our VMs: docs/speed.md, "Notes moved from the code")."""
+    for _ in range(most):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        if device.type != "cpu" or resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < settled_pages:
+            return
+
+
 def measure(config_name, impl, batch_size, steps, device):
     """One (configuration, implementation) in this process: seconds per step and peak memory.
     impl: "project" (as train.py trains, eager steps), "graphed" (the same, each step replayed
@@ -282,7 +294,7 @@ def measure(config_name, impl, batch_size, steps, device):
     base = reset_peak_rss() if device.type == "cpu" else 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up: allocations, kernel selection
+    warm_up(step, device)  # allocations, kernel selection
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -399,7 +411,8 @@ def build_parser():
     add_threads(p)  # of every measurement: run_worker passes --device and --threads on to each worker
     p.add_argument("--batch-size", type=int_at_least(1), default=None, help="images per step (default: 64, --quick: 8)")
     p.add_argument("--steps", type=int_at_least(1), default=None,
-                   help="timed steps after one warm-up (default: 3, --quick: 1)")
+                   help="timed steps after the warm-up (on the CPU: until a step maps no new memory, at most 5) "
+                        "(default: 3, --quick: 1)")
     p.add_argument("--quick", action="store_true", help="batch 8, one timed step: about a minute on a CPU")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check")
     p.add_argument("--no-reference", dest="reference", action="store_false",

@@ -1,4 +1,5 @@
 """The fast paths compute the same thing as the plain ones (outputs and gradients)."""
+import mmap
 import shutil
 
 import pytest
@@ -361,6 +362,24 @@ def test_bench_names_any_dataset_and_model():
             bench.parse_config(wrong)
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["--configs", "mnist_nwm3"])
+
+
+def test_bench_warms_up_until_a_step_maps_no_new_memory():
+    import bench
+    kept, calls = [], []
+
+    def step(fresh_steps):
+        calls.append(1)
+        if len(calls) <= fresh_steps:
+            fresh_memory = mmap.mmap(-1, 2 ** 25)  # 32 MB never touched (not a heap's reused pages): 8,192 new pages
+            fresh_memory.write(b"\1" * 2 ** 25)
+            kept.append(fresh_memory)
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for fresh, most, device, expected in [(2, 5, cpu, 3), (9, 4, cpu, 4), (0, 5, cpu, 1), (9, 5, cuda, 1)]:
+        calls.clear()
+        bench.warm_up(lambda: step(fresh), device, most=most)
+        assert len(calls) == expected, (fresh, most, device)
 
 
 def test_bench_paper_epoch_is_the_training_split_plus_the_validation_split():
