@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import pretrained
 import runs
 import settings
 from analysis.animation import make_animation
@@ -21,7 +22,8 @@ from models import is_recurrent
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("run_dir", help="a finished run of a recurrent model (nwm, lstm, gru, rnn)")
+    parser.add_argument("run_dir", help="a run of a recurrent model (nwm, lstm, gru, rnn): its directory, a checkpoint "
+                                        "in it, or a shipped model's name (pretrained.py)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split")
     parser.add_argument("--index", type=int_at_least(0), default=0, help="which image of the split (0 = the first)")
     parser.add_argument("--channel", type=int_at_least(0), default=0, help="which hidden channel to show")
@@ -35,11 +37,10 @@ def build_parser():
 
 def check(parser, args):
     """Every argument checked against the run and its data before any work."""
-    run_dir = Path(args.run_dir)
-    if not (run_dir / runs.CONFIG).is_file():
-        parser.error(f"{run_dir} is not a run directory (no {runs.CONFIG}); pass one written by train.py")
-    if not (run_dir / runs.CHECKPOINT).is_file():
-        parser.error(f"{run_dir} has no {runs.CHECKPOINT} yet: it has not finished an epoch")
+    try:
+        run_dir, _ = pretrained.resolve(args.run_dir)
+    except ValueError as e:
+        parser.error(str(e))
     config = runs.load_json(run_dir / runs.CONFIG)
     if not is_recurrent(config["model"]):
         parser.error(f"{run_dir} holds a {config['model']}, which has no hidden state over time; "

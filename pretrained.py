@@ -15,10 +15,12 @@ docs/results.md): on the paper's Tetrominoes arrays the NWM, the ConvLSTM and a 
 (the CNNs of depth 8 and 16 collapsed to predicting background, so the shipped CNN is the
 shallow one that learned), on the paper's Multi-MNIST arrays the U-Net of width 4 (the U-Net the
 paper's wave model rivals), and an NWM on today's Polygons recipe. What each was trained on, for
-how many epochs, and its test score are read from its run directory:
+how many epochs, and its test score (the float32 re-evaluation of results/scores.csv) are read
+from its run directory and that table:
 
     python pretrained.py                                           # or pretrained.describe(name)
 """
+import csv
 from pathlib import Path
 
 import torch
@@ -37,13 +39,18 @@ SHIPPED = {
     "multi_mnist/unet": "results/runs/multi_mnist/unet-width4-seed0",
     "polygons/nwm": "results/runs/polygons/nwm-linear-T100-h16-seed0",
 }
+SCORES = REPO / "results" / "scores.csv"  # the shipped runs re-evaluated in float32 (produce_scores.py)
 
 
 def resolve(source):
     """(run directory, checkpoint file name) of a shipped name, a run directory, a checkpoint (a .pt file) in
     a run directory, or any other file in one (it names its run: config.json, metrics.csv, ...)."""
     if source in SHIPPED:
-        return REPO / SHIPPED[source], runs.CHECKPOINT
+        run_dir = REPO / SHIPPED[source]
+        if not ((run_dir / runs.CONFIG).is_file() and (run_dir / runs.CHECKPOINT).is_file()):
+            raise ValueError(f"shipped model {source}: {run_dir} has no {runs.CONFIG} and {runs.CHECKPOINT}; "
+                             f"this copy of the repository lacks the shipped runs (git checkout results/runs)")
+        return run_dir, runs.CHECKPOINT
     path = Path(source)
     run_dir = path.parent if path.is_file() else path
     if path.is_file() and path.suffix == ".pt" and (run_dir / runs.CONFIG).is_file():
@@ -60,14 +67,29 @@ def resolve(source):
                      f"{runs.CONFIG} and {runs.CHECKPOINT}, nor a file in one")
 
 
+def float32_scores(run_name):
+    """The row of results/scores.csv of a run re-evaluated in float32 (produce_scores.py), or None."""
+    if not SCORES.is_file():
+        return None
+    with open(SCORES, newline="") as f:
+        return next((row for row in csv.DictReader(f) if row["run"] == run_name and row["evaluated"] == "re-evaluated"),
+                    None)
+
+
 def describe(name):
     """One line on shipped model `name`, read from its run directory: its model and variant, the data it was
-    trained on (runs.data_label), its epochs and the test scores its run stored at its end."""
-    run_dir = REPO / SHIPPED[name]
+    trained on (runs.data_label), its epochs and its test scores: the float32 re-evaluation of
+    results/scores.csv, the one the docs quote, else the scores its run stored at its end (in its training's
+    precision)."""
+    run_dir, _ = resolve(name)
     config, test = runs.load_json(run_dir / runs.CONFIG), runs.load_json(run_dir / runs.TEST_METRICS)
+    scores, source = float32_scores(config["run_name"]), "float32, results/scores.csv"
+    if scores is None:
+        scores, source = test, f"as its run tested it, {runs.TEST_METRICS}"
     return (f"{name}: {config['model']} {runs.variant(config)} on {config['dataset']} "
             f"(data: {runs.data_label(config)}), {test['epochs_run']} epochs (best {test['best_epoch']}), "
-            f"test fg IoU {test['iou_foreground']:.4f}, acc {test['acc']:.4f}; {SHIPPED[name]}")
+            f"test fg IoU {float(scores['iou_foreground']):.4f}, acc {float(scores['acc']):.4f} ({source}); "
+            f"{SHIPPED[name]}")
 
 
 def load(source, device="cpu"):

@@ -27,6 +27,7 @@ import runs
 from analysis import sound, waves
 from analysis.trained import check_data
 from dataset_config import load_dataset, read_metadata
+from models import is_recurrent
 
 WELL_SEGMENTED = 0.8  # object recall from which an object counts as segmented well
 MEASURES = ("speed", "directionality", "local_directionality", "travelling", "dominant_frequency")
@@ -47,7 +48,8 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
         for offset, (prediction, sequence) in enumerate(zip(logits.argmax(1).numpy(), sequences.numpy())):
             index, mask = start + offset, masks[start + offset].numpy()
             if example is None:
-                example = dict(image=images[index], mask=mask, sequence=sequence, num_classes=len(class_names))
+                # a copy: a view would keep the whole batch's sequences (420 MB of Multi-MNIST) alive
+                example = dict(image=images[index], mask=mask, sequence=sequence.copy(), num_classes=len(class_names))
             for row in waves.object_measures(sequence, mask, trim):
                 region = mask == row["label"]
                 name = class_names[row["label"]]
@@ -190,12 +192,14 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
     (one row per model), its class sounds <sounds>/<dataset>_<model>-<class>.wav and their
     spectrograms <figures>/waves_spectrogram_<dataset>_<model>.png. Returns
     dict(summary, classes, rows, sounds: (dataset, model) -> {class: path}, figures: [paths])."""
-    counts = {}  # images measured per run: n, or the whole split where it holds fewer
+    counts, configs, folders = {}, {}, {}  # per run: images measured (n, or all of a smaller split), config, directory
     for run_dir in run_dirs:  # every run's files and data first: a missing one stops before minutes of measuring
-        if not (Path(run_dir) / runs.CHECKPOINT).is_file():
-            raise FileNotFoundError(f"{run_dir} has no {runs.CHECKPOINT}: not a trained run directory")
-        config = runs.load_json(Path(run_dir) / runs.CONFIG)
-        check_data(config, run_dir, split, data_root)
+        folders[run_dir], _ = pretrained.resolve(run_dir)  # a run directory, a file in one or a shipped name
+        config = configs[run_dir] = runs.load_json(folders[run_dir] / runs.CONFIG)
+        if not is_recurrent(config["model"]):
+            raise ValueError(f"{run_dir} holds a {config['model']}, which has no hidden state over time; "
+                             f"measure runs of nwm, lstm, gru or rnn")
+        check_data(config, folders[run_dir], split, data_root)
         counts[run_dir] = min(n, read_metadata(config["dataset"], data_root)["split_sizes"][split])
     rows, examples, sound_paths, figure_paths, labels = [], {}, {}, [], {}
     for run_dir in run_dirs:
@@ -203,13 +207,13 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
         if not run_rows:  # e.g. a dataset whose first images are background only
             print(f"{run_dir}: no object in the first {counts[run_dir]} {split} images; skipped")
             continue
-        config = runs.load_json(Path(run_dir) / runs.CONFIG)
+        config = configs[run_dir]
         dataset, model = config["dataset"], config["model"]
         labels[config["run_name"]] = f"{model.upper()} seed {config['seed']}\n{dataset}"
         rows += run_rows
         if (dataset, model) in sound_paths:
             continue
-        examples.setdefault(dataset, {})[f"{model.upper()} ({Path(run_dir).name})"] = example
+        examples.setdefault(dataset, {})[f"{model.upper()} ({folders[run_dir].name})"] = example
         sound_paths[dataset, model] = class_sounds(spectra, sounds, f"{dataset}_{model}")
         figure_paths += plotting.save_figure(spectrogram_figure(sound_paths[dataset, model]),
                                              f"waves_spectrogram_{dataset}_{model}", figures, dpi=72)

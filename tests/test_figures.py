@@ -238,8 +238,12 @@ def test_waves_command_checks_every_run_and_its_data_before_measuring(figure_inp
     monkeypatch.setattr(wave_report, "measure_run", lambda *a, **k: pytest.fail("measured before the checks"))
     nwm = runs.find_run(figure_inputs["runs"], "tetrominoes", "nwm", readout="linear")
     common = ["--data-root", str(figure_inputs["data"]), "--figures", str(tmp_path / "figures")]
-    with pytest.raises(SystemExit, match="no checkpoint.pt"):
+    with pytest.raises(SystemExit, match="nor a run directory with config.json and checkpoint.pt"):
         analysis_cli.main(["waves", str(nwm), str(tmp_path), *common])
+    with pytest.raises(SystemExit, match="tetrominoes/cnn holds a cnn, which has no hidden state over time"):
+        analysis_cli.main(["waves", str(nwm), "tetrominoes/cnn", *common])  # a shipped name, not recurrent
+    with pytest.raises(SystemExit, match="was trained on other tetrominoes data"):  # a shipped name is resolved
+        analysis_cli.main(["waves", str(nwm), "tetrominoes/nwm", *common])
     with pytest.raises(SystemExit, match="not found"):
         analysis_cli.main(["waves", str(nwm), *common[2:], "--data-root", str(tmp_path / "empty")])
     other = shutil.copytree(nwm, tmp_path / "other-data")  # the same run, as if trained on other data
@@ -320,6 +324,20 @@ def test_animate_refuses_bad_arguments_by_flag(figure_inputs, tmp_path, capsys, 
         animate.main([str(run), "--data-root", str(figure_inputs["data"]), "--out", str(tmp_path / "out"), *args])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, args, message", [
+    ("tetrominoes/nwm", ["--index", "8"], "--index 8: the tetrominoes test split holds 8 images"),  # resolved
+    ("tetrominoes/cnn", [], "holds a cnn, which has no hidden state over time"),
+    ("no/such/run", [], "is not a shipped model"),
+])
+def test_animate_takes_shipped_names_and_refuses_what_has_no_waves(figure_inputs, tmp_path, capsys, source, args,
+                                                                    message):
+    with pytest.raises(SystemExit) as exit_info:
+        animate.main([source, "--data-root", str(figure_inputs["data"]), "--out", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -118,9 +119,22 @@ def test_shipped_models_load_in_one_line():
         info_size = 64
         channels = model.config["in_channels"]
         assert model(torch.rand(1, channels, info_size, info_size)).shape == (1, len(model.class_names), 64, 64)
-        # what it is and scores, read from its run directory, not written down anywhere else
-        test = runs.load_json(pretrained.REPO / pretrained.SHIPPED[name] / runs.TEST_METRICS)
-        assert f"test fg IoU {test['iou_foreground']:.4f}" in pretrained.describe(name)
+        # what it is and scores, read from its run directory and the shipped float32 scores, the docs' numbers
+        config = runs.load_json(pretrained.REPO / pretrained.SHIPPED[name] / runs.CONFIG)
+        scores = pd.read_csv(pretrained.SCORES).set_index("run").loc[config["run_name"]]
+        assert scores["evaluated"] == "re-evaluated"  # every shipped run is in scores.csv
+        assert f"test fg IoU {scores['iou_foreground']:.4f}" in pretrained.describe(name)
+        assert "(float32, results/scores.csv)" in pretrained.describe(name)
+
+
+def test_a_shipped_name_without_its_files_and_a_run_outside_scores_csv_are_said_so(tmp_path, monkeypatch):
+    monkeypatch.setitem(pretrained.SHIPPED, "mnist/nwm", "results/runs/mnist/no-such-run")
+    with pytest.raises(ValueError, match="shipped model mnist/nwm: .* has no config.json and checkpoint.pt"):
+        pretrained.load("mnist/nwm")
+    monkeypatch.setattr(pretrained, "SCORES", tmp_path / "none.csv")  # not scored: the run's own test metrics
+    test = runs.load_json(pretrained.REPO / pretrained.SHIPPED["tetrominoes/nwm"] / runs.TEST_METRICS)
+    line = pretrained.describe("tetrominoes/nwm")
+    assert f"test fg IoU {test['iou_foreground']:.4f}" in line and "(as its run tested it, test_metrics.json)" in line
 
 
 def test_torch_hub_loads_shipped_and_untrained_models_from_a_clone():
