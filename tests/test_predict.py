@@ -116,9 +116,9 @@ def test_shipped_models_load_in_one_line():
     for name in pretrained.SHIPPED:
         model = pretrained.load(name)
         assert not model.training and model.class_names[0] == "background"
-        info_size = 64
+        height, width = model.image_size  # the size it was trained at (its dataset's)
         channels = model.config["in_channels"]
-        assert model(torch.rand(1, channels, info_size, info_size)).shape == (1, len(model.class_names), 64, 64)
+        assert model(torch.rand(1, channels, height, width)).shape == (1, len(model.class_names), height, width)
         # what it is and scores, read from its run directory and the shipped float32 scores, the docs' numbers
         config = runs.load_json(pretrained.REPO / pretrained.SHIPPED[name] / runs.CONFIG)
         scores = pd.read_csv(pretrained.SCORES).set_index("run").loc[config["run_name"]]
