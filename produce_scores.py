@@ -46,7 +46,7 @@ import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads,
                  int_at_least, run_main, shows_bars)
 from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
-from engine import evaluate
+from engine import evaluate, set_backends
 from metrics import METRIC_NAMES, background_only_metrics
 from signals import EXIT_STATUS, Interrupted, StopSignals
 
@@ -315,6 +315,7 @@ def main(argv=None):
         device = settings.pick_device(args.device)
     except ValueError as e:
         parser.error(f"--device: {e}")
+    set_backends(device)  # float32 in float32: no TF32 on a GPU, as train.py's float32 runs
     settings.set_threads(args.threads)
     scores = ScoresFile(settings.scores_path(args.out, args.runs_root))
     try:

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import configs
 import pretrained
@@ -91,8 +92,14 @@ def test_rescoring_replaces_rows_instead_of_appending(runs_root, tiny_dataset, t
 
 
 def test_reevaluation_matches_the_stored_test_metrics(runs_root, tiny_dataset, tmp_path):
-    evaluated, stored = (trained(score(runs_root, tiny_dataset, tmp_path / f"{name}.csv", *extra)[0])
-                         for name, extra in (("a", ()), ("b", ("--no-eval",))))
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # rounds on a GPU
+    try:
+        evaluated, stored = (trained(score(runs_root, tiny_dataset, tmp_path / f"{name}.csv", *extra)[0])
+                             for name, extra in (("a", ()), ("b", ("--no-eval",))))
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32  # float32 is float32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
     for column in ["acc", "acc_foreground", "iou_foreground", "loss", "loss_foreground", "miou"]:
         assert evaluated[column].tolist() == pytest.approx(stored[column].tolist(), rel=1e-5)
 
