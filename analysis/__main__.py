@@ -20,7 +20,7 @@ from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
-from cli import HelpFormatter, add_data_root, add_threads, int_at_least, run_main
+from cli import HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main, shows_bars
 from dataset_config import DatasetError
 from produce_scores import ScoresError, ScoresFile
 
@@ -72,7 +72,7 @@ def waves(args):
     sounds = args.sounds if args.sounds is not None else figures.parent / "sounds"
     try:
         outputs = report(args.runs, figures, settings.tables_dir(args.tables), sounds, args.n, args.split,
-                         args.data_root)
+                         args.data_root, shows_bars(args.progress))
     except (OSError, ValueError, DatasetError) as e:
         sys.exit(f"error: {e}")
     print(outputs["summary"].to_string(float_format=lambda v: f"{v:.4g}"))
@@ -85,7 +85,7 @@ def classes(args):
     settings.set_threads(args.threads)
     try:
         reports, paths = write_reports(args.runs, settings.figures_dir(args.figures), settings.tables_dir(args.tables),
-                                       args.split, args.data_root, args.n)
+                                       args.split, args.data_root, args.n, shows_bars(args.progress))
     except (OSError, ValueError, DatasetError, runs.WriteError) as e:
         sys.exit(f"error: {e}")
     for report in reports:
@@ -138,6 +138,7 @@ def build_parser():
     add_output_folders(p)
     p.add_argument("--sounds", default=None, help="WAV folder (default: sounds/ beside the figures folder)")
     add_threads(p)
+    add_progress(p, log="one line per run")
     p.set_defaults(run=waves)
     p = commands.add_parser("classes", formatter_class=HelpFormatter,
                             help="per-class IoU, recall and precision and the confusion matrix of trained runs' "
@@ -150,6 +151,7 @@ def build_parser():
     add_data_root(p)
     add_output_folders(p)
     add_threads(p)
+    add_progress(p, log="one line per run")
     p.set_defaults(run=classes)
     return parser
 

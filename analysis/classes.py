@@ -18,7 +18,7 @@ from dataset_config import load_dataset
 
 
 @torch.no_grad()
-def class_report(model, split="test", data_root=None, n=None, batch_size=32):
+def class_report(model, split="test", data_root=None, n=None, batch_size=32, progress=False):
     """A trained model (pretrained.load) on the first `n` images of `split` of its dataset (all by default).
     Returns dict(
     classes: one row per class: pixels (true), predicted (pixels predicted as it), iou, recall, precision;
@@ -28,7 +28,8 @@ def class_report(model, split="test", data_root=None, n=None, batch_size=32):
     run, split, images)."""
     names = list(model.class_names)
     images, masks = load_dataset(model.config["dataset"], split, data_root, limit=n)
-    confusion, iou = confusion_and_iou(predict(model, images, batch_size), masks, len(names))
+    predictions = predict(model, images, batch_size, progress, desc=model.config["run_name"])
+    confusion, iou = confusion_and_iou(predictions, masks, len(names))
     true, predicted, hits = confusion.sum(1), confusion.sum(0), np.diag(confusion)
     with np.errstate(invalid="ignore", divide="ignore"):  # a class absent from the split: NaN, not 0
         classes = pd.DataFrame({"class": names, "pixels": true, "predicted": predicted, "iou": iou,
@@ -47,10 +48,10 @@ def report_name(run_name):
     return run_name.replace("/", "_")
 
 
-def write_reports(sources, figures, tables, split="test", data_root=None, n=None):
+def write_reports(sources, figures, tables, split="test", data_root=None, n=None, progress=False):
     """class_report for each run (a run directory, a checkpoint in one, or a shipped model's name), all
     of them loaded and checked first (analysis.trained.load_trained), and the output folders made, before
-    minutes of predicting; writes <tables>/classes_<name>_<split>.csv, <tables>/confusion_<name>_<split>.csv
+    minutes of predicting (a progress bar if `progress`, else a line per run); writes <tables>/classes_<name>_<split>.csv, <tables>/confusion_<name>_<split>.csv
     and <figures>/confusion_<name>_<split>.png per run. Returns ([reports], [paths written])."""
     models = load_trained(sources, split, data_root)
     names = {}
@@ -65,7 +66,9 @@ def write_reports(sources, figures, tables, split="test", data_root=None, n=None
         runs.make_dir(Path(folder))
     reports, paths = [], []
     for model in models:
-        report = class_report(model, split, data_root, n)
+        report = class_report(model, split, data_root, n, progress=progress)
+        if not progress:
+            print(f"{model.source}: {report['images']} {split} images predicted", flush=True)
         name = f"{report_name(report['run'])}_{split}"
         for kind, frame, index in (("classes", report["classes"], False), ("confusion", report["confusion"], True)):
             paths.append(Path(tables) / f"{kind}_{name}.csv")

@@ -1,5 +1,6 @@
 """Looking inside a trained model: its hidden sequence, what its readout makes of it, its predictions."""
 import torch
+from tqdm import tqdm
 
 import pretrained
 import runs
@@ -53,9 +54,10 @@ def temporal_feature_maps(model, sequence):
 
 
 @torch.no_grad()
-def predict(model, images, batch_size=32):
-    """Predicted class maps (N x H x W) for N x C x H x W images."""
-    return torch.cat([model(chunk).argmax(1) for chunk in images.split(batch_size)])
+def predict(model, images, batch_size=32, progress=False, desc="predict"):
+    """Predicted class maps (N x H x W) for N x C x H x W images; a progress bar if `progress`."""
+    chunks = tqdm(images.split(batch_size), desc=desc, unit="batch", disable=not progress, leave=False)
+    return torch.cat([model(chunk).argmax(1) for chunk in chunks])
 
 
 def confusion_and_iou(predictions, masks, num_classes):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.signal
 import torch
+from tqdm import tqdm
 
 import plotting
 import pretrained
@@ -34,8 +35,8 @@ MEASURES = ("speed", "directionality", "local_directionality", "travelling", "do
 
 
 @torch.no_grad()
-def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=0.1):
-    """Measures the first `n` images of a split of the run's dataset. Returns
+def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=0.1, progress=False):
+    """Measures the first `n` images of a split of the run's dataset (a progress bar if `progress`). Returns
     (rows: one dict per object, with waves.object_measures' keys plus run, model, image,
     class and recall; spectra: class name -> list of (freqs, power)
     per object; example: image 0's input, mask, sequence and the number of classes)."""
@@ -43,6 +44,7 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
     config, class_names = model.config, model.class_names
     images, masks = load_dataset(config["dataset"], split, data_root, limit=n)
     rows, spectra, example = [], {}, None
+    bar = tqdm(total=len(images), desc=config["run_name"], unit="image", disable=not progress, leave=False)
     for start in range(0, len(images), batch_size):
         logits, sequences = model(images[start:start + batch_size], return_sequence=True)
         for offset, (prediction, sequence) in enumerate(zip(logits.argmax(1).numpy(), sequences.numpy())):
@@ -57,6 +59,8 @@ def measure_run(run_dir, split="test", n=32, data_root=None, batch_size=4, trim=
                            recall=float((prediction[region] == row["label"]).mean()))
                 rows.append(row)
                 spectra.setdefault(name, []).append(waves.power_spectrum(sequence, region))
+            bar.update()
+    bar.close()
     return rows, {name: spectra[name] for name in class_names if name in spectra}, example
 
 
@@ -184,13 +188,14 @@ def spectrogram_figure(paths, rate=sound.RATE, max_hz=1500, dynamic_range=60):
     return fig
 
 
-def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None):
+def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None, progress=False):
     """measure_run on each run (the first `n` images of the split, all where it holds fewer), then
     writes <tables>/waves.csv (summary), waves_classes.csv (class_frequencies) and
     waves_objects.csv (every object); <figures>/waves_comparison.png,
     and from the first run given of each dataset and model, <figures>/waves_maps_<dataset>.png
     (one row per model), its class sounds <sounds>/<dataset>_<model>-<class>.wav and their
-    spectrograms <figures>/waves_spectrogram_<dataset>_<model>.png. Returns
+    spectrograms <figures>/waves_spectrogram_<dataset>_<model>.png. A progress bar per run if `progress`,
+    else a line per run. Returns
     dict(summary, classes, rows, sounds: (dataset, model) -> {class: path}, figures: [paths])."""
     counts, configs, folders = {}, {}, {}  # per run: images measured (n, or all of a smaller split), config, directory
     for run_dir in run_dirs:  # every run's files and data first: a missing one stops before minutes of measuring
@@ -203,7 +208,9 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
         counts[run_dir] = min(n, read_metadata(config["dataset"], data_root)["split_sizes"][split])
     rows, examples, sound_paths, figure_paths, labels = [], {}, {}, [], {}
     for run_dir in run_dirs:
-        run_rows, spectra, example = measure_run(run_dir, split, counts[run_dir], data_root)
+        run_rows, spectra, example = measure_run(run_dir, split, counts[run_dir], data_root, progress=progress)
+        if not progress:
+            print(f"{run_dir}: {counts[run_dir]} {split} images measured", flush=True)
         if not run_rows:  # e.g. a dataset whose first images are background only
             print(f"{run_dir}: no object in the first {counts[run_dir]} {split} images; skipped")
             continue

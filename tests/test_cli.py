@@ -37,7 +37,7 @@ PARSERS = {
     "predict.py": (predict.build_parser, {"--device", "--threads"}, None),
     "bench.py": (bench.build_parser, {"--device", "--threads", "--runs-root"}, None),
     "animate.py": (animate.build_parser, {"--data-root"}, None),
-    "analysis waves": (analysis_waves_parser, {"--data-root", "--threads"}, None),
+    "analysis waves": (analysis_waves_parser, {"--data-root", "--threads", "--no-progress"}, "one line per run"),
     "data_scripts (create_*)": (lambda: common.make_parser(get_info("tetrominoes"), "doc"),
                                 {"--data-root", "--no-progress"}, "one line per split"),
     "data_scripts/download_mnist.py": (lambda: common.make_parser(get_info("mnist"), "doc", generated=False),

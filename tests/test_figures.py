@@ -214,7 +214,7 @@ def test_trained_receptive_fields_are_measured_on_each_runs_own_data(figure_inpu
 
 
 @pytest.mark.slow
-def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path):
+def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path, capsys):
     chosen = [runs.find_run(figure_inputs["runs"], "tetrominoes", model, readout="linear") for model in ("nwm", "lstm")]
     threads = torch.get_num_threads()
     try:
@@ -223,6 +223,8 @@ def test_waves_command_writes_numbers_figures_and_sounds(figure_inputs, tmp_path
                            "--threads", "1"])
     finally:
         torch.set_num_threads(threads)
+    out = capsys.readouterr().out  # not a terminal: a plain line per run instead of a bar
+    assert all(f"{run}: 3 test images measured" in out for run in chosen)
     table = pd.read_csv(tmp_path / "tables" / "waves.csv")
     assert set(table["run"]) == {f"tetrominoes/{run.name}" for run in chosen}
     assert (table.loc[table["objects"] == "all", "n"] > 0).all()

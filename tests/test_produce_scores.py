@@ -391,7 +391,9 @@ def test_the_classes_command_checks_every_run_before_predicting_and_writes_per_r
     assert "was trained on other tiny data" in str(exit_info.value.code) and "--data-root" in str(exit_info.value.code)
     assert not (tmp_path / "t").exists() and not (tmp_path / "f").exists()
     analysis_cli.main(["classes", str(good), "--n", "4", *out])
-    assert "tiny/cnn-depth2-seed0, test split, 4 images, float32" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny/cnn-depth2-seed0, test split, 4 images, float32" in out
+    assert f"{good}: 4 test images predicted" in out  # not a terminal: a plain line per run instead of a bar
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
         "classes_tiny_cnn-depth2-seed0_test.csv", "confusion_tiny_cnn-depth2-seed0_test.csv"]
     assert (tmp_path / "f" / "confusion_tiny_cnn-depth2-seed0_test.png").is_file()
