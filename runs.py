@@ -380,7 +380,8 @@ def open_run(run_dir, settings, data, restart=False):
     A run continues only with the same settings and data; its budget (BUDGET) may be
     raised, which reopens a finished run: test_metrics.json goes, and the run is tested
     again at its new end. A directory where no epoch finished is simply started over; one
-    where epochs finished but last.pt is gone is refused. A damaged test_metrics.json is
+    where epochs finished but last.pt is gone is refused, unless the run is finished and asked
+    for nothing more (a shipped run keeps no last.pt). A damaged test_metrics.json is
     made again by testing the run again. Raises RunConflict, before anything is changed,
     when the run cannot continue.
     """
@@ -396,11 +397,12 @@ def open_run(run_dir, settings, data, restart=False):
             raise _damaged(run_dir, str(e)) from None
         if not epochs_run:
             return "new", None
-        there = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK))
-        raise RunConflict(f"{run_dir} holds {epochs_run} finished epoch{'s' * (epochs_run > 1)} ({there}) but no "
-                          f"{LAST}, so it cannot be resumed, and starting over would overwrite what is there. Restore "
-                          f"{LAST}, or --restart to start the run over (this deletes it all), or choose another "
-                          f"--run-name.")
+        if not is_finished(run_dir):  # a finished one (a shipped run keeps no last.pt) is checked below
+            there = ", ".join(sorted(p.name for p in run_dir.iterdir() if p.name != LOCK))
+            raise RunConflict(f"{run_dir} holds {epochs_run} finished epoch{'s' * (epochs_run > 1)} ({there}) but no "
+                              f"{LAST}, so it cannot be resumed, and starting over would overwrite what is there. "
+                              f"Restore {LAST}, or --restart to start the run over (this deletes it all), or choose "
+                              f"another --run-name.")
     if not (run_dir / CONFIG).is_file():
         raise _damaged(run_dir, f"{run_dir} has no {CONFIG} (the run's settings)")
     try:
@@ -428,6 +430,10 @@ def open_run(run_dir, settings, data, restart=False):
     changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
     if not changed and is_finished(run_dir):
         return "finished", None
+    if not (run_dir / LAST).is_file():
+        raise RunConflict(f"{run_dir} is a finished run without {LAST}, its training state (a shipped run is kept "
+                          f"without it), so it cannot train further or be tested again: restore {LAST} from where "
+                          f"the run was trained, or train a new run under another --run-name.")
     epochs_run = _resume_state(run_dir)["epoch"]
     if not changed:
         return "resume", None
@@ -437,6 +443,34 @@ def open_run(run_dir, settings, data, restart=False):
     (run_dir / TEST_METRICS).unlink(missing_ok=True)  # tested again at the new end
     return "resume", {"after_epoch": epochs_run, "changed": {k: list(v) for k, v in changed.items()},
                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def last_arithmetic(run_dir):
+    """The --amp and --bf16-coupling values ("on" or "off") that go on as a run's last epoch ran: its precision
+    (metrics.csv's last row) and the coupling of its last invocation (config.json); {} before its first epoch."""
+    rows = load_metrics(run_dir)
+    if not rows:
+        return {}
+    invocations = load_json(Path(run_dir) / CONFIG).get("invocations") or [{}]
+    last = {"bf16_coupling": "on" if invocations[-1].get("bf16_coupling") else "off"}
+    if rows[-1].get("precision"):  # recorded since November 2026
+        last["amp"] = "on" if rows[-1]["precision"] == precision(True) else "off"
+    return last
+
+
+def check_arithmetic(run_dir, amp_now, bf16_coupling_now, named):
+    """Refuses (RunConflict) to resume a run in other arithmetic than its last epoch's (last_arithmetic), unless
+    the command `named` the flag (the train.py settings it gives itself): --amp auto resolves per machine, and
+    --bf16-coupling's default may differ from what the last slice was given."""
+    last = last_arithmetic(run_dir)
+    if "amp" in last and (last["amp"] == "on") != amp_now and "amp" not in named:
+        raise RunConflict(f"{run_dir}'s last epoch ran in {precision(not amp_now)}, and --amp auto means "
+                          f"{precision(amp_now)} here: resume it where {precision(not amp_now)} runs, or name the "
+                          f"precision it goes on in, --amp on or --amp off (metrics.csv records each epoch's)")
+    if "bf16_coupling" in last and (last["bf16_coupling"] == "on") != bf16_coupling_now and "bf16_coupling" not in named:
+        raise RunConflict(f"{run_dir}'s last slice ran with --bf16-coupling {last['bf16_coupling']}, and this command "
+                          f"leaves it {'on' if bf16_coupling_now else 'off'}: name it (--bf16-coupling on or off) to go "
+                          f"on either way (config.json's invocations record each slice's)")
 
 
 def write_config(run_dir, invocation, computed, first=None, budget_change=None):

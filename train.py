@@ -186,6 +186,7 @@ def parse(argv=None):
             parser.error(f"--resume {args.resume} names the run's folder itself: leave out --run-name and --runs-root")
         parser.set_defaults(**{k: v for k, v in stored.items()
                                if k in vars(args) and k not in runs.OUTCOMES + runs.RESOLVED + runs.INVOCATION})
+        parser.set_defaults(**runs.last_arithmetic(args.resume))  # the precision and coupling of its last epoch
         args = parser.parse_args(argv)
     try:  # a built-in dataset, or one imported under this run's data root (the parser cannot list those)
         info = get_info(args.dataset, args.data_root)
@@ -193,6 +194,15 @@ def parse(argv=None):
         parser.error(f"--dataset: {e}")
     fill_model_defaults(args)
     return parser, args, info
+
+
+def named_flags(argv):
+    """The settings (destinations) that `argv` gives itself, not left at their defaults (nor taken from
+    --quickstart or --resume)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
 
 
 def locate_run(parser, args):
@@ -492,8 +502,8 @@ def test_best(run, model, reason):
 def shipped_comparison(test, data_fingerprint, name="tetrominoes/nwm"):
     """A line setting the quickstart's test score beside that of the shipped model `name`, if that
     one was trained on the same data (the same arrays); else None."""
-    run_dir, _ = pretrained.resolve(name)
     try:
+        run_dir, _ = pretrained.resolve(name)
         config, shipped = runs.load_json(run_dir / runs.CONFIG), runs.load_json(run_dir / runs.TEST_METRICS)
     except (OSError, ValueError):  # not shipped in this copy, or damaged: nothing to compare with
         return None
@@ -546,6 +556,8 @@ def run_command(argv, invoked):
         with runs.locked(run_dir):  # held until the run ends: no second process writes here meanwhile
             status, budget_change = runs.open_run(run_dir, runs.run_defining(vars(args)), data_fingerprint,
                                                   args.restart)
+            if status == "resume":  # in the arithmetic of its last epoch, unless the command names another
+                runs.check_arithmetic(run_dir, amp, args.bf16_coupling == "on", named_flags(argv))
             if status == "finished":
                 test = runs.load_json(run_dir / runs.TEST_METRICS)
                 budget = ", ".join("--" + k.replace("_", "-") for k in runs.BUDGET[1:])

@@ -176,6 +176,8 @@ def test_a_moved_run_resumes_where_it_is(run_train, tmp_path, capsys):
     capsys.readouterr()
     result = train.main(["--resume", str(moved), "--device", "cpu", "--no-progress"])
     assert result["epochs_run"] == 2 and len(runs.load_metrics(moved)) == 2
+    # in the precision of its first epoch (--amp off), not what --amp auto would be on this machine
+    assert [row["precision"] for row in runs.load_metrics(moved)] == ["float32", "float32"]
     assert f"resuming {moved} after epoch 1" in capsys.readouterr().out
     assert list((tmp_path / "a").rglob("*")) == [tmp_path / "a" / "x"]  # nothing new where it was
     assert list((tmp_path / "b").iterdir()) == [moved]
@@ -256,6 +258,16 @@ def test_finished_epochs_without_last_pt_are_not_overwritten_unless_restart(paus
     assert "--restart" in err and {name: (paused_run / name).read_bytes() for name in before} == before
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     assert run_train(tmp_path, "--run-name", "r", *RUN, "--restart", *change)["epochs_run"] == 4
+
+def test_a_finished_run_without_last_pt_is_finished_and_not_extended(run_train, tmp_path, capsys):
+    finished = run_train(tmp_path, "--run-name", "r", "--epochs", "2")
+    (tmp_path / "r" / runs.LAST).unlink()  # as a shipped run is kept
+    assert run_train(tmp_path, "--run-name", "r", "--epochs", "2") == finished
+    assert "is already finished" in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    err = refused(capsys, run_train, tmp_path, "--epochs", "3")
+    assert "is a finished run without last.pt" in err and "--restart" not in err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
 
 # -----------------------------------------------------------------------------
 # write errors: a full disk, a read-only runs root

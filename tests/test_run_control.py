@@ -12,7 +12,7 @@ import torch
 
 import runs
 import train
-from conftest import REPO, metrics_rows, train_command
+from conftest import FAST, REPO, metrics_rows, train_command
 
 # -----------------------------------------------------------------------------
 # signals, on a real process
@@ -170,14 +170,42 @@ def test_time_spent_stopped_counts_neither_toward_the_budget_nor_in_the_epochs_s
     assert recorded < wall - stop_seconds + 3, (recorded, wall)
 
 
-def test_the_bf16_coupling_is_chosen_per_invocation_and_recorded(run_train, tmp_path, monkeypatch):
+def test_the_bf16_coupling_is_chosen_per_invocation_and_recorded(run_train, tmp_path, monkeypatch, capsys):
     """--bf16-coupling only changes how a slice computes (like --amp): a run may continue with the other
-    value, and each invocation's record says which it ran with."""
+    value when the command names it, not by leaving the flag out, and each invocation's record says which
+    it ran with."""
     from models import common
     monkeypatch.setattr(common, "_bf16_coupling", False)
     run_train(tmp_path, "--run-name", "r", "--epochs", "1", "--bf16-coupling", "on")
     assert common.bf16_coupling()
-    run_train(tmp_path, "--run-name", "r", "--epochs", "2")
+    with pytest.raises(SystemExit):  # the default is off: not what the last slice ran with
+        run_train(tmp_path, "--run-name", "r", "--epochs", "2")
+    assert "last slice ran with --bf16-coupling on, and this command leaves it off" in capsys.readouterr().err
+    run_train(tmp_path, "--run-name", "r", "--epochs", "2", "--bf16-coupling", "off")
     assert not common.bf16_coupling()
     invocations = runs.load_json(tmp_path / "r" / runs.CONFIG)["invocations"]
     assert [i["bf16_coupling"] for i in invocations] == [True, False]
+    run_train(tmp_path, "--run-name", "r", "--epochs", "3")  # the default again, as the last slice
+    assert len(runs.load_metrics(tmp_path / "r")) == 3
+
+
+def test_a_run_resumes_in_its_last_epochs_precision_unless_the_command_names_another(tiny_dataset, tmp_path,
+                                                                                     monkeypatch, capsys):
+    import settings
+    fast = FAST[:FAST.index("--amp")] + FAST[FAST.index("--amp") + 2:]  # --amp left at its default, auto
+
+    def run_train(runs_root, *extra):
+        return train.main(["--dataset", "tiny", "--data-root", str(tiny_dataset), "--runs-root", str(runs_root),
+                           "--no-progress", *fast, *extra])
+
+    run_train(tmp_path, "--run-name", "r", "--epochs", "1", "--amp", "off")  # float32
+    monkeypatch.setattr(settings, "bf16_supported", lambda device: True)  # --amp auto: bfloat16 on this machine
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tmp_path, "--run-name", "r", "--epochs", "2")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "last epoch ran in float32, and --amp auto means bf16 autocast here" in err
+    assert len(runs.load_metrics(tmp_path / "r")) == 1  # nothing trained
+    run_train(tmp_path, "--run-name", "r", "--epochs", "2", "--amp", "on")  # named: it goes on in bfloat16
+    assert [row["precision"] for row in runs.load_metrics(tmp_path / "r")] == ["float32", "bf16 autocast"]
+    run_train(tmp_path, "--run-name", "r", "--epochs", "3")  # auto is bfloat16 here, as the last epoch
+    assert runs.load_metrics(tmp_path / "r")[-1]["precision"] == "bf16 autocast"
