@@ -122,6 +122,11 @@ def parse_args(argv):
     if unknown:
         parser.error(f"unknown option {unknown[0]!r}; train.py flags go after --" if unknown[0].startswith("-")
                      else f"one COMMANDS_FILE only, not also {unknown[0]!r}")
+    grids = [a for a in own if a == "--grid" or a.startswith("--grid=")]
+    if len(grids) > 1:  # argparse would keep the last: a family script run with another family's --grid
+        parser.error(f"--grid given {len(grids)} times" + (f" ({os.path.relpath(script, REPO)} names its own family)" if script
+                                                            else "") + "; run the script of the family you want, or "
+                     "launch.py --grid DATASET/MODEL once")
     why = refusal(parser, args, extra)
     if why:
         parser.error(why)

@@ -132,6 +132,7 @@ GRID_OPTION = ["--grid", "tetrominoes/nwm"]
     (["commands.txt", "more.txt"], "one COMMANDS_FILE only, not also 'more.txt'"),
     (["--slice", "--minutes", "3", "--grid", "mnist/cnn"], "a slice or a SLURM task runs a commands file"),
     (["commands.txt", "--slice", "--queue", "--minutes", "3"], "--min-start 5 is not under --minutes 3"),
+    (GRID_OPTION + ["--grid=mnist/cnn"], "--grid given 2 times; run the script of the family you want"),
     (["--create-data", "--seeds", "1"], "--seeds means nothing to --create-data"),
     (["--create-data", "--", "--epochs", "3"], "train.py ARGS means nothing to --create-data"),
 ])
