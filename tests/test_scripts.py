@@ -423,13 +423,18 @@ def test_a_slice_without_a_runs_root_uses_train_pys_not_the_shipped_runs(launche
 
 def test_a_queue_shares_one_slice_among_its_runs_in_turn(launched, tmp_path):
     python = fake_python(tmp_path)
+    options = ["--slice", "--queue", "--python", str(python), "--data-root", str(tmp_path / "data"),
+               "--runs-root", str(tmp_path / "r")]
+    slow = executable(tmp_path / "slow" / "python", (  # its first run takes 4 s
+        f'#!/bin/sh\necho "$*" >> "{tmp_path}/slow.log"\ncase "$*" in *"--seed 0"*) sleep 4 ;; esac\n'))
+    slow_commands = commands_file(tmp_path / "slow", *(f"{slow} train.py --seed {seed}" for seed in range(3)))
+    status, out, _ = launched(str(slow_commands), *options, "--minutes", "0.1", "--min-start", "0.05")
+    assert status == 0 and out.count("not started, under 0.05 minutes of the slice left") == 2  # 6 s, 2 s left
+    assert "all runs paused or finished, 2 not started" in out
+    assert [line.split(" --runs-root")[0] for line in (tmp_path / "slow.log").read_text().splitlines()] == [
+        "train.py --seed 0"]
     commands = commands_file(tmp_path, *(f"{python} train.py --seed {seed}" for seed in range(3)))
-    queue = ["--slice", str(commands), "--queue", "--python", str(python), "--data-root", str(tmp_path / "data"),
-             "--runs-root", str(tmp_path / "r")]
-    status, out, _ = launched(*queue, "--minutes", "0.01", "--min-start", "1")  # too short for any run: none starts
-    assert status == 0 and out.count("not started, under 1 minutes of the slice left") == 3
-    assert "all runs paused or finished, 3 not started" in out and not [c for c in calls(tmp_path) if "train.py" in c]
-    status, out, _ = launched(*queue, "--minutes", "30")  # one after another, each with what is left of the slice
+    status, out, _ = launched(str(commands), *options, "--minutes", "30")  # one after another, each with what is left
     trained = [c for c in calls(tmp_path) if "train.py" in c]
     assert status == 0 and len(trained) == 3
     assert all(re.search(r"--no-progress --stop-after-minutes (29|30)\.\d$", c) for c in trained), trained
