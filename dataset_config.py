@@ -452,7 +452,8 @@ def load_dataset(name, split, data_root=None, limit=None):
     check(top < info.num_classes, mask_path,
           f"holds class id {top}, but {name} has {info.num_classes} classes (0..{info.num_classes - 1})")
 
-    images = torch.from_numpy(np.array(images)).float().div_(255)
-    images = images.permute(0, 3, 1, 2).contiguous() if info.channels == 3 else images.unsqueeze(1)
+    images = torch.from_numpy(np.array(images))
+    # channels first while uint8: one float copy at most (an imported RGB split can be GBs)
+    images = (images.permute(0, 3, 1, 2).contiguous() if info.channels == 3 else images.unsqueeze(1)).float().div_(255)
     masks = torch.from_numpy(np.array(masks)).long()
     return images, masks

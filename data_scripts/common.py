@@ -67,7 +67,18 @@ def progress(iterable, desc, unit):
 
 
 def output_dir(args, info):
-    return Path(args.out) if args.out else resolve_data_root(args.data_root) / info.folder
+    out_dir = Path(args.out) if args.out else resolve_data_root(args.data_root) / info.folder
+    if getattr(args, "force", False):
+        refuse_link(out_dir)  # before the work: --force always writes
+    return out_dir
+
+
+def refuse_link(out_dir):
+    """A dataset folder that is a symbolic link is written where it points, not through it: write_dataset's
+    swap of folders would replace the link itself."""
+    if Path(out_dir).is_symlink():
+        raise DatasetError(f"{out_dir} is a symbolic link to {Path(out_dir).resolve()}; write the dataset there: "
+                           f"--data-root {Path(out_dir).resolve().parent}")
 
 
 def run_cli(main):
@@ -211,6 +222,7 @@ def write_dataset(out_dir, arrays, request, stats=None, keep=(), force=True):
     after the caller's already_done: an identical dataset is kept, another one is refused.
     Returns the metadata (None when an identical dataset was already there)."""
     out_dir = Path(out_dir)
+    refuse_link(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with directory_lock(out_dir.parent) as held:
         if held:

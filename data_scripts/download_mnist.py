@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from data_scripts import common
-from data_scripts.mnist_files import MNIST_MD5, fetch_raw, load_digits, raw_dir_of
-from dataset_config import get_info
+from data_scripts.mnist_files import MNIST_MD5, fetch_raw, find_file, load_digits, raw_dir_of
+from dataset_config import DatasetError, get_info
 
 INFO = get_info("mnist")
 TRAIN_FRACTION = 0.85  # 51,000 of the 60,000 training digits; the rest is the val split
@@ -103,10 +103,17 @@ def main(argv=None, checksums=MNIST_MD5):
                              "gzip'd as name.gz or not; their decompressed content is checked)")
     args = common.parse_args(parser, argv)
     out_dir = common.output_dir(args, INFO)
+    raw_dir = raw_dir_of(args.data_root)
     # checking first means a complete dataset needs neither the network nor the raw files
     if common.already_done(out_dir, describe(args.seed, checksums), args.force, keep=("raw",)):
+        if any(find_file(raw_dir, name) is None for name in checksums):  # create_multi_mnist.py reads them
+            try:
+                fetch_raw(raw_dir, args.from_dir, checksums)
+                print(f"fetched the raw MNIST files into {raw_dir} (create_multi_mnist.py makes Multi-MNIST from them)")
+            except (OSError, DatasetError) as e:
+                print(f"note: {raw_dir} lacks raw MNIST files, which create_multi_mnist.py needs, and they could not "
+                      f"be fetched ({str(e).splitlines()[0]}); give them with --from-dir DIR", file=sys.stderr)
         return out_dir
-    raw_dir = raw_dir_of(args.data_root)
     fetch_raw(raw_dir, args.from_dir, checksums)
     return prepare_mnist(raw_dir, out_dir, args.seed, checksums, args.force)
 

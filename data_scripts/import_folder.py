@@ -348,7 +348,7 @@ def main(argv=None):
                          force=args.force)
     root = resolve_data_root(args.data_root)
     # train.py knows imported datasets of the default data root (./data or $WAVES_DATA_ROOT) by name
-    env = "" if root.resolve() == resolve_data_root().resolve() else f"WAVES_DATA_ROOT={shlex.quote(str(root))} "
+    env = "" if root.resolve() == resolve_data_root().resolve() else f"WAVES_DATA_ROOT={shlex.quote(str(root.resolve()))} "
     print(f"train on it with: {env}python train.py --dataset {args.name}")
     return out_dir
 

@@ -185,7 +185,8 @@ def load_digits(raw_dir, part, checksums=MNIST_MD5):
         path = find_file(raw_dir, name)
         if path is None:
             raise DatasetError(f"{Path(raw_dir) / name} not found; get the MNIST files with: "
-                               f"python data_scripts/download_mnist.py (or with --from-dir DIR)")
+                               f"python data_scripts/download_mnist.py --data-root {Path(raw_dir).parent.parent} "
+                               f"(or with --from-dir DIR)")
         check_file(path, name, checksums[name])
         arrays.append(read_idx(path))
     images, labels = arrays

@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -693,6 +694,37 @@ def test_a_killed_copy_of_the_mnist_files_leaves_no_part_file(tmp_path, fake_mni
     (raw / "train-images-idx3-ubyte.part").write_bytes(b"half a copy of an uncompressed source")  # a dead copier
     mnist_files.fetch_raw(raw, source, sums)
     assert sorted(p.name for p in raw.iterdir()) == sorted(f"{name}.gz" for name in sums)
+
+
+def test_a_complete_mnist_without_its_raw_files_fetches_them_for_multi_mnist(tmp_path, fake_mnist, capsys,
+                                                                             monkeypatch):
+    source, sums = fake_mnist
+    out = download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=sums)
+    shutil.rmtree(out / "raw")
+    monkeypatch.setattr(mnist_files.urllib.request, "urlopen", lambda url, timeout: (_ for _ in ()).throw(
+        OSError("no network")))
+    capsys.readouterr()
+    download_mnist.main(["--data-root", str(tmp_path)], checksums=sums)  # offline: MNIST is still complete
+    captured = capsys.readouterr()
+    assert "nothing to do" in captured.out and "lacks raw MNIST files" in captured.err and "--from-dir" in captured.err
+    with pytest.raises(dc.DatasetError, match=f"download_mnist.py --data-root {tmp_path} "):  # names the root
+        mnist_files.load_digits(out / "raw", "train", sums)
+    download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=sums)
+    assert sorted(p.name for p in (out / "raw").iterdir()) == sorted(f"{n}.gz" for n in sums)
+    assert "fetched the raw MNIST files" in capsys.readouterr().out
+
+
+def test_a_dataset_folder_that_is_a_symbolic_link_is_refused_before_work(tmp_path, monkeypatch):
+    real = tmp_path / "elsewhere" / "tetrominoes"
+    real.mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "tetrominoes").symlink_to(real)
+    monkeypatch.setattr(create_tetrominoes, "generate", lambda *a, **k: pytest.fail("generated before the check"))
+    with pytest.raises(dc.DatasetError, match=f"is a symbolic link to .*; write the dataset there: --data-root "
+                                              f"{real.parent}$"):
+        create_tetrominoes.main(["--data-root", str(tmp_path / "root"), "--train", "4", "--val", "2", "--test", "2",
+                                 "--force"])
+    assert (tmp_path / "root" / "tetrominoes").is_symlink() and list(real.iterdir()) == []
 
 
 def test_mnist_download_failure_message(tmp_path, monkeypatch):
