@@ -45,7 +45,7 @@ import runs
 import settings
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_device, add_progress, add_runs_root, add_threads,
                  int_at_least, run_main, shows_bars)
-from dataset_config import DatasetError, fingerprint, load_dataset, read_metadata
+from dataset_config import CorruptDatasetError, DatasetError, check_arrays, fingerprint, load_dataset, read_metadata
 from engine import evaluate, set_backends
 from metrics import METRIC_NAMES, background_only_metrics
 from signals import EXIT_STATUS, Interrupted, StopSignals
@@ -252,6 +252,7 @@ class TestSplits:
     def __call__(self, dataset):
         """(images, masks, fingerprint) of the dataset's test split."""
         if dataset not in self.cache:
+            check_arrays(dataset, self.data_root)  # the arrays are what dataset.json, the fingerprint, says
             images, masks = load_dataset(dataset, "test", self.data_root)
             data = fingerprint(read_metadata(dataset, self.data_root))
             self.cache[dataset] = images.to(self.device), masks.to(self.device), data
@@ -267,16 +268,17 @@ def score_run(run_dir, key, test_splits, device, do_evaluate, batch_size, stop):
         trained_on = (config.get("data") or {}).get("sha256")
         try:
             images, masks, data = test_splits(config["dataset"])
+        except CorruptDatasetError:  # arrays changed since written: not what any fingerprint says
+            evaluated = "stored (its dataset under the data root changed since it was written)"
         except DatasetError:  # not under this data root: the run's own test still stands
-            data = None
-        if data is None:
             evaluated = "stored (its dataset is not under the data root)"
-        elif trained_on == data["sha256"]:
-            model, _ = runs.load_model(run_dir, device)
-            metrics = evaluate(model, images, masks, config["num_classes"], batch_size, stop=stop)
-            evaluated = "re-evaluated"
         else:
-            evaluated = "stored (trained on other data than the data root holds)"
+            if trained_on == data["sha256"]:
+                model, _ = runs.load_model(run_dir, device)
+                metrics = evaluate(model, images, masks, config["num_classes"], batch_size, stop=stop)
+                evaluated = "re-evaluated"
+            else:
+                evaluated = "stored (trained on other data than the data root holds)"
     row = {"run": key, "epochs_run": stored.get("epochs_run"), "best_epoch": stored.get("best_epoch"),
            "data": runs.data_label(config), "evaluated": evaluated}
     row.update(config_columns(config))

@@ -152,6 +152,16 @@ def test_runs_whose_dataset_is_not_under_the_data_root_keep_their_stored_metrics
     assert "no background-only row" not in capsys.readouterr().out
 
 
+def test_runs_are_not_re_evaluated_on_arrays_changed_since_their_dataset_was_written(runs_root, tiny_dataset, tmp_path):
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_dataset, changed)
+    masks = np.load(changed / "tiny" / "test_masks.npy")
+    masks[0, 0, 0] = (masks[0, 0, 0] + 1) % 3  # one pixel; dataset.json still names the old arrays
+    np.save(changed / "tiny" / "test_masks.npy", masks)
+    table, _ = score(runs_root, changed, tmp_path / "s.csv")
+    assert set(trained(table)["evaluated"]) == {"stored (its dataset under the data root changed since it was written)"}
+
+
 def test_a_log_gets_one_plain_line_per_run(runs_root, tiny_dataset, tmp_path, capsys):
     capsys.readouterr()  # (stderr is not a terminal under capsys, as in a log)
     score(runs_root, tiny_dataset, tmp_path / "scores.csv", "--no-eval")
