@@ -430,8 +430,8 @@ def fit(run, status):
                                                    masks[:args.batch_size])
     step, graphed_eval, graph_outcome = make_steps(train_model, optimizer, amp, run.data["train"], args.batch_size,
                                                    args.cuda_graph)
-    computed = dict(precision=runs.precision(amp), tf32=False, cuda_graph=graph_outcome,  # set_backends: no TF32
-                    compile=compile_outcome)
+    computed = dict(amp=amp, precision=runs.precision(amp), tf32=False,  # set_backends: no TF32
+                    cuda_graph=graph_outcome, compile=compile_outcome)
     hardware = runs.hardware(device, amp)
     invocation = invocation_record(state["epoch"] + 1, hardware, args.bf16_coupling == "on")
     # each invocation may run on another machine, from another commit

@@ -207,5 +207,7 @@ def test_a_run_resumes_in_its_last_epochs_precision_unless_the_command_names_ano
     assert len(runs.load_metrics(tmp_path / "r")) == 1  # nothing trained
     run_train(tmp_path, "--run-name", "r", "--epochs", "2", "--amp", "on")  # named: it goes on in bfloat16
     assert [row["precision"] for row in runs.load_metrics(tmp_path / "r")] == ["float32", "bf16 autocast"]
+    config = runs.load_json(tmp_path / "r" / runs.CONFIG)  # its top level says how the latest slice computed
+    assert (config["amp"], config["precision"]) == (True, "bf16 autocast")
     run_train(tmp_path, "--run-name", "r", "--epochs", "3")  # auto is bfloat16 here, as the last epoch
     assert runs.load_metrics(tmp_path / "r")[-1]["precision"] == "bf16 autocast"
