@@ -470,9 +470,14 @@ echo $$ >> "{tmp_path}/ready"
 while :; do sleep 0.1; done
 """)
     commands = commands_file(tmp_path, *(f"{python} train.py --seed {seed}" for seed in range(3)))
+    def as_from_a_terminal():  # the launcher keeps a stop signal its caller ignores (nohup: SIGHUP), by design
+        for s in (signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
+
     launcher = subprocess.Popen([sys.executable, "launch.py", str(commands), "--per-gpu", "2"], cwd=REPO,
                                 env=dict(os.environ, CUDA_VISIBLE_DEVICES="", WAVES_RUNS_ROOT=str(tmp_path / "r")),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=as_from_a_terminal)
     ready = tmp_path / "ready"  # the third run waits for a free slot
     wait_for(lambda: ready.exists() and len(ready.read_text().split()) == 2, 60, "two runs with their traps set")
     runs = [int(pid) for pid in ready.read_text().split()]
