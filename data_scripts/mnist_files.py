@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_config import DatasetError, directory_lock, resolve_data_root
+from dataset_config import DatasetError, directory_lock, how_to_create, resolve_data_root
 
 # MD5 of each file's decompressed content (the usual mirrors' .gz files differ in MD5
 # from one compression to the next; their content does not)
@@ -184,9 +184,8 @@ def load_digits(raw_dir, part, checksums=MNIST_MD5):
         name = f"{PREFIX[part]}-{kind}"
         path = find_file(raw_dir, name)
         if path is None:
-            raise DatasetError(f"{Path(raw_dir) / name} not found; get the MNIST files with: "
-                               f"python data_scripts/download_mnist.py --data-root {Path(raw_dir).parent.parent} "
-                               f"(or with --from-dir DIR)")
+            raise DatasetError(f"{Path(raw_dir) / name} not found; get the MNIST files with:\n"
+                               f"{how_to_create('mnist', Path(raw_dir).parent.parent)}")  # raw_dir_of's data root
         check_file(path, name, checksums[name])
         arrays.append(read_idx(path))
     images, labels = arrays

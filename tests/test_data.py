@@ -696,18 +696,21 @@ def test_a_killed_copy_of_the_mnist_files_leaves_no_part_file(tmp_path, fake_mni
     assert sorted(p.name for p in raw.iterdir()) == sorted(f"{name}.gz" for name in sums)
 
 
+def offline(url, timeout):  # urllib.request.urlopen on a machine without a network
+    raise OSError("no network")
+
+
 def test_a_complete_mnist_without_its_raw_files_fetches_them_for_multi_mnist(tmp_path, fake_mnist, capsys,
                                                                              monkeypatch):
     source, sums = fake_mnist
     out = download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=sums)
     shutil.rmtree(out / "raw")
-    monkeypatch.setattr(mnist_files.urllib.request, "urlopen", lambda url, timeout: (_ for _ in ()).throw(
-        OSError("no network")))
+    monkeypatch.setattr(mnist_files.urllib.request, "urlopen", offline)
     capsys.readouterr()
     download_mnist.main(["--data-root", str(tmp_path)], checksums=sums)  # offline: MNIST is still complete
     captured = capsys.readouterr()
     assert "nothing to do" in captured.out and "lacks raw MNIST files" in captured.err and "--from-dir" in captured.err
-    with pytest.raises(dc.DatasetError, match=f"download_mnist.py --data-root {tmp_path} "):  # names the root
+    with pytest.raises(dc.DatasetError, match=f"download_mnist.py --data-root {tmp_path}\n"):  # names the root
         mnist_files.load_digits(out / "raw", "train", sums)
     download_mnist.main(["--data-root", str(tmp_path), "--from-dir", str(source)], checksums=sums)
     assert sorted(p.name for p in (out / "raw").iterdir()) == sorted(f"{n}.gz" for n in sums)
@@ -728,9 +731,6 @@ def test_a_dataset_folder_that_is_a_symbolic_link_is_refused_before_work(tmp_pat
 
 
 def test_mnist_download_failure_message(tmp_path, monkeypatch):
-    def offline(url, timeout):
-        raise OSError("no network")
-
     monkeypatch.setattr(mnist_files.urllib.request, "urlopen", offline)
     with pytest.raises(dc.DatasetError) as e:
         mnist_files.fetch_raw(tmp_path / "raw")
