@@ -124,9 +124,9 @@ def parse_args(argv):
                      else f"one COMMANDS_FILE only, not also {unknown[0]!r}")
     grids = [a for a in own if a == "--grid" or a.startswith("--grid=")]
     if len(grids) > 1:  # argparse would keep the last: a family script run with another family's --grid
-        parser.error(f"--grid given {len(grids)} times" + (f" ({os.path.relpath(script, REPO)} names its own family)" if script
-                                                            else "") + "; run the script of the family you want, or "
-                     "launch.py --grid DATASET/MODEL once")
+        own_family = f" ({os.path.relpath(script, REPO)} names its own family)" if script else ""
+        parser.error(f"--grid given {len(grids)} times{own_family}; run the script of the family you want, or "
+                     f"launch.py --grid DATASET/MODEL once")
     why = refusal(parser, args, extra)
     if why:
         parser.error(why)

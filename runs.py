@@ -467,10 +467,11 @@ def check_arithmetic(run_dir, amp_now, bf16_coupling_now, named):
         raise RunConflict(f"{run_dir}'s last epoch ran in {precision(not amp_now)}, and --amp auto means "
                           f"{precision(amp_now)} here: resume it where {precision(not amp_now)} runs, or name the "
                           f"precision it goes on in, --amp on or --amp off (metrics.csv records each epoch's)")
-    if "bf16_coupling" in last and (last["bf16_coupling"] == "on") != bf16_coupling_now and "bf16_coupling" not in named:
-        raise RunConflict(f"{run_dir}'s last slice ran with --bf16-coupling {last['bf16_coupling']}, and this command "
-                          f"leaves it {'on' if bf16_coupling_now else 'off'}: name it (--bf16-coupling on or off) to go "
-                          f"on either way (config.json's invocations record each slice's)")
+    coupling_changed = "bf16_coupling" in last and (last["bf16_coupling"] == "on") != bf16_coupling_now
+    if coupling_changed and "bf16_coupling" not in named:
+        raise RunConflict(f"{run_dir}'s last slice ran with --bf16-coupling {last['bf16_coupling']}, and this "
+                          f"command leaves it {'on' if bf16_coupling_now else 'off'}: name it (--bf16-coupling on or "
+                          f"off) to go on either way (config.json's invocations record each slice's)")
 
 
 def write_config(run_dir, invocation, computed, first=None, budget_change=None):

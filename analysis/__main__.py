@@ -130,8 +130,9 @@ def build_parser():
     p = commands.add_parser("waves", formatter_class=HelpFormatter,
                             help="phase, frequency, speed and directionality of trained recurrent runs' "
                                  "waves per object, figures, and one sound per class")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or shipped models' names (NWM or ConvLSTM); the maps and "
-                                                           "sounds come from the first of each dataset and model")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories or shipped models' names (NWM or ConvLSTM); "
+                                                           "the maps and sounds come from the first of each dataset "
+                                                           "and model")
     p.add_argument("--n", type=int_at_least(1), default=32, help="images measured, the first of the split")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     add_data_root(p)

@@ -51,8 +51,9 @@ def report_name(run_name):
 def write_reports(sources, figures, tables, split="test", data_root=None, n=None, progress=False):
     """class_report for each run (a run directory, a checkpoint in one, or a shipped model's name), all
     of them loaded and checked first (analysis.trained.load_trained), and the output folders made, before
-    minutes of predicting (a progress bar if `progress`, else a line per run); writes <tables>/classes_<name>_<split>.csv, <tables>/confusion_<name>_<split>.csv
-    and <figures>/confusion_<name>_<split>.png per run. Returns ([reports], [paths written])."""
+    minutes of predicting (a progress bar if `progress`, else a line per run); writes
+    <tables>/classes_<name>_<split>.csv, <tables>/confusion_<name>_<split>.csv and
+    <figures>/confusion_<name>_<split>.png per run. Returns ([reports], [paths written])."""
     models = load_trained(sources, split, data_root)
     names = {}
     for model in models:

@@ -346,9 +346,9 @@ def main(argv=None):
     pixels = np.bincount(np.concatenate([arrays[f"{s}_masks"].ravel() for s in SPLITS]), minlength=len(names))
     common.write_dataset(out_dir, arrays, request, {"pixels_per_class": dict(zip(names, pixels.tolist()))},
                          force=args.force)
-    root = resolve_data_root(args.data_root)
+    root = resolve_data_root(args.data_root).resolve()
     # train.py knows imported datasets of the default data root (./data or $WAVES_DATA_ROOT) by name
-    env = "" if root.resolve() == resolve_data_root().resolve() else f"WAVES_DATA_ROOT={shlex.quote(str(root.resolve()))} "
+    env = "" if root == resolve_data_root().resolve() else f"WAVES_DATA_ROOT={shlex.quote(str(root))} "
     print(f"train on it with: {env}python train.py --dataset {args.name}")
     return out_dir
 

@@ -467,7 +467,8 @@ def test_loader_refuses_folders_the_scripts_did_not_write(tmp_path, small_tetrom
     with pytest.raises(dc.DatasetError, match="(?s)older version of the data scripts.*--force"):
         dc.load_dataset("tetrominoes", "train", tmp_path)
     (tmp_path / "mnist" / "raw").mkdir(parents=True)  # what a failed download leaves: the offline way still shown
-    with pytest.raises(dc.DatasetError, match=f"has no dataset.json(?s:.*)--from-dir DIR --data-root {tmp_path} --force"):
+    with pytest.raises(dc.DatasetError,
+                       match=f"has no dataset.json(?s:.*)--from-dir DIR --data-root {tmp_path} --force"):
         dc.read_metadata("mnist", tmp_path)  # as train.py checks a run's data
 
 
