@@ -13,7 +13,8 @@ naming the file.
 recipe, trained for fewer than its 300 epochs (on our CPUs, the Polygons NWM on a GPU;
 docs/results.md): on the paper's Tetrominoes arrays the NWM, the ConvLSTM and a CNN of depth 2
 (the CNNs of depth 8 and 16 collapsed to predicting background, so the shipped CNN is the
-shallow one that learned), on the paper's Multi-MNIST arrays the U-Net of width 4 (the U-Net the
+shallow one that learned), on the paper's MNIST splits the NWM (20 epochs, stage 1 of its
+experiment), on the paper's Multi-MNIST arrays the U-Net of width 4 (the U-Net the
 paper's wave model rivals), and an NWM on today's Polygons recipe. What each was trained on, for
 how many epochs, and its test score (the float32 re-evaluation of results/scores.csv) are read
 from its run directory and that table:
@@ -36,6 +37,7 @@ SHIPPED = {
     "tetrominoes/nwm": "results/runs/tetrominoes/nwm-linear-T100-h2-seed0",
     "tetrominoes/lstm": "results/runs/tetrominoes/lstm-linear-T20-h2-seed0",
     "tetrominoes/cnn": "results/runs/tetrominoes/cnn-depth2-seed0",
+    "mnist/nwm": "results/runs/mnist/nwm-linear-T100-h2-seed0",
     "multi_mnist/unet": "results/runs/multi_mnist/unet-width4-seed0",
     "polygons/nwm": "results/runs/polygons/nwm-linear-T100-h16-seed0",
 }
