@@ -3,7 +3,8 @@ Gets the four MNIST files and derives the MNIST segmentation dataset: the paper'
 
 1. Makes sure <data root>/mnist/raw/ holds the four standard MNIST files: downloaded from
    the usual mirrors, or, without internet, copied from a folder (--from-dir DIR) holding
-   them from any source, gzip'd (name.gz) or not. What is checked is each file's
+   them from any source, gzip'd (name.gz) or not, also under Kaggle's names
+   (train-images.idx3-ubyte). What is checked is each file's
    decompressed content (its MD5), so every faithful copy passes and a wrong file is
    named. Files already there and right are kept.
 2. Derives the 56x56 view exactly as the paper did: the split is torch.manual_seed(seed);
@@ -100,7 +101,8 @@ def main(argv=None, checksums=MNIST_MD5):
     parser = common.make_parser(INFO, __doc__, generated=False)
     parser.add_argument("--from-dir", default=None, metavar="DIR",
                         help="take the four MNIST files from DIR instead of downloading them (any source; "
-                             "gzip'd as name.gz or not; their decompressed content is checked)")
+                             "gzip'd as name.gz or not, also Kaggle's train-images.idx3-ubyte; their decompressed "
+                             "content is checked)")
     args = common.parse_args(parser, argv)
     out_dir = common.output_dir(args, INFO)
     raw_dir = raw_dir_of(args.data_root)

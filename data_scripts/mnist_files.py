@@ -3,8 +3,9 @@ The four standard MNIST files: getting them, checking them, reading them.
 
 Mirrors serve the files gzip'd, other sources uncompressed or re-compressed, so what is
 pinned is the *decompressed* content (its MD5): `name` or `name.gz` from any source is
-accepted when it decompresses to the standard bytes. The files are kept, as they came,
-in <data root>/mnist/raw/.
+accepted when it decompresses to the standard bytes, and so is Kaggle's spelling of the
+names (`train-images.idx3-ubyte`). The files are kept, their bytes as they came, under the
+standard names in <data root>/mnist/raw/.
 """
 
 import gzip
@@ -56,10 +57,11 @@ def content_md5(path):
 
 
 def find_file(folder, name):
-    """`name` or `name.gz` in folder, or None."""
-    for candidate in (Path(folder) / name, Path(folder) / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+    """`name` or `name.gz` in folder, or the same in Kaggle's spelling (train-images.idx3-ubyte), or None."""
+    for spelling in (name, name.replace("-idx", ".idx")):
+        for candidate in (Path(folder) / spelling, Path(folder) / f"{spelling}.gz"):
+            if candidate.is_file():
+                return candidate
     return None
 
 
@@ -103,7 +105,8 @@ def checked_sources(from_dir, checksums=MNIST_MD5):
     missing = [name for name in checksums if find_file(from_dir, name) is None]
     if missing:
         raise DatasetError(f"--from-dir {from_dir}: missing {', '.join(missing)} (as the file itself or "
-                           f"gzip'd with .gz); it needs all four MNIST files: {', '.join(checksums)}")
+                           f"gzip'd with .gz, under that name or Kaggle's train-images.idx3-ubyte); it needs all "
+                           f"four MNIST files: {', '.join(checksums)}")
     sources, problems = {}, []
     for name, md5 in checksums.items():
         sources[name] = find_file(from_dir, name)
@@ -151,7 +154,7 @@ def _fetch_locked(raw_dir, sources, checksums):
         if sources is None:
             paths[name] = _download(name, raw_dir)
             continue
-        dest = raw_dir / sources[name].name
+        dest = raw_dir / (f"{name}.gz" if sources[name].suffix == ".gz" else name)  # the standard name
         part = dest.with_name(dest.name + ".part")
         shutil.copyfile(sources[name], part)
         part.rename(dest)

@@ -653,6 +653,18 @@ def test_mnist_from_a_folder_of_uncompressed_files(tmp_path, fake_mnist):
     assert npy_bytes(tmp_path / "a" / "mnist") == npy_bytes(tmp_path / "b" / "mnist")
 
 
+def test_mnist_from_a_folder_with_kaggles_file_names(tmp_path, fake_mnist):
+    source, sums = fake_mnist
+    kaggle = tmp_path / "kaggle"
+    kaggle.mkdir()
+    for name in sums:  # Kaggle's MNIST: train-images.idx3-ubyte, uncompressed
+        (kaggle / name.replace("-idx", ".idx")).write_bytes(mnist_files.read_bytes(source / f"{name}.gz"))
+    download_mnist.main(["--data-root", str(tmp_path / "a"), "--from-dir", str(kaggle)], checksums=sums)
+    assert sorted(p.name for p in (tmp_path / "a" / "mnist" / "raw").iterdir()) == sorted(sums)  # standard names
+    download_mnist.main(["--data-root", str(tmp_path / "b"), "--from-dir", str(source)], checksums=sums)
+    assert npy_bytes(tmp_path / "a" / "mnist") == npy_bytes(tmp_path / "b" / "mnist")
+
+
 def test_mnist_from_dir_errors(tmp_path, fake_mnist):
     source, sums = fake_mnist
     wrong = {**sums, "t10k-labels-idx1-ubyte": "0" * 32}
