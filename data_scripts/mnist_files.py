@@ -72,8 +72,8 @@ def check_file(path, name, md5):
                            f"MNIST file {name} (damaged, or another data set); get it again")
 
 
-def _download(name, dest_dir):
-    """Fetches name.gz from the first mirror that serves it; returns the path."""
+def _download(name, dest_dir, md5):
+    """Fetches name.gz from the first mirror that serves it, checked against md5; returns the path."""
     failures = []
     dest = Path(dest_dir) / f"{name}.gz"
     part = dest.with_name(dest.name + ".part")
@@ -83,7 +83,7 @@ def _download(name, dest_dir):
         try:
             with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as f:
                 shutil.copyfileobj(response, f)
-            check_file(part, name, MNIST_MD5[name])
+            check_file(part, name, md5)
             part.rename(dest)
             return dest
         except (OSError, DatasetError) as e:  # URLError and timeouts are OSErrors
@@ -152,7 +152,7 @@ def _fetch_locked(raw_dir, sources, checksums):
         if present is not None:
             present.unlink()  # damaged or foreign: replaced below
         if sources is None:
-            paths[name] = _download(name, raw_dir)
+            paths[name] = _download(name, raw_dir, md5)
             continue
         dest = raw_dir / (f"{name}.gz" if sources[name].suffix == ".gz" else name)  # the standard name
         part = dest.with_name(dest.name + ".part")

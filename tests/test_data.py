@@ -713,6 +713,19 @@ def offline(url, timeout):  # urllib.request.urlopen on a machine without a netw
     raise OSError("no network")
 
 
+def test_mnist_downloads_are_checked_against_the_checksums_given(tmp_path, fake_mnist, monkeypatch):
+    source, sums = fake_mnist
+    served = []
+
+    def mirror(url, timeout):  # serves the fake files, as the first mirror would the real ones
+        served.append(url)
+        return open(source / url.rsplit("/", 1)[1], "rb")
+    monkeypatch.setattr(mnist_files.urllib.request, "urlopen", mirror)
+    paths = mnist_files.fetch_raw(tmp_path / "raw", checksums=sums)
+    assert len(served) == 4 and all(url.startswith(mnist_files.MIRRORS[0]) for url in served)
+    assert {name: mnist_files.content_md5(path) for name, path in paths.items()} == sums
+
+
 def test_a_complete_mnist_without_its_raw_files_fetches_them_for_multi_mnist(tmp_path, fake_mnist, capsys,
                                                                              monkeypatch):
     source, sums = fake_mnist
