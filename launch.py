@@ -99,8 +99,11 @@ def build_parser(prog="launch.py", description=__doc__):
     g = p.add_argument_group("datasets and time slices (scripts/create_data.sh, scripts/advance_runs.sh)")
     g.add_argument("--create-data", action="store_true", help="create the datasets where missing, check them all")
     g.add_argument("--slice", action="store_true", help="check the commands' datasets, advance each run by a slice")
-    g.add_argument("--minutes", type=positive_float, metavar="M", help="a run pauses after the epoch past M minutes")
-    g.add_argument("--queue", action="store_true", help="the runs share the slice in turn, each with what is left")
+    g.add_argument("--minutes", type=positive_float, metavar="M",
+                   help="a run pauses after the epoch past M minutes (with --queue: before an epoch that its last "
+                        "ones say would end past the slice's end)")
+    g.add_argument("--queue", action="store_true",
+                   help="the runs share the slice in turn, each with what is left as its deadline (--end-by-minutes)")
     g.add_argument("--min-start", type=float_at_least(0), default=5, metavar="MIN",
                    help="with --queue, the least time worth starting a run for")
     cli.add_runs_root(g).help = "where the runs live and continue (default: $WAVES_RUNS_ROOT, else ./runs, as train.py)"
@@ -545,12 +548,12 @@ def run_slice(args, commands, family):
         return 1
     since, slice_end = time.time() - 1, time.monotonic() + 60 * args.minutes  # file times are coarser than the clock
 
-    def with_what_is_left(i):  # --queue: each run gets what is left of the slice when its turn comes
+    def with_what_is_left(i):  # --queue: each run gets what is left of the slice when its turn comes, as a deadline
         left = (slice_end - time.monotonic()) / 60
         if left < args.min_start:
             print(f"not started, under {args.min_start:g} minutes of the slice left: {shlex.join(commands[i].argv)}")
             return None
-        return commands[i].argv + ["--stop-after-minutes", f"{max(left, 0.1):.1f}"]
+        return commands[i].argv + ["--end-by-minutes", f"{max(left, 0.1):.1f}"]
 
     status = run_commands(args, commands, family, with_what_is_left if args.queue else None)
     touched = [run for run in runs.find_runs(runs_root)

@@ -62,7 +62,7 @@ NOT_DEFINING = ("device", "threads", "amp", "bf16_coupling", "bptt_segment", "fu
                 "cpu_allocator", "data_root", "runs_root", "run_name")
 OUTCOMES = ("amp", "cuda_graph", "compile")
 RESOLVED = ("device", "bptt_segment")
-INVOCATION = ("resume", "restart", "quickstart", "stop_after_minutes", "progress")
+INVOCATION = ("resume", "restart", "quickstart", "stop_after_minutes", "end_by_minutes", "progress")
 
 
 class RunConflict(Exception):

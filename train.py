@@ -12,7 +12,7 @@ have run and --patience epochs brought no improvement. The kept model is then ev
 on the test split. What a run writes is described in runs.py.
 
 Run the same command again to resume a run that was stopped (Ctrl-C, SIGTERM, a crash,
---stop-after-minutes); with a larger budget (--epochs, --min-epochs, --patience,
+--stop-after-minutes, --end-by-minutes); with a larger budget (--epochs, --min-epochs, --patience,
 --max-minutes) a finished run continues and is tested again at its new end.
 """
 import argparse
@@ -109,6 +109,12 @@ def build_parser():
                    help="pause: end this invocation after the epoch in which it has spent this many minutes, leaving "
                         "the run unfinished; the same command continues it, to exactly where an uninterrupted run "
                         "ends (for advancing runs in time slices; default: none)")
+    g.add_argument("--end-by-minutes", type=positive_float, default=None,
+                   help="pause before an epoch that would end past this many minutes after the command started, "
+                        "judged by the slowest of the run's last three epochs on this device, threads and "
+                        "precision (metrics.csv); without such an epoch, one runs first. For a slice that must end "
+                        "by a deadline (a machine's or a job's time limit); the same command continues the run "
+                        "(default: none)")
 
     g = p.add_argument_group("speed (none of these changes the mathematics)")
     add_device(g)
@@ -361,9 +367,28 @@ class Run:
         return shows_bars(self.args.progress)
 
 
-def stop_reason(run, first_epoch):
+def slowest_recent_epoch(history, hardware, last=3):
+    """Seconds of the slowest of the last `last` epochs that ran on `hardware` (runs.hardware: device,
+    precision, threads), or None: what the next epoch here may take (a slice's epochs differ by up to 2x on
+    a shared CPU, and another machine's epochs say nothing about this one)."""
+    here = [row["seconds"] for row in history if all(row.get(k) == v for k, v in hardware.items())]
+    return max(here[-last:]) if here else None
+
+
+def past_deadline(run, hardware):
+    """(minutes left, the expected epoch in minutes) when --end-by-minutes says not to start the next epoch,
+    else None."""
+    if run.args.end_by_minutes is None:
+        return None
+    left = run.args.end_by_minutes - (time.perf_counter() - run.invoked) / 60
+    expected = slowest_recent_epoch(run.state["history"], hardware)
+    return (left, expected / 60) if expected is not None and expected / 60 > left else None
+
+
+def stop_reason(run, first_epoch, hardware=None):
     """Why training ends before the next epoch, or None: checked before every epoch
-    (`first_epoch`: the first epoch of this invocation, which always runs unless the run is done)."""
+    (`first_epoch`: the first epoch of this invocation, which always runs unless the run is done or
+    --end-by-minutes says it would end too late on `hardware`)."""
     args, state = run.args, run.state
     if state["epoch"] >= args.epochs:
         return "max_epochs"
@@ -373,6 +398,8 @@ def stop_reason(run, first_epoch):
         return "time_budget"
     if (args.stop_after_minutes is not None and state["epoch"] > first_epoch
             and time.perf_counter() - run.invoked > 60 * args.stop_after_minutes):
+        return "paused"
+    if hardware is not None and past_deadline(run, hardware):
         return "paused"
     return None
 
@@ -440,7 +467,7 @@ def fit(run, status):
 
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
     first_epoch = state["epoch"]
-    while (reason := stop_reason(run, first_epoch)) is None:
+    while (reason := stop_reason(run, first_epoch, hardware)) is None:
         run.stop.check()  # the epoch's first safe point: its clock starts here
         epoch, started = state["epoch"] + 1, run.stop.running_time()  # time stopped (SIGSTOP) is not training time
         try:
@@ -473,8 +500,10 @@ def fit(run, status):
                    f"  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
     if reason == "paused":
-        print(f"paused after epoch {state['epoch']} (--stop-after-minutes {args.stop_after_minutes}); "
-              f"run the same command to continue {run.dir}")
+        late = past_deadline(run, hardware)
+        why = (f"--end-by-minutes {args.end_by_minutes:g}: {max(late[0], 0):.1f} minutes left, its epochs here take "
+               f"up to {late[1]:.1f}" if late else f"--stop-after-minutes {args.stop_after_minutes:g}")
+        print(f"paused after epoch {state['epoch']} ({why}); run the same command to continue {run.dir}")
     return model, reason
 
 

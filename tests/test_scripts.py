@@ -437,7 +437,7 @@ def test_a_queue_shares_one_slice_among_its_runs_in_turn(launched, tmp_path):
     status, out, _ = launched(str(commands), *options, "--minutes", "30")  # one after another, each with what is left
     trained = [c for c in calls(tmp_path) if "train.py" in c]
     assert status == 0 and len(trained) == 3
-    assert all(re.search(r"--no-progress --stop-after-minutes (29|30)\.\d$", c) for c in trained), trained
+    assert all(re.search(r"--no-progress --end-by-minutes (29|30)\.\d$", c) for c in trained), trained
 
 
 def children(pid):

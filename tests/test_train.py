@@ -243,6 +243,27 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(run_train, tmp_path):
     assert len(metrics_rows(tmp_path / "runs" / "b")) == 1
 
 
+def test_a_deadline_pauses_before_an_epoch_that_would_end_past_it(run_train, tmp_path, capsys):
+    # a new run has no epoch on this machine to judge by: it trains one, which then says the next would end late
+    assert run_train(tmp_path, "--epochs", "3", "--run-name", "d", "--end-by-minutes", "1e-6") is None
+    assert len(metrics_rows(tmp_path / "d")) == 1
+    assert run_train(tmp_path, "--epochs", "3", "--run-name", "d", "--end-by-minutes", "1e-6") is None
+    assert len(metrics_rows(tmp_path / "d")) == 1  # resumed and declined at once: nothing trained, nothing lost
+    assert "paused after epoch 1 (--end-by-minutes 1e-06: 0.0 minutes left, its epochs here take up to" in \
+        capsys.readouterr().out
+    test = run_train(tmp_path, "--epochs", "3", "--run-name", "d", "--end-by-minutes", "30")
+    assert test["epochs_run"] == 3 and test["stop_reason"] == "max_epochs"
+
+
+def test_the_epoch_expected_next_is_the_slowest_of_the_last_three_on_this_hardware():
+    here, other = dict(device_name="cpu A", precision="float32", threads=1), dict(device_name="cpu B")
+    history = [dict(seconds=s, **hardware) for s, hardware in
+               [(900, here), (10, here), (20, {**here, "threads": 2}), (30, here), (40, other), (25, here)]]
+    assert train.slowest_recent_epoch(history, here) == 30  # 900 is older than the last three epochs here
+    assert train.slowest_recent_epoch(history, {**here, "precision": "bf16 autocast"}) is None
+    assert train.slowest_recent_epoch([], here) is None
+
+
 def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
     _, args = train.parse_args(["--quickstart", "--epochs", "3"])
     assert (args.dataset, args.model, args.readout) == ("tetrominoes", "nwm", "linear")
