@@ -511,7 +511,9 @@ def tiny_runs(tmp_path, *lines):
 
 @pytest.mark.slow
 def test_a_slice_stopped_by_sigterm_leaves_no_process_and_its_runs_resume(tmp_path, small_tetrominoes):
-    tiny_runs(tmp_path, "--seed 0 --epochs 3  # a note")
+    # epochs enough that the run is still training when SIGTERM comes: an idle machine runs a few of these tiny
+    # epochs within one 0.2 s poll
+    tiny_runs(tmp_path, "--seed 0 --epochs 40  # a note")
     slice_ = advance_runs(tmp_path, small_tetrominoes, "--minutes", "30", start=True)
     metrics = tmp_path / "r" / "tetrominoes" / "nwm-linear-T8-h2-seed0" / "metrics.csv"
     wait_for(lambda: metrics.is_file(), 240, "the first epoch")  # the note did not swallow --runs-root
@@ -521,7 +523,7 @@ def test_a_slice_stopped_by_sigterm_leaves_no_process_and_its_runs_resume(tmp_pa
     assert slice_.returncode == 143 and not alive(run) and "finished after" not in out, out
     again = advance_runs(tmp_path, small_tetrominoes, "--minutes", "30")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "[1/1] finished after epoch 3 of 3" in again.stdout and "all 1 runs finished" in again.stdout
+    assert "[1/1] finished after epoch 40 of 40" in again.stdout and "all 1 runs finished" in again.stdout
 
 
 @pytest.mark.slow
