@@ -385,10 +385,11 @@ def past_deadline(run, hardware):
     return (left, expected / 60) if expected is not None and expected / 60 > left else None
 
 
-def stop_reason(run, first_epoch, hardware=None):
+def stop_reason(run, first_epoch, hardware):
     """Why training ends before the next epoch, or None: checked before every epoch
     (`first_epoch`: the first epoch of this invocation, which always runs unless the run is done or
-    --end-by-minutes says it would end too late on `hardware`)."""
+    --end-by-minutes says it would end too late on `hardware`). "paused" and "deadline" leave the run
+    unfinished (PAUSES)."""
     args, state = run.args, run.state
     if state["epoch"] >= args.epochs:
         return "max_epochs"
@@ -399,11 +400,12 @@ def stop_reason(run, first_epoch, hardware=None):
     if (args.stop_after_minutes is not None and state["epoch"] > first_epoch
             and time.perf_counter() - run.invoked > 60 * args.stop_after_minutes):
         return "paused"
-    if hardware is not None and past_deadline(run, hardware):
-        return "paused"
+    if past_deadline(run, hardware):
+        return "deadline"
     return None
 
 
+PAUSES = ("paused", "deadline")  # stop_reason's reasons that leave the run unfinished: the same command continues it
 ENDINGS = {"max_epochs": "reached --epochs", "early_stopping": "early stopping (--patience)",
            "time_budget": "time budget (--max-minutes) spent"}
 
@@ -499,10 +501,13 @@ def fit(run, status):
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
                    f"  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
-    if reason == "paused":
-        late = past_deadline(run, hardware)
-        why = (f"--end-by-minutes {args.end_by_minutes:g}: {max(late[0], 0):.1f} minutes left, its epochs here take "
-               f"up to {late[1]:.1f}" if late else f"--stop-after-minutes {args.stop_after_minutes:g}")
+    if reason in PAUSES:
+        if reason == "deadline":  # still past it: time only went on since stop_reason
+            left, expected = past_deadline(run, hardware)
+            why = (f"--end-by-minutes {args.end_by_minutes:g}: {max(left, 0):.1f} minutes left, its epochs here "
+                   f"take up to {expected:.1f}")
+        else:
+            why = f"--stop-after-minutes {args.stop_after_minutes:g}"
         print(f"paused after epoch {state['epoch']} ({why}); run the same command to continue {run.dir}")
     return model, reason
 
@@ -597,7 +602,7 @@ def run_command(argv, invoked):
                 run = Run(args, info, model_config, run_dir, device, amp, data, data_fingerprint, budget_change, stop,
                           invoked)
                 model, reason = fit(run, status)
-                test = None if reason == "paused" else test_best(run, model, reason)
+                test = None if reason in PAUSES else test_best(run, model, reason)
     except runs.RunConflict as e:
         parser.error(str(e))
     except runs.WriteError as e:
