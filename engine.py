@@ -88,29 +88,77 @@ def undo_steps(model, optimizer, model_state, optimizer_state):
                 t.zero_()
 
 
+class TrainingPass:
+    """One epoch's pass over the shuffled training split, which may stop between two batches and go on
+    later, in another process (train.py keeps it in last.pt): the batch order, how many batches are done,
+    and the sums of their loss and metrics. Its batches are those of `batches` with the same generator."""
+
+    def __init__(self, order, batch_size, num_classes, device):
+        self.order, self.batch_size, self.done = order.cpu(), batch_size, 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.metrics = SegmentationMetrics(num_classes, device)
+
+    @classmethod
+    def shuffled(cls, n, batch_size, generator, num_classes, device):
+        return cls(torch.randperm(n, generator=generator), batch_size, num_classes, device)
+
+    @property
+    def total(self):
+        """Batches in the pass: the last partial one is dropped."""
+        return len(self.order) // self.batch_size
+
+    def batch(self, i, device):
+        return self.order[i * self.batch_size:(i + 1) * self.batch_size].to(device)
+
+    def state_dict(self):
+        return dict(order=self.order, batch_size=self.batch_size, done=self.done, loss_sum=self.loss_sum.cpu(),
+                    metrics=self.metrics.state_dict())
+
+    @classmethod
+    def from_state(cls, state, num_classes, device):
+        training = cls(state["order"], state["batch_size"], num_classes, device)
+        training.done = state["done"]
+        training.loss_sum.copy_(state["loss_sum"])
+        training.metrics.load_state_dict(state["metrics"])
+        return training
+
+    def mean_loss(self):
+        """The mean training loss of the batches done (waits for the device)."""
+        return self.loss_sum.item() / max(self.done, 1)
+
+
 def train_one_epoch(step, images, masks, num_classes, batch_size, generator, progress=True, desc="train",
-                    stop=None):
-    """One pass over the shuffled training split, the last partial batch dropped. Returns the
-    training metrics, computed on the fly from each batch's (training-mode) predictions.
-    `stop` (a StopSignals) is checked between batches."""
+                    stop=None, training=None, pause=None):
+    """Trains on the batches of `training` (a TrainingPass; by default a new one, shuffled by `generator`)
+    not yet done. Returns the pass's training metrics, computed on the fly from each batch's
+    (training-mode) predictions; or None when it stopped between two batches, `training` then holding
+    what is done: a stop was asked for (`stop`, a StopSignals) or `pause()`, called before each batch, said so."""
+    if training is None:
+        training = TrainingPass.shuffled(len(images), batch_size, generator, num_classes, images.device)
     step.model.train()
-    metrics = SegmentationMetrics(num_classes, images.device)
-    loss_sum = torch.zeros((), device=images.device)
-    bar = tqdm(batches(len(images), batch_size, generator, images.device, drop_last=True), desc=desc,
-               leave=False, disable=not progress, dynamic_ncols=True)
-    for i, idx in enumerate(bar):
+    bar = tqdm(total=training.total, initial=training.done, desc=desc, leave=False, disable=not progress,
+               dynamic_ncols=True)
+    while training.done < training.total:
         if stop is not None:
-            stop.check()
+            stop.tick()
+            if stop.asked:
+                return None
+        if pause is not None and pause():
+            return None
+        idx = training.batch(training.done, images.device)
         y = masks[idx]
         logits, loss = step(images[idx], y)
-        loss_sum += loss.detach()
-        metrics.update(logits.detach(), y)
-        if progress and i % 10 == 0:  # reading the loss waits for the device: only for the bar
+        training.loss_sum += loss.detach()
+        training.metrics.update(logits.detach(), y)
+        training.done += 1
+        bar.update()
+        if progress and training.done % 10 == 1:  # reading the loss waits for the device: only for the bar
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    mean_loss = loss_sum.item() / max(len(bar), 1)  # the epoch's one wait for the device
+    bar.close()
+    mean_loss = training.mean_loss()  # the epoch's one wait for the device
     if not math.isfinite(mean_loss):
         raise NonFiniteLossError(f"the training loss became {mean_loss}")
-    return metrics.compute()
+    return training.metrics.compute()
 
 
 @torch.no_grad()

@@ -100,8 +100,8 @@ def build_parser(prog="launch.py", description=__doc__):
     g.add_argument("--create-data", action="store_true", help="create the datasets where missing, check them all")
     g.add_argument("--slice", action="store_true", help="check the commands' datasets, advance each run by a slice")
     g.add_argument("--minutes", type=positive_float, metavar="M",
-                   help="a run pauses after the epoch past M minutes (with --queue: before an epoch that its last "
-                        "ones say would end past the slice's end)")
+                   help="a run pauses after the epoch past M minutes (with --queue: between two batches, before "
+                        "one that would end past the slice's end, keeping the epoch's progress)")
     g.add_argument("--queue", action="store_true",
                    help="the runs share the slice in turn, each with what is left as its deadline (--end-by-minutes)")
     g.add_argument("--min-start", type=float_at_least(0), default=5, metavar="MIN",
@@ -252,14 +252,17 @@ def make_commands(args, extra):
 
 
 def progress(run_dir):
-    """"finished after epoch 3 of 3" or "paused after epoch 1 of 20", from what train.py left in run_dir."""
+    """"finished after epoch 3 of 3" or "paused after epoch 1 of 20" (", and 40 of 156 batches of epoch 2"), from
+    what train.py left in run_dir."""
     if not (run_dir / runs.CONFIG).is_file():
         return "ended without a run directory"
     try:
         epochs, config = len(runs.load_metrics(run_dir)), runs.load_json(run_dir / runs.CONFIG)
     except (runs.DamagedFile, OSError) as e:
         return f"ended, its run unreadable: {e}"
-    return f"{'finished' if runs.is_finished(run_dir) else 'paused'} after epoch {epochs} of {config.get('epochs')}"
+    if runs.is_finished(run_dir):
+        return f"finished after epoch {epochs} of {config.get('epochs')}"
+    return f"paused after epoch {epochs} of {config.get('epochs')}{runs.epoch_in_progress(run_dir)}"
 
 # -----------------------------------------------------------------------------
 # where the runs go: GPUs and cores

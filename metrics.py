@@ -76,6 +76,17 @@ class SegmentationMetrics:
             self.counts[name] += defined.sum()
         self.confusion += confusion_matrix(logits.argmax(1), masks, self.num_classes)
 
+    def state_dict(self):
+        """The sums so far, on the CPU (a training pass paused between two batches keeps them in last.pt)."""
+        return dict(sums={k: v.cpu() for k, v in self.sums.items()}, counts={k: v.cpu() for k, v in self.counts.items()},
+                    confusion=self.confusion.cpu())
+
+    def load_state_dict(self, state):
+        for name in PER_IMAGE:
+            self.sums[name].copy_(state["sums"][name])
+            self.counts[name].copy_(state["counts"][name])
+        self.confusion.copy_(state["confusion"])
+
     def compute(self):
         # one transfer at the end, not one per batch (keeps a GPU run asynchronous)
         result = {name: (self.sums[name] / self.counts[name]).item() if self.counts[name] > 0 else math.nan

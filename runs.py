@@ -4,9 +4,11 @@
         config.json        every resolved setting, num_params, the data's fingerprint, the git
                            commit, library versions, device
         metrics.csv        one row per finished epoch: train and val metrics, lr, seconds (run,
-                           not stopped: signals.py), and the device, precision and threads it ran with
+                           not stopped: signals.py) and of them val_seconds, and the device,
+                           precision and threads it ran with
         checkpoint.pt      the model with the best validation loss so far
-        last.pt            everything needed to resume after the last finished epoch
+        last.pt            everything needed to resume after the last finished epoch, or from
+                           the next batch of an epoch stopped between two (epoch_in_progress)
         test_metrics.json  the best checkpoint's metrics on the test split and why training
                            ended; its presence marks the run as finished
         .lock              who runs it now (PID, host); locked while a run writes here
@@ -190,15 +192,17 @@ def hardware(device, amp):
     return dict(device_name=settings.device_name(device), precision=precision(amp), threads=torch.get_num_threads())
 
 
-def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None):
-    """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds, whether it
-    improved, and what it ran on (`hardware`, see hardware())."""
+def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None, val_seconds=None):
+    """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds (of which
+    `val_seconds` validating), whether it improved, and what it ran on (`hardware`, see hardware())."""
     from metrics import METRIC_NAMES  # keeps `import runs` light
 
     row = {"epoch": epoch}
     for prefix, metrics in (("train", train), ("val", val)):
         row.update({f"{prefix}_{name}": metrics[name] for name in METRIC_NAMES})
     row.update(lr=lr, seconds=round(seconds, 3), best=int(improved))
+    if val_seconds is not None:
+        row.update(val_seconds=round(val_seconds, 3))
     row.update(hardware or {})
     return row
 
@@ -214,6 +218,25 @@ def save_epoch(run_dir, state, model, optimizer, generator, val, improved):
     if improved:
         save_torch({"model": model.state_dict(), "epoch": state["epoch"], "val": val}, run_dir / CHECKPOINT)
     save_metrics(state["history"], run_dir / METRICS)
+
+
+def save_progress(run_dir, state, model, optimizer, generator, epoch_in_progress):
+    """Writes last.pt in the middle of an epoch: the training `state` after its last finished epoch,
+    with the weights, optimizer and batch-order generator as they are now and `epoch_in_progress`
+    (the training pass so far, train.py's), from which a resume goes on. checkpoint.pt and
+    metrics.csv are left as the last finished epoch wrote them."""
+    save_torch(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state(),
+                    state=state, epoch_in_progress=epoch_in_progress), Path(run_dir) / LAST)
+
+
+def epoch_in_progress(run_dir):
+    """", and 40 of 156 batches of epoch 2" when last.pt holds an epoch stopped between two batches, else ""."""
+    try:
+        last = load_torch(Path(run_dir) / LAST)
+        training, epoch = last["epoch_in_progress"]["training"], last["state"]["epoch"] + 1
+    except (OSError, DamagedFile, KeyError, TypeError):
+        return ""
+    return f", and {training['done']} of {len(training['order']) // training['batch_size']} batches of epoch {epoch}"
 
 
 def is_finished(run_dir):
@@ -345,6 +368,8 @@ def _resume_state(run_dir):
     except (DamagedFile, KeyError, TypeError) as e:
         raise _damaged(run_dir, str(e) if isinstance(e, DamagedFile) else f"{run_dir / LAST} is damaged") from None
     if best is not None and best == state["epoch"]:
+        if _checkpoint_epoch(run_dir) != best and "epoch_in_progress" in last:  # its weights are no epoch's end
+            raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} of its best epoch ({best})")
         if _checkpoint_epoch(run_dir) != best:
             save_torch({"model": last["model"], "epoch": best}, run_dir / CHECKPOINT)
     elif best is not None:

@@ -58,9 +58,14 @@ class StopSignals:
         """Marks a point where the process runs (for running_time), without acting on a stop asked for."""
         self.last_check = time.perf_counter()
 
+    @property
+    def asked(self):
+        """Whether a stop was asked for (`check` would raise)."""
+        return self.signum is not None
+
     def check(self):
         self.tick()
-        if self.signum is not None:
+        if self.asked:
             raise Interrupted(self.signum)
 
     def running_time(self):

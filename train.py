@@ -39,7 +39,8 @@ from configs import default_help, paper_settings
 from dataset_config import BUILT_IN, DatasetError, DatasetNotFoundError, check_arrays, fingerprint, get_info, \
     load_dataset, read_metadata
 from cuda_graphs import make_steps
-from engine import CompileError, NonFiniteLossError, compile_checked, evaluate, set_backends, train_one_epoch
+from engine import CompileError, NonFiniteLossError, TrainingPass, compile_checked, evaluate, set_backends, \
+    train_one_epoch
 from metrics import background_only_metrics, format_metrics
 from models import AT_LEAST, CONFIG_KEYS, MODEL_NAMES, READOUTS, build_model, count_parameters, is_recurrent, \
     model_config_keys
@@ -110,11 +111,11 @@ def build_parser():
                         "the run unfinished; the same command continues it, to exactly where an uninterrupted run "
                         "ends (for advancing runs in time slices; default: none)")
     g.add_argument("--end-by-minutes", type=positive_float, default=None,
-                   help="pause before an epoch that would end past this many minutes after the command started, "
-                        "judged by the slowest of the run's last three epochs on this device, threads and "
-                        "precision (metrics.csv); without such an epoch, one runs first. For a slice that must end "
-                        "by a deadline (a machine's or a job's time limit); the same command continues the run "
-                        "(default: none)")
+                   help="a deadline this many minutes after the command started: pause before a training batch, "
+                        "validation pass or test pass that would end past it (judged by the slowest recent one on "
+                        "this device, threads and precision, with a 1.5x margin), keeping an unfinished epoch's "
+                        "batches in last.pt. For a slice that must end by a machine's or a job's time limit; the "
+                        "same command continues the run where it paused (default: none)")
 
     g = p.add_argument_group("speed (none of these changes the mathematics)")
     add_device(g)
@@ -367,29 +368,64 @@ class Run:
         return shows_bars(self.args.progress)
 
 
-def slowest_recent_epoch(history, hardware, last=3):
-    """Seconds of the slowest of the last `last` epochs that ran on `hardware` (runs.hardware: device,
-    precision, threads), or None: what the next epoch here may take (a slice's epochs differ by up to 2x on
-    a shared CPU, and another machine's epochs say nothing about this one)."""
-    here = [row["seconds"] for row in history if all(row.get(k) == v for k, v in hardware.items())]
-    return max(here[-last:]) if here else None
+class Deadline:
+    """--end-by-minutes: the run pauses before a piece of work (a training batch, the validation pass, the
+    test pass) that would end past the deadline, judged by the slowest such piece seen on this device,
+    threads and precision, times MARGIN; a piece with nothing to judge it by runs. A pause between two
+    batches keeps the epoch's progress (last.pt), so a slice loses none of its time to an unfinished epoch."""
+    MARGIN = 1.5  # a shared CPU's pace varies by up to 2x within a slice
 
+    def __init__(self, minutes, invoked, history, hardware, device="cpu"):
+        self.minutes, self.end = minutes, invoked + 60 * minutes  # on time.perf_counter's clock: stopped time counts
+        # a GPU's steps queue up without waiting: the clock would time their launch, and a pause wait for the queue
+        self.wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        self.batch_seconds, self.why = [], None  # this invocation's training batches; the reason of a pause
+        self.val_seconds = [row["val_seconds"] for row in history  # rows from before val_seconds lack it
+                            if row.get("val_seconds") is not None and all(row.get(k) == v for k, v in hardware.items())]
 
-def past_deadline(run, hardware):
-    """(minutes left, the expected epoch in minutes) when --end-by-minutes says not to start the next epoch,
-    else None."""
-    if run.args.end_by_minutes is None:
+    def left(self):
+        return self.end - time.perf_counter()
+
+    def too_late(self, seconds, what):
+        """Why `what`, expected to take `seconds` (None: unknown), must not start now (also kept as `why`);
+        None when it may."""
+        if seconds is None or self.MARGIN * seconds <= self.left():
+            return None
+        took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
+        self.why = (f"--end-by-minutes {self.minutes:g}: {max(self.left(), 0) / 60:.1f} minutes left, {what} here "
+                    f"takes up to {took}")
+        return self.why
+
+    def batch_check(self):
+        """The `pause` of one training pass (engine.train_one_epoch): the reason not to start the next batch,
+        from the slowest of the last 20 this invocation timed (the first runs unjudged)."""
+        last = None
+
+        def pause():
+            nonlocal last
+            self.wait()
+            now = time.perf_counter()
+            if last is not None:
+                self.batch_seconds.append(now - last)
+            last = now
+            return self.too_late(max(self.batch_seconds[-20:], default=None), "a training batch")
+        return pause
+
+    def pass_seconds(self, images, batch_size, per_val_image=None):
+        """What an evaluation pass over `images` may take: from the slowest of the last three validation
+        passes here (`per_val_image`: the validation split's size, to scale by), else from the slowest
+        training batch (which costs more than an evaluation one); None with neither."""
+        if self.val_seconds and per_val_image:
+            return max(self.val_seconds[-3:]) * images / per_val_image
+        if self.batch_seconds:
+            return max(self.batch_seconds[-20:]) * math.ceil(images / batch_size)
         return None
-    left = run.args.end_by_minutes - (time.perf_counter() - run.invoked) / 60
-    expected = slowest_recent_epoch(run.state["history"], hardware)
-    return (left, expected / 60) if expected is not None and expected / 60 > left else None
 
 
-def stop_reason(run, first_epoch, hardware):
+def stop_reason(run, first_epoch):
     """Why training ends before the next epoch, or None: checked before every epoch
-    (`first_epoch`: the first epoch of this invocation, which always runs unless the run is done or
-    --end-by-minutes says it would end too late on `hardware`). "paused" and "deadline" leave the run
-    unfinished (PAUSES)."""
+    (`first_epoch`: the first epoch of this invocation, which always runs unless the run is done).
+    "paused" leaves the run unfinished, as "deadline" does (PAUSES), which the Deadline decides between batches."""
     args, state = run.args, run.state
     if state["epoch"] >= args.epochs:
         return "max_epochs"
@@ -400,8 +436,6 @@ def stop_reason(run, first_epoch, hardware):
     if (args.stop_after_minutes is not None and state["epoch"] > first_epoch
             and time.perf_counter() - run.invoked > 60 * args.stop_after_minutes):
         return "paused"
-    if past_deadline(run, hardware):
-        return "deadline"
     return None
 
 
@@ -411,7 +445,8 @@ ENDINGS = {"max_epochs": "reached --epochs", "early_stopping": "early stopping (
 
 
 def start(run, status):
-    """The model, optimizer and batch-order generator of `run`: new, or as last.pt left them
+    """The model, optimizer, batch-order generator and epoch in progress of `run` (None, or a dict of the
+    training pass so far, an engine.TrainingPass, and its seconds): new, or as last.pt left them
     (`status` "resume", which also restores run.state)."""
     args, device = run.args, run.device
     torch.manual_seed(args.seed)
@@ -419,6 +454,7 @@ def start(run, status):
     capturable = args.cuda_graph != "off" and device.type == "cuda"  # Adam's state on the GPU, for graph capture
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, capturable=capturable)
     generator = torch.Generator().manual_seed(args.seed)  # batch order, saved for resuming
+    in_progress = None
     if status == "resume":
         # onto the CPU: the generator's state must be a CPU tensor; the model and optimizer copy to their device
         last = runs.load_torch(run.dir / runs.LAST, "cpu")
@@ -431,8 +467,16 @@ def start(run, status):
         optimizer.load_state_dict(last["optimizer"])
         generator.set_state(last["generator"])
         run.state = last["state"]
-        print(f"resuming {run.dir} after epoch {run.state['epoch']}")
-    return model, optimizer, generator
+        in_progress = last.get("epoch_in_progress")
+        if in_progress is None:
+            print(f"resuming {run.dir} after epoch {run.state['epoch']}")
+        else:
+            in_progress = dict(in_progress, training=TrainingPass.from_state(in_progress["training"], run.num_classes,
+                                                                             device))
+            training = in_progress["training"]
+            print(f"resuming {run.dir} in epoch {run.state['epoch'] + 1}, after {training.done} of its "
+                  f"{training.total} batches")
+    return model, optimizer, generator, in_progress
 
 
 def check_weights_fit(run, model, saved, name):
@@ -446,10 +490,11 @@ def check_weights_fit(run, model, saved, name):
 
 
 def fit(run, status):
-    """The epoch loop of `run` (`status`: "new" or "resume", from runs.open_run) until stop_reason
-    gives a reason; every finished epoch is saved (runs.save_epoch). Returns the model and the reason."""
+    """The epoch loop of `run` (`status`: "new" or "resume", from runs.open_run) until stop_reason gives a
+    reason or the Deadline (--end-by-minutes) a pause; every finished epoch is saved (runs.save_epoch), and so
+    is an epoch stopped between two batches (keep_progress). Returns the model and the reason."""
     args, device, amp = run.args, run.device, run.amp
-    model, optimizer, generator = start(run, status)
+    model, optimizer, generator, in_progress = start(run, status)
     state = run.state  # updated in place, and saved in last.pt after every epoch
     print(f"{args.model} on {args.dataset}: {count_parameters(model):,} parameters, {len(run.data['train'][0]):,} "
           f"training images, device {device} ({torch.get_num_threads()} CPU threads)"
@@ -466,18 +511,44 @@ def fit(run, status):
     # each invocation may run on another machine, from another commit
     runs.write_config(run.dir, invocation, computed, first_record(run, model) if status == "new" else None,
                       run.budget_change)
+    deadline = (Deadline(args.end_by_minutes, run.invoked, state["history"], hardware, device) if args.end_by_minutes
+                else None)
+    val_images = len(run.data["val"][0])
 
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
-    first_epoch = state["epoch"]
-    while (reason := stop_reason(run, first_epoch, hardware)) is None:
+    first_epoch, paused_at = state["epoch"], None
+    while (reason := stop_reason(run, first_epoch)) is None:
         run.stop.check()  # the epoch's first safe point: its clock starts here
         epoch, started = state["epoch"] + 1, run.stop.running_time()  # time stopped (SIGSTOP) is not training time
+        if in_progress:  # the rest of an epoch stopped between two batches
+            training, spent, in_progress = in_progress["training"], in_progress["seconds"], None
+        else:
+            training, spent = TrainingPass.shuffled(len(images), args.batch_size, generator, run.num_classes,
+                                                    device), 0.0
+        done_before = training.done
         try:
-            train_metrics = train_one_epoch(step, *run.data["train"], run.num_classes, args.batch_size, generator,
-                                            run.terminal, f"epoch {epoch}", run.stop)
-            run.stop.check()
+            train_metrics = train_one_epoch(step, images, masks, run.num_classes, args.batch_size, generator,
+                                            run.terminal, f"epoch {epoch}", run.stop, training,
+                                            deadline.batch_check() if deadline else None)
+            if train_metrics is not None and (run.stop.asked or deadline and deadline.too_late(
+                    deadline.pass_seconds(val_images, args.batch_size, val_images), "the validation pass")):
+                train_metrics = None  # its training pass is done, and kept
+            if train_metrics is None:
+                seconds = spent + run.stop.running_time() - started
+                keep_progress(run, model, optimizer, generator, training, seconds, done_before)
+                if run.stop.asked:
+                    print(f"kept epoch {epoch}'s first {training.done} of {training.total} batches in "
+                          f"{run.dir / runs.LAST}", file=sys.stderr)
+                    raise Interrupted(run.stop.signum)
+                reason, paused_at = "deadline", (
+                    f"before epoch {epoch}" if training.done == 0 else
+                    f"in epoch {epoch}, its training pass done and kept" if training.done == training.total else
+                    f"in epoch {epoch} after {training.done} of its {training.total} batches, which are kept")
+                break
+            val_started = run.stop.running_time()
             val = evaluate(train_model, *run.data["val"], run.num_classes, args.batch_size, amp, graphed=graphed_eval,
                            tick=run.stop.tick)  # a stop asked for now waits for the epoch's end, keeping it
+            val_seconds = run.stop.running_time() - val_started
             if not math.isfinite(val["loss"]):
                 raise NonFiniteLossError(f"the validation loss became {val['loss']}")
         except NonFiniteLossError as e:
@@ -487,29 +558,43 @@ def fit(run, status):
             print(f"error: training stopped in epoch {epoch}: {e}; {kept}. Try a lower --lr, or another --seed.",
                   file=sys.stderr)
             sys.exit(1)
+        if deadline:
+            deadline.val_seconds.append(val_seconds)
         improved = val["loss"] < state["best_val_loss"] - args.tolerance
         if improved:
             state.update(best_val_loss=val["loss"], best_epoch=epoch, since_improvement=0)
         else:
             state["since_improvement"] += 1
-        state["epoch"], seconds = epoch, run.stop.running_time() - started
+        state["epoch"], seconds = epoch, spent + run.stop.running_time() - started
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
-                                               seconds, improved, hardware))
+                                               seconds, improved, hardware, val_seconds))
         runs.save_epoch(run.dir, state, model, optimizer, generator, val, improved)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
                    f"  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
-    if reason in PAUSES:
-        if reason == "deadline":  # still past it: time only went on since stop_reason
-            left, expected = past_deadline(run, hardware)
-            why = (f"--end-by-minutes {args.end_by_minutes:g}: {max(left, 0):.1f} minutes left, its epochs here "
-                   f"take up to {expected:.1f}")
-        else:
-            why = f"--stop-after-minutes {args.stop_after_minutes:g}"
-        print(f"paused after epoch {state['epoch']} ({why}); run the same command to continue {run.dir}")
+    if reason not in PAUSES and deadline and deadline.too_late(
+            deadline.pass_seconds(len(run.data["test"][0]), args.batch_size, val_images), "the test pass"):
+        reason, paused_at = "deadline", f"after epoch {state['epoch']}, before testing"
+    if reason == "deadline":
+        print(f"paused {paused_at} ({deadline.why}); run the same command to continue {run.dir}")
+    elif reason == "paused":
+        print(f"paused after epoch {state['epoch']} (--stop-after-minutes {args.stop_after_minutes:g}); run the same "
+              f"command to continue {run.dir}")
     return model, reason
+
+
+def keep_progress(run, model, optimizer, generator, training, seconds, done_before):
+    """Saves an epoch stopped between two batches (`training`, its TrainingPass, and the running `seconds`
+    spent on it) in last.pt, unless no batch of it ran since `done_before` (last.pt already holds that).
+    A non-finite loss is refused rather than kept."""
+    if training.done == done_before:
+        return
+    if not math.isfinite(training.mean_loss()):
+        raise NonFiniteLossError(f"the training loss became {training.mean_loss()}")
+    runs.save_progress(run.dir, run.state, model, optimizer, generator,
+                       dict(training=training.state_dict(), seconds=seconds))
 
 
 def test_best(run, model, reason):

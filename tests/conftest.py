@@ -26,7 +26,7 @@ FAST = ["--device", "cpu", "--T", "8", "--readout-width", "16", "--c-mid", "8", 
 # the split sizes of the small datasets the data scripts make for the tests (small_tetrominoes)
 SMALL_SPLITS = ["--train", "20", "--val", "5", "--test", "5"]
 # the columns of metrics.csv that say what machine an epoch ran on (runs.hardware) and how long it took
-MACHINE_COLUMNS = ("seconds", *runs.hardware("cpu", amp=False))
+MACHINE_COLUMNS = ("seconds", "val_seconds", *runs.hardware("cpu", amp=False))
 
 
 def metrics_rows(run_dir):

@@ -240,6 +240,29 @@ def test_a_checkpoint_behind_last_pt_is_written_again_from_it(run_train, tmp_pat
     assert run_train(*cut) == reference
 
 
+def test_an_epoch_in_progress_does_not_stand_in_for_a_missing_checkpoint(run_train, tmp_path, capsys, monkeypatch):
+    for _ in range(3):  # a batch each: the third ends epoch 1 (the best) and starts epoch 2, kept in last.pt
+        run_train(tmp_path, "--run-name", "r", *RUN, "--end-by-minutes", "1e-6")
+    assert runs.load_torch(tmp_path / "r" / runs.LAST)["epoch_in_progress"]["training"]["done"] == 1
+    (tmp_path / "r" / runs.CHECKPOINT).unlink()  # last.pt's weights are epoch 2's so far, not epoch 1's
+    monkeypatch.setattr(train, "train_one_epoch", no_training)
+    err = refused(capsys, run_train, tmp_path, *RUN)
+    assert "has no checkpoint.pt of its best epoch (1)" in err and "--restart" in err
+    assert not (tmp_path / "r" / runs.CHECKPOINT).exists()
+
+
+def test_a_non_finite_loss_in_an_unfinished_epoch_is_not_kept(tmp_path):
+    from types import SimpleNamespace
+    from engine import NonFiniteLossError, TrainingPass
+    training = TrainingPass(torch.arange(8), 4, 3, "cpu")
+    training.done, training.loss_sum = 1, torch.tensor(float("nan"))
+    run = SimpleNamespace(dir=tmp_path, state=train.new_state())
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(NonFiniteLossError, match="the training loss became nan"):
+        train.keep_progress(run, model, torch.optim.Adam(model.parameters()), torch.Generator(), training, 1.0, 0)
+    assert not (tmp_path / runs.LAST).exists()
+
+
 def test_a_damaged_test_metrics_file_is_made_again(run_train, tmp_path):
     finished = run_train(tmp_path, "--run-name", "r", "--epochs", "1")
     truncate(tmp_path / "r" / runs.TEST_METRICS)

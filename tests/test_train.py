@@ -243,25 +243,88 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(run_train, tmp_path):
     assert len(metrics_rows(tmp_path / "runs" / "b")) == 1
 
 
-def test_a_deadline_pauses_before_an_epoch_that_would_end_past_it(run_train, tmp_path, capsys):
-    # a new run has no epoch on this machine to judge by: it trains one, which then says the next would end late
-    assert run_train(tmp_path, "--epochs", "3", "--run-name", "d", "--end-by-minutes", "1e-6") is None
-    assert len(metrics_rows(tmp_path / "d")) == 1
-    assert run_train(tmp_path, "--epochs", "3", "--run-name", "d", "--end-by-minutes", "1e-6") is None
-    assert len(metrics_rows(tmp_path / "d")) == 1  # resumed and declined at once: nothing trained, nothing lost
-    assert "paused after epoch 1 (--end-by-minutes 1e-06: 0.0 minutes left, its epochs here take up to" in \
-        capsys.readouterr().out
-    test = run_train(tmp_path, "--epochs", "3", "--run-name", "d", "--end-by-minutes", "30")
-    assert test["epochs_run"] == 3 and test["stop_reason"] == "max_epochs"
+def test_a_deadline_pauses_between_batches_and_the_run_ends_as_an_uninterrupted_one(run_train, tmp_path, capsys):
+    """With no time left, an invocation runs what it cannot judge yet (its first batch; a validation pass
+    never timed here) and pauses before the next piece, keeping the epoch's progress in last.pt."""
+    reference = run_train(tmp_path / "whole", "--epochs", "2", "--run-name", "d")
+    run_dir, out = tmp_path / "cut" / "d", []
+    for _ in range(5):
+        assert run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "d", "--end-by-minutes", "1e-6") is None
+        out.append(capsys.readouterr().out)
+    assert "paused in epoch 1 after 1 of its 3 batches, which are kept (--end-by-minutes 1e-06: 0.0 minutes left, " \
+           "a training batch here takes up to" in out[0]
+    assert f"resuming {run_dir} in epoch 1, after 1 of its 3 batches" in out[1] and "epoch 1 after 2 of" in out[1]
+    assert "epoch   1/2  train loss" in out[2] and "paused in epoch 2 after 1 of its 3 batches" in out[2]  # batch 3, validation
+    assert "paused in epoch 2 after 2 of its 3 batches" in out[3]
+    assert runs.epoch_in_progress(run_dir) == ", and 3 of 3 batches of epoch 2"  # what the launcher reports
+    assert "paused in epoch 2, its training pass done and kept" in out[4]
+    assert "the validation pass here takes up to" in out[4]  # timed in epoch 1
+    assert runs.load_torch(run_dir / runs.LAST)["epoch_in_progress"]["training"]["done"] == 3
+    test = run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "d", "--end-by-minutes", "30")
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "whole" / "d")
+    assert {k: test[k] for k in METRIC_NAMES} == {k: reference[k] for k in METRIC_NAMES}
+    assert all(float(row["val_seconds"]) > 0 for row in runs.load_metrics(run_dir))
 
 
-def test_the_epoch_expected_next_is_the_slowest_of_the_last_three_on_this_hardware():
+def test_a_deadline_can_pause_a_finished_training_before_its_test(run_train, tmp_path, capsys):
+    for _ in range(3):  # a batch each, the third with the validation pass: epoch 1 of 1 ends
+        assert run_train(tmp_path, "--epochs", "1", "--run-name", "t", "--end-by-minutes", "1e-6") is None
+    out = capsys.readouterr().out
+    assert "paused after epoch 1, before testing (--end-by-minutes 1e-06: 0.0 minutes left, the test pass here " \
+           "takes up to" in out and not runs.is_finished(tmp_path / "t")
+    assert run_train(tmp_path, "--epochs", "1", "--run-name", "t", "--end-by-minutes", "30")["epochs_run"] == 1
+
+
+def test_a_stop_signal_between_batches_keeps_the_epochs_progress(run_train, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    reference = run_train(tmp_path / "whole", "--epochs", "2", "--run-name", "r")
+    real_epoch, calls = train.train_one_epoch, []
+
+    def sigterm_before_the_second_batch(*a, **k):
+        def pause():
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # what SLURM sends; the next safe point stops
+            return None
+        return real_epoch(*a[:-1], pause)
+
+    monkeypatch.setattr(train, "train_one_epoch", sigterm_before_the_second_batch)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "r")
+    assert exit_info.value.code == 143
+    run_dir = tmp_path / "cut" / "r"
+    assert "kept epoch 1's first 2 of 3 batches in" in capsys.readouterr().err
+    assert runs.load_torch(run_dir / runs.LAST)["epoch_in_progress"]["training"]["done"] == 2
+    assert not (run_dir / runs.METRICS).exists()
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    test = run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "r")
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "whole" / "r")
+    assert {k: test[k] for k in METRIC_NAMES} == {k: reference[k] for k in METRIC_NAMES}
+
+
+def test_a_deadline_judges_each_piece_by_the_slowest_recent_one_on_this_hardware(monkeypatch):
     here, other = dict(device_name="cpu A", precision="float32", threads=1), dict(device_name="cpu B")
-    history = [dict(seconds=s, **hardware) for s, hardware in
+    history = [dict(val_seconds=s, **hardware) for s, hardware in
                [(900, here), (10, here), (20, {**here, "threads": 2}), (30, here), (40, other), (25, here)]]
-    assert train.slowest_recent_epoch(history, here) == 30  # 900 is older than the last three epochs here
-    assert train.slowest_recent_epoch(history, {**here, "precision": "bf16 autocast"}) is None
-    assert train.slowest_recent_epoch([], here) is None
+    history.append(dict(here))  # a row from before val_seconds was recorded
+    clock = [100.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: clock[0])
+    deadline = train.Deadline(1, 100.0, history, here)  # 60 s from now
+    # 900 is older than the last three validation passes here; the test split is twice the validation one
+    assert deadline.pass_seconds(200, 16, 100) == 60
+    assert deadline.too_late(30, "the validation pass") is None
+    assert "1.0 minutes left, the validation pass here takes up to 41.0 s" in deadline.too_late(41, "the validation pass")
+    assert deadline.why.startswith("--end-by-minutes 1:")
+    elsewhere = train.Deadline(1, 100.0, history, {**here, "precision": "bf16 autocast"})
+    assert elsewhere.pass_seconds(100, 16, 100) is None  # nothing to judge by: the pass runs
+    pause = elsewhere.batch_check()
+    assert pause() is None  # the first batch of an invocation runs unjudged
+    clock[0] += 2.5
+    assert pause() is None and elsewhere.batch_seconds == [2.5]
+    assert elsewhere.pass_seconds(100, 16, 100) == 2.5 * 7  # 7 batches, each costing at most a training batch
+    clock[0] += 40
+    assert "a training batch here takes up to 40.0 s" in pause()  # 40 s taken: 20 s left
 
 
 def test_quickstart_preset_replaces_defaults_and_explicit_flags_win():
