@@ -128,6 +128,29 @@ def learning_curves(runs_root, dataset, metric="val_iou_foreground"):
     fig.tight_layout()
     return fig
 
+def compared_curves(curves, spread=(), metrics=("val_loss", "val_iou_foreground")):
+    """One panel per metric of `metrics`: each curve (label, metrics.csv DataFrame) a coloured line, over
+    the runs of `spread` (the same) as thin grey lines and the band between their min and max."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        if spread:
+            band = pd.concat([h.set_index("epoch")[metric].rename(label) for label, h in spread], axis=1,
+                             join="inner")
+            ax.fill_between(band.index, band.min(axis=1), band.max(axis=1), color="0.85",
+                            label=f"spread of {', '.join(label for label, _ in spread)}")
+            for _, history in spread:
+                ax.plot(history["epoch"], history[metric], color="0.5", lw=0.8)
+        for i, (label, history) in enumerate(curves):
+            ax.plot(history["epoch"], history[metric], color=plt.cm.tab10(i % 10), lw=1.5, marker="o", ms=3,
+                    label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def parameters_plot(comparison, dataset, metric="iou_foreground"):
     """Test `metric` against parameters on `dataset` (analysis.tables.paper_comparison): per model, ours
     (filled, mean ± std over seeds where there are two) beside the paper's (open, its std where it gives

@@ -7,6 +7,7 @@
     python -m analysis erf RUN [RUN ...]        # and of trained runs, on their own datasets' images
     python -m analysis waves RUN [RUN ...]      # waves of trained runs: numbers, figures, sounds
     python -m analysis classes RUN [RUN ...]    # per-class IoU and the confusion matrix: which classes it confuses
+    python -m analysis curves RUN [RUN ...] --spread RUN [RUN ...]   # per-epoch curves, against others' spread
 """
 import argparse
 import sys
@@ -16,12 +17,14 @@ import pandas as pd
 import runs
 import settings
 from analysis.classes import write_reports
+from analysis.curves import against_spread, check_metrics, load_curves
 from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
 from cli import HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main, shows_bars
 from dataset_config import DatasetError
+from plotting import compared_curves, save_figure
 from produce_scores import ScoresError, ScoresFile
 
 
@@ -97,6 +100,27 @@ def classes(args):
         print(f"wrote {path}")
 
 
+def curves(args):
+    try:
+        chosen, spread = load_curves(args.runs), load_curves(args.spread)
+        check_metrics(chosen + spread, args.metrics)
+    except (OSError, ValueError, runs.DamagedFile) as e:
+        sys.exit(f"error: {e}")
+    for metric in args.metrics:
+        print(f"{metric} per epoch" + (f" (spread: {', '.join(label for label, _ in spread)})" if spread else ""))
+        if spread:
+            table = against_spread(chosen, spread, metric)
+        else:
+            table = pd.concat([h.set_index("epoch")[metric].rename(label) for label, h in chosen], axis=1)
+        print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    try:
+        paths = save_figure(compared_curves(chosen, spread, args.metrics), args.name, settings.figures_dir(args.figures))
+    except OSError as e:
+        sys.exit(f"error: {e}; choose another --figures")
+    for path in paths:
+        print(f"wrote {path}")
+
+
 def add_output_folders(p):
     p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
     p.add_argument("--tables", default=None, help="tables folder (default: $WAVES_TABLES, else <runs root>/tables)")
@@ -154,6 +178,17 @@ def build_parser():
     add_threads(p)
     add_progress(p, log="one line per run")
     p.set_defaults(run=classes)
+    p = commands.add_parser("curves", formatter_class=HelpFormatter,
+                            help="per-epoch metrics of runs (metrics.csv) in one figure, and per epoch whether each "
+                                 "lies within the spread of other runs (--spread: e.g. seeds of a baseline)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, each drawn as a line")
+    p.add_argument("--spread", nargs="+", default=[], metavar="RUN",
+                   help="run directories whose min-max band per epoch the others are set against")
+    p.add_argument("--metrics", nargs="+", default=["val_loss", "val_iou_foreground"],
+                   help="metrics.csv columns, one panel each")
+    p.add_argument("--name", default="curves_compared", help="the figure's file name, without .png")
+    p.add_argument("--figures", default=None, help="figures folder (default: $WAVES_FIGURES, else <runs root>/figures)")
+    p.set_defaults(run=curves)
     return parser
 
 

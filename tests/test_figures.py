@@ -21,7 +21,7 @@ import produce_scores
 import runs
 import train
 from analysis import __main__ as analysis_cli
-from analysis import receptive_fields, squares, tables
+from analysis import curves, receptive_fields, squares, tables
 from analysis.animation import make_animation
 from conftest import FAST, REPO
 from data_scripts import create_polygons, create_tetrominoes
@@ -350,3 +350,33 @@ def test_the_score_strip_draws_trained_runs_only():
                            dict(dataset="d", model="cnn", run="d/cnn", depth=2, iou_foreground=0.5)])
     fig = plotting.score_strip(scores, "d")
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["cnn\ndepth 2"]
+
+
+def test_a_curve_is_set_against_the_spread_of_other_runs_per_epoch():
+    spread = [("s1", pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.0, 0.5, 0.4]})),
+              ("s2", pd.DataFrame({"epoch": [1, 2], "val_loss": [2.0, 0.3]}))]  # stopped earlier
+    curve = [("b", pd.DataFrame({"epoch": [1, 2], "val_loss": [1.5, 0.6]})),
+             ("c", pd.DataFrame({"epoch": [1], "val_loss": [1.0]}))]
+    table = curves.against_spread(curve, spread, "val_loss")
+    assert list(table.index) == [1, 2]  # only the epochs every spread run has
+    assert list(table["spread_min"]) == [1.0, 0.3] and list(table["spread_max"]) == [2.0, 0.5]
+    assert list(table["b within"]) == [True, False]  # 0.6 lies above the band's 0.5
+    assert list(table["c within"]) == [True, None]  # the band's edge is within; no epoch 2
+    assert curves.labels(["a/x", "b/x", "b/y"]) == ["a/x", "b/x", "y"]
+
+
+def test_curves_command_draws_runs_over_a_spread_and_names_missing_metrics(run_train, tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        run_train(root, "--epochs", "2", "--seed", str(seed), "--run-name", f"s{seed}")
+    analysis_cli.main(["curves", str(root / "s0"), "--spread", str(root / "s1"), str(root / "s2"),
+                       "--figures", str(tmp_path / "figures"), "--name", "ab"])
+    out = capsys.readouterr().out
+    assert "val_loss per epoch (spread: s1, s2)" in out and "s0 within" in out
+    assert Image.open(tmp_path / "figures" / "ab.png").size[0] > 0
+    with pytest.raises(SystemExit) as exit_info:
+        analysis_cli.main(["curves", str(root / "s0"), "--metrics", "val_lss", "--figures", str(tmp_path)])
+    assert "s0 has no column val_lss; its metrics: train_acc" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        analysis_cli.main(["curves", str(tmp_path / "figures"), "--figures", str(tmp_path)])
+    assert "has no metrics.csv" in str(exit_info.value.code)

@@ -1,0 +1,53 @@
+"""Per-epoch curves of chosen runs, and where each lies against the spread of others (e.g. a
+variant against seeds of its baseline: docs/speed.md's bfloat16-coupling A/B).
+
+    curves = load_curves(["runs/a", "runs/b"])               # [(label, metrics.csv as a DataFrame)]
+    table = against_spread(curves, load_curves(seeds), "val_loss")
+"""
+from pathlib import Path
+
+import pandas as pd
+
+import runs
+
+
+def labels(run_dirs):
+    """A short label per run: its folder's name, with its parent's where two names are the same."""
+    names = [Path(d).name for d in run_dirs]
+    return [f"{Path(d).parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
+
+
+def load_curves(run_dirs):
+    """[(label, the run's metrics.csv as a DataFrame)]; ValueError for a folder with no finished epoch."""
+    curves = []
+    for label, run_dir in zip(labels(run_dirs), run_dirs):
+        path = Path(run_dir) / runs.METRICS
+        if not path.is_file():
+            raise ValueError(f"{run_dir} has no {runs.METRICS} (not a run, or no epoch finished)")
+        curves.append((label, pd.read_csv(path)))  # pandas' read errors are ValueErrors too
+    return curves
+
+
+def check_metrics(curves, metrics):
+    """ValueError naming the columns there are when a run lacks one of `metrics`."""
+    for label, history in curves:
+        missing = [m for m in metrics if m not in history.columns]
+        if missing:
+            numeric = [c for c in history.columns if c.startswith(("train_", "val_"))]
+            raise ValueError(f"{label} has no column {', '.join(missing)}; its metrics: {', '.join(numeric)}")
+
+
+def against_spread(curves, spread, metric):
+    """Per epoch that every run of `spread` has: their min and max of `metric`, and each curve's value
+    and whether it lies within [min, max] (None where that curve has no such epoch)."""
+    merged = None
+    for label, history in spread:
+        column = history.set_index("epoch")[metric].rename(label)
+        merged = column.to_frame() if merged is None else merged.join(column, how="inner")
+    table = pd.DataFrame({"spread_min": merged.min(axis=1), "spread_max": merged.max(axis=1)})
+    for label, history in curves:
+        values = history.set_index("epoch")[metric].reindex(table.index)
+        table[label] = values
+        table[f"{label} within"] = [None if pd.isna(v) else bool(lo <= v <= hi)
+                                    for v, lo, hi in zip(values, table["spread_min"], table["spread_max"])]
+    return table
