@@ -7,8 +7,9 @@ training step has the same shape; evaluation covers every image.
 
 A training step is forward, cross-entropy, backward and Adam step (`TrainStep`; on CUDA it
 may be replayed from a captured graph instead, see GraphedTrainStep). Nothing inside an
-epoch waits for the GPU: losses and metrics accumulate on the device and are read once, at
-the end of the epoch, where a non-finite loss is caught.
+epoch waits for the GPU (unless a --end-by-minutes deadline times its batches): losses and
+metrics accumulate on the device and are read once, at the end of the epoch (or of a pause
+between two batches), where a non-finite loss is caught.
 """
 import contextlib
 import math
@@ -95,6 +96,7 @@ class TrainingPass:
 
     def __init__(self, order, batch_size, num_classes, device):
         self.order, self.batch_size, self.done = order.cpu(), batch_size, 0
+        self.device_order = order.to(device)  # one copy per epoch: a copy to the GPU per batch would wait for it
         self.loss_sum = torch.zeros((), device=device)
         self.metrics = SegmentationMetrics(num_classes, device)
 
@@ -107,8 +109,8 @@ class TrainingPass:
         """Batches in the pass: the last partial one is dropped."""
         return len(self.order) // self.batch_size
 
-    def batch(self, i, device):
-        return self.order[i * self.batch_size:(i + 1) * self.batch_size].to(device)
+    def batch(self, i):
+        return self.device_order[i * self.batch_size:(i + 1) * self.batch_size]
 
     def state_dict(self):
         return dict(order=self.order, batch_size=self.batch_size, done=self.done, loss_sum=self.loss_sum.cpu(),
@@ -145,7 +147,7 @@ def train_one_epoch(step, images, masks, num_classes, batch_size, generator, pro
                 return None
         if pause is not None and pause():
             return None
-        idx = training.batch(training.done, images.device)
+        idx = training.batch(training.done)
         y = masks[idx]
         logits, loss = step(images[idx], y)
         training.loss_sum += loss.detach()

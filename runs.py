@@ -229,13 +229,21 @@ def save_progress(run_dir, state, model, optimizer, generator, epoch_in_progress
                     state=state, epoch_in_progress=epoch_in_progress), Path(run_dir) / LAST)
 
 
-def epoch_in_progress(run_dir):
-    """", and 40 of 156 batches of epoch 2" when last.pt holds an epoch stopped between two batches, else ""."""
+def load_progress(run_dir):
+    """(the epoch in progress, its number) that last.pt holds (save_progress), or (None, None)."""
     try:
         last = load_torch(Path(run_dir) / LAST)
-        training, epoch = last["epoch_in_progress"]["training"], last["state"]["epoch"] + 1
+        return last["epoch_in_progress"], last["state"]["epoch"] + 1
     except (OSError, DamagedFile, KeyError, TypeError):
+        return None, None
+
+
+def epoch_in_progress(run_dir):
+    """", and 40 of 156 batches of epoch 2" when last.pt holds an epoch stopped between two batches, else ""."""
+    progress, epoch = load_progress(run_dir)
+    if progress is None:
         return ""
+    training = progress["training"]
     return f", and {training['done']} of {len(training['order']) // training['batch_size']} batches of epoch {epoch}"
 
 
@@ -361,12 +369,18 @@ def _resume_state(run_dir):
     """The training state in last.pt, after checking that every file a resume needs can be read
     (RunConflict naming the one that cannot), so that nothing fails after training. last.pt is
     written first in each epoch: a checkpoint.pt that missed its last epoch's write (a full
-    disk, a kill) is written again from last.pt, which holds that epoch's model."""
+    disk, a kill) is written again from last.pt, which holds that epoch's model (unless it holds
+    an epoch in progress: refused), and so is a metrics.csv behind last.pt's history."""
     try:
         last = load_torch(run_dir / LAST)
         state, best = last["state"], last["state"]["best_epoch"]
     except (DamagedFile, KeyError, TypeError) as e:
         raise _damaged(run_dir, str(e) if isinstance(e, DamagedFile) else f"{run_dir / LAST} is damaged") from None
+    try:
+        if len(load_metrics(run_dir)) < len(state["history"]):  # a kill between last.pt and metrics.csv
+            save_metrics(state["history"], run_dir / METRICS)
+    except DamagedFile:
+        save_metrics(state["history"], run_dir / METRICS)
     if best is not None and best == state["epoch"]:
         if _checkpoint_epoch(run_dir) != best and "epoch_in_progress" in last:  # its weights are no epoch's end
             raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} of its best epoch ({best})")
@@ -404,9 +418,9 @@ def open_run(run_dir, settings, data, restart=False):
 
     A run continues only with the same settings and data; its budget (BUDGET) may be
     raised, which reopens a finished run: test_metrics.json goes, and the run is tested
-    again at its new end. A directory where no epoch finished is simply started over; one
-    where epochs finished but last.pt is gone is refused, unless the run is finished and asked
-    for nothing more (a shipped run keeps no last.pt). A damaged test_metrics.json is
+    again at its new end. A directory where no epoch finished nor any batch was kept (last.pt)
+    is simply started over; one where epochs finished but last.pt is gone is refused, unless
+    the run is finished and asked for nothing more (a shipped run keeps no last.pt). A damaged test_metrics.json is
     made again by testing the run again. Raises RunConflict, before anything is changed,
     when the run cannot continue.
     """
@@ -472,7 +486,12 @@ def open_run(run_dir, settings, data, restart=False):
 
 def last_arithmetic(run_dir):
     """The --amp and --bf16-coupling values ("on" or "off") that go on as a run's last epoch ran: its precision
-    (metrics.csv's last row) and the coupling of its last invocation (config.json); {} before its first epoch."""
+    (metrics.csv's last row) and the coupling of its last invocation (config.json), or those of the epoch
+    in progress that last.pt holds; {} before its first epoch."""
+    progress, _ = load_progress(run_dir)
+    if progress is not None and "precision" in progress:
+        return {"amp": "on" if progress["precision"] == precision(True) else "off",
+                "bf16_coupling": "on" if progress["bf16_coupling"] else "off"}
     rows = load_metrics(run_dir)
     if not rows:
         return {}

@@ -23,20 +23,24 @@ class Interrupted(Exception):
 
 class StopSignals:
     """While active, SIGINT and SIGTERM only ask the training loop to stop at its next safe
-    point; a second signal stops at once. Use as a context manager; `check()`, called at each
-    safe point, raises Interrupted once asked. `running_time()` is a clock that leaves out the
+    point; a second signal, a second or more later, stops at once. Use as a context manager;
+    `check()`, called at each safe point, raises Interrupted once asked. `running_time()` is a clock that leaves out the
     time the process was stopped (see the module's docstring)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    # a second signal this soon is the same request delivered twice (a scheduler signals every process
+    # of a job, and the launcher passes its own on), not a second Ctrl-C
+    REPEAT_SECONDS = 1.0
 
     def __init__(self):
-        self.signum, self.previous = None, {}
+        self.signum, self.asked_at, self.previous = None, None, {}
         self.stopped_seconds, self.last_check = 0.0, time.perf_counter()
 
     def _handle(self, signum, frame):
-        if self.signum is not None:  # asked twice: do not wait for the safe point
-            raise Interrupted(signum)
-        self.signum = signum
+        if self.signum is not None and time.perf_counter() - self.asked_at > self.REPEAT_SECONDS:
+            raise Interrupted(signum)  # asked twice: do not wait for the safe point
+        if self.signum is None:
+            self.signum, self.asked_at = signum, time.perf_counter()
 
     def _continued(self, signum, frame):
         now = time.perf_counter()

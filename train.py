@@ -375,8 +375,9 @@ class Deadline:
     batches keeps the epoch's progress (last.pt), so a slice loses none of its time to an unfinished epoch."""
     MARGIN = 1.5  # a shared CPU's pace varies by up to 2x within a slice
 
-    def __init__(self, minutes, invoked, history, hardware, device="cpu"):
+    def __init__(self, minutes, invoked, history, hardware, device="cpu", running_time=time.perf_counter):
         self.minutes, self.end = minutes, invoked + 60 * minutes  # on time.perf_counter's clock: stopped time counts
+        self.running_time = running_time  # what a piece takes: time stopped (SIGSTOP) is no batch's
         # a GPU's steps queue up without waiting: the clock would time their launch, and a pause wait for the queue
         self.wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         self.batch_seconds, self.why = [], None  # this invocation's training batches; the reason of a pause
@@ -392,8 +393,8 @@ class Deadline:
         if seconds is None or self.MARGIN * seconds <= self.left():
             return None
         took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
-        self.why = (f"--end-by-minutes {self.minutes:g}: {max(self.left(), 0) / 60:.1f} minutes left, {what} here "
-                    f"takes up to {took}")
+        self.why = (f"--end-by-minutes {self.minutes:g}: {max(self.left(), 0) / 60:.1f} minutes left, under "
+                    f"{self.MARGIN:g}x the {took} {what} here takes")
         return self.why
 
     def batch_check(self):
@@ -404,7 +405,7 @@ class Deadline:
         def pause():
             nonlocal last
             self.wait()
-            now = time.perf_counter()
+            now = self.running_time()
             if last is not None:
                 self.batch_seconds.append(now - last)
             last = now
@@ -511,8 +512,8 @@ def fit(run, status):
     # each invocation may run on another machine, from another commit
     runs.write_config(run.dir, invocation, computed, first_record(run, model) if status == "new" else None,
                       run.budget_change)
-    deadline = (Deadline(args.end_by_minutes, run.invoked, state["history"], hardware, device) if args.end_by_minutes
-                else None)
+    deadline = (Deadline(args.end_by_minutes, run.invoked, state["history"], hardware, device, run.stop.running_time)
+                if args.end_by_minutes else None)
     val_images = len(run.data["val"][0])
 
     bar = tqdm(total=args.epochs, initial=state["epoch"], desc="epochs", disable=not run.terminal, dynamic_ncols=True)
@@ -535,10 +536,11 @@ def fit(run, status):
                 train_metrics = None  # its training pass is done, and kept
             if train_metrics is None:
                 seconds = spent + run.stop.running_time() - started
-                keep_progress(run, model, optimizer, generator, training, seconds, done_before)
+                kept = keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware)
                 if run.stop.asked:
-                    print(f"kept epoch {epoch}'s first {training.done} of {training.total} batches in "
-                          f"{run.dir / runs.LAST}", file=sys.stderr)
+                    if kept:
+                        print(f"kept epoch {epoch}'s first {training.done} of {training.total} batches in "
+                              f"{run.dir / runs.LAST}", file=sys.stderr)
                     raise Interrupted(run.stop.signum)
                 reason, paused_at = "deadline", (
                     f"before epoch {epoch}" if training.done == 0 else
@@ -574,6 +576,7 @@ def fit(run, status):
                    f"  val fg IoU {val['iou_foreground']:.4f}  val acc {val['acc']:.4f}"
                    f"  {seconds:.1f}s{'  *' if improved else ''}")
     bar.close()
+    # scaled from validation passes, which on a GPU may replay a CUDA graph where the test pass runs eagerly
     if reason not in PAUSES and deadline and deadline.too_late(
             deadline.pass_seconds(len(run.data["test"][0]), args.batch_size, val_images), "the test pass"):
         reason, paused_at = "deadline", f"after epoch {state['epoch']}, before testing"
@@ -585,16 +588,24 @@ def fit(run, status):
     return model, reason
 
 
-def keep_progress(run, model, optimizer, generator, training, seconds, done_before):
+def keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware):
     """Saves an epoch stopped between two batches (`training`, its TrainingPass, and the running `seconds`
-    spent on it) in last.pt, unless no batch of it ran since `done_before` (last.pt already holds that).
-    A non-finite loss is refused rather than kept."""
+    spent on it) in last.pt with the arithmetic it ran in (`hardware`, the coupling), unless no batch of it
+    ran since `done_before` (last.pt already holds that); returns whether it saved. A non-finite loss,
+    weight or optimizer state is refused rather than kept (the last batch's step may overflow after its
+    finite loss)."""
     if training.done == done_before:
-        return
+        return False
     if not math.isfinite(training.mean_loss()):
         raise NonFiniteLossError(f"the training loss became {training.mean_loss()}")
+    state_tensors = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    if not all(bool(torch.isfinite(t).all()) for t in [*model.state_dict().values(), *state_tensors]
+               if t.is_floating_point()):
+        raise NonFiniteLossError("the weights or the optimizer's state became non-finite")
     runs.save_progress(run.dir, run.state, model, optimizer, generator,
-                       dict(training=training.state_dict(), seconds=seconds))
+                       dict(training=training.state_dict(), seconds=seconds, precision=hardware["precision"],
+                            bf16_coupling=run.args.bf16_coupling == "on"))
+    return True
 
 
 def test_best(run, model, reason):

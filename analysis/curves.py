@@ -33,7 +33,7 @@ def check_metrics(curves, metrics):
     for label, history in curves:
         missing = [m for m in metrics if m not in history.columns]
         if missing:
-            numeric = [c for c in history.columns if c.startswith(("train_", "val_"))]
+            numeric = [c for c in history.columns if c.startswith(("train_", "val_")) and c != "val_seconds"]
             raise ValueError(f"{label} has no column {', '.join(missing)}; its metrics: {', '.join(numeric)}")
 
 

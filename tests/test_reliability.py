@@ -251,16 +251,41 @@ def test_an_epoch_in_progress_does_not_stand_in_for_a_missing_checkpoint(run_tra
     assert not (tmp_path / "r" / runs.CHECKPOINT).exists()
 
 
-def test_a_non_finite_loss_in_an_unfinished_epoch_is_not_kept(tmp_path):
+@pytest.mark.parametrize("poisoned, says", [("loss", "the training loss became nan"),
+                                             ("weights", "the weights or the optimizer's state became non-finite")])
+def test_a_non_finite_loss_or_weight_in_an_unfinished_epoch_is_not_kept(tmp_path, poisoned, says):
     from types import SimpleNamespace
     from engine import NonFiniteLossError, TrainingPass
     training = TrainingPass(torch.arange(8), 4, 3, "cpu")
-    training.done, training.loss_sum = 1, torch.tensor(float("nan"))
-    run = SimpleNamespace(dir=tmp_path, state=train.new_state())
+    training.done, training.loss_sum = 1, torch.tensor(float("nan") if poisoned == "loss" else 1.0)
+    run = SimpleNamespace(dir=tmp_path, state=train.new_state(), args=SimpleNamespace(bf16_coupling="off"))
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(NonFiniteLossError, match="the training loss became nan"):
-        train.keep_progress(run, model, torch.optim.Adam(model.parameters()), torch.Generator(), training, 1.0, 0)
+    if poisoned == "weights":  # the last batch's step overflowed after its finite loss
+        with torch.no_grad():
+            model.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=says):
+        train.keep_progress(run, model, torch.optim.Adam(model.parameters()), torch.Generator(), training, 1.0, 0,
+                            runs.hardware("cpu", amp=False))
     assert not (tmp_path / runs.LAST).exists()
+
+
+def test_an_epoch_in_progress_keeps_its_arithmetic_for_the_resume(run_train, tmp_path):
+    run_train(tmp_path, "--run-name", "r", *RUN, "--end-by-minutes", "1e-6")  # one batch of epoch 1, kept
+    assert runs.load_metrics(tmp_path / "r") == []  # no finished epoch to read the precision from
+    assert runs.last_arithmetic(tmp_path / "r") == {"amp": "off", "bf16_coupling": "off"}
+
+
+def test_a_metrics_file_behind_last_pt_is_written_again_from_it(run_train, tmp_path):
+    reference = run_train(tmp_path / "whole", "--run-name", "r", *RUN)
+    cut = (tmp_path / "cut", "--run-name", "r", *RUN)
+    for _ in range(2):
+        run_train(*cut, "--stop-after-minutes", "1e-9")
+    metrics = tmp_path / "cut" / "r" / runs.METRICS
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:-1]))  # killed before epoch 2's row
+    run_train(*cut, "--end-by-minutes", "1e-6")  # resumed: one batch of epoch 3, kept in last.pt
+    assert len(runs.load_metrics(tmp_path / "cut" / "r")) == 2
+    assert run_train(*cut) == reference
+    assert metrics_rows(tmp_path / "cut" / "r") == metrics_rows(tmp_path / "whole" / "r")
 
 
 def test_a_damaged_test_metrics_file_is_made_again(run_train, tmp_path):

@@ -10,7 +10,9 @@ from signals import EXIT_STATUS, Interrupted, StopSignals
 
 
 @pytest.mark.parametrize("signum", StopSignals.SIGNALS)
-def test_a_signal_is_kept_until_the_safe_point_and_a_second_stops_at_once(signum):
+def test_a_signal_is_kept_until_the_safe_point_and_a_second_stops_at_once(signum, monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(signals.time, "perf_counter", lambda: now[0])
     before = signal.getsignal(signum)
     with StopSignals() as stop:
         stop.check()  # nothing asked yet
@@ -18,8 +20,11 @@ def test_a_signal_is_kept_until_the_safe_point_and_a_second_stops_at_once(signum
         with pytest.raises(Interrupted) as asked:
             stop.check()
         assert asked.value.signum == signum and str(asked.value) == signal.Signals(signum).name
+        now[0] += 0.5
+        signal.raise_signal(signum)  # the same request delivered twice (a job's processes, and the launcher's)
+        now[0] += 1
         with pytest.raises(Interrupted):
-            signal.raise_signal(signum)  # the second one does not wait for check()
+            signal.raise_signal(signum)  # a second request does not wait for check()
     assert signal.getsignal(signum) is before
 
 
