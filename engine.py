@@ -46,14 +46,10 @@ def autocast(device, amp):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def batches(n, batch_size, generator=None, device="cpu", drop_last=False):
-    """Index tensors covering 0..n-1, shuffled when a generator is given; `drop_last`
-    leaves out a last batch smaller than batch_size."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    chunks = order.split(batch_size)
-    if drop_last and chunks and len(chunks[-1]) < batch_size:
-        chunks = chunks[:-1]
-    return [idx.to(device) for idx in chunks]
+def batches(n, batch_size, device="cpu"):
+    """Index tensors covering 0..n-1 in order, the last one smaller where batch_size does not divide n:
+    an evaluation pass (a training pass is a TrainingPass)."""
+    return [idx.to(device) for idx in torch.arange(n).split(batch_size)]
 
 
 class TrainStep:
@@ -92,7 +88,7 @@ def undo_steps(model, optimizer, model_state, optimizer_state):
 class TrainingPass:
     """One epoch's pass over the shuffled training split, which may stop between two batches and go on
     later, in another process (train.py keeps it in last.pt): the batch order, how many batches are done,
-    and the sums of their loss and metrics. Its batches are those of `batches` with the same generator."""
+    and the sums of their loss and metrics. The last partial batch is dropped (see the module's docstring)."""
 
     def __init__(self, order, batch_size, num_classes, device):
         self.order, self.batch_size, self.done = order.cpu(), batch_size, 0

@@ -377,14 +377,15 @@ def _resume_state(run_dir):
     except (DamagedFile, KeyError, TypeError) as e:
         raise _damaged(run_dir, str(e) if isinstance(e, DamagedFile) else f"{run_dir / LAST} is damaged") from None
     try:
-        if len(load_metrics(run_dir)) < len(state["history"]):  # a kill between last.pt and metrics.csv
-            save_metrics(state["history"], run_dir / METRICS)
+        behind = len(load_metrics(run_dir)) < len(state["history"])  # a kill between last.pt and metrics.csv
     except DamagedFile:
+        behind = True
+    if behind:
         save_metrics(state["history"], run_dir / METRICS)
     if best is not None and best == state["epoch"]:
-        if _checkpoint_epoch(run_dir) != best and "epoch_in_progress" in last:  # its weights are no epoch's end
-            raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} of its best epoch ({best})")
         if _checkpoint_epoch(run_dir) != best:
+            if "epoch_in_progress" in last:  # its weights are no epoch's end
+                raise _damaged(run_dir, f"{run_dir} has no {CHECKPOINT} of its best epoch ({best})")
             save_torch({"model": last["model"], "epoch": best}, run_dir / CHECKPOINT)
     elif best is not None:
         try:

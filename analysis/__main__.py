@@ -17,7 +17,7 @@ import pandas as pd
 import runs
 import settings
 from analysis.classes import write_reports
-from analysis.curves import against_spread, check_metrics, load_curves
+from analysis.curves import against_spread, check_metrics, load_curves, per_epoch
 from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
@@ -108,10 +108,7 @@ def curves(args):
         sys.exit(f"error: {e}")
     for metric in args.metrics:
         print(f"{metric} per epoch" + (f" (spread: {', '.join(label for label, _ in spread)})" if spread else ""))
-        if spread:
-            table = against_spread(chosen, spread, metric)
-        else:
-            table = pd.concat([h.set_index("epoch")[metric].rename(label) for label, h in chosen], axis=1)
+        table = against_spread(chosen, spread, metric) if spread else per_epoch(chosen, metric)
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     try:
         paths = save_figure(compared_curves(chosen, spread, args.metrics), args.name, settings.figures_dir(args.figures))

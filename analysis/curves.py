@@ -37,13 +37,16 @@ def check_metrics(curves, metrics):
             raise ValueError(f"{label} has no column {', '.join(missing)}; its metrics: {', '.join(numeric)}")
 
 
+def per_epoch(curves, metric, join="outer"):
+    """`metric` of each curve as a column, one row per epoch (join "inner": only the epochs every curve has)."""
+    return pd.concat([history.set_index("epoch")[metric].rename(label) for label, history in curves], axis=1,
+                     join=join)
+
+
 def against_spread(curves, spread, metric):
     """Per epoch that every run of `spread` has: their min and max of `metric`, and each curve's value
     and whether it lies within [min, max] (None where that curve has no such epoch)."""
-    merged = None
-    for label, history in spread:
-        column = history.set_index("epoch")[metric].rename(label)
-        merged = column.to_frame() if merged is None else merged.join(column, how="inner")
+    merged = per_epoch(spread, metric, join="inner")
     table = pd.DataFrame({"spread_min": merged.min(axis=1), "spread_max": merged.max(axis=1)})
     for label, history in curves:
         values = history.set_index("epoch")[metric].reindex(table.index)

@@ -9,9 +9,13 @@ from models import build_model
 
 
 def test_training_drops_the_last_partial_batch():
-    assert [len(b) for b in engine.batches(10, 4, torch.Generator().manual_seed(0), drop_last=True)] == [4, 4]
+    def training_batches(n):
+        training = engine.TrainingPass.shuffled(n, 4, torch.Generator().manual_seed(0), 3, "cpu")
+        return [training.batch(i) for i in range(training.total)]
+    assert [len(b) for b in training_batches(10)] == [4, 4]
     assert [len(b) for b in engine.batches(10, 4)] == [4, 4, 2]
-    assert [len(b) for b in engine.batches(8, 4, drop_last=True)] == [4, 4]
+    assert [len(b) for b in training_batches(8)] == [4, 4]
+    assert sorted(torch.cat(training_batches(8)).tolist()) == list(range(8))  # shuffled, each image once
 
 
 def test_an_epoch_trains_on_whole_batches_only(tiny_dataset):
