@@ -17,7 +17,7 @@ from dataset_config import DATASETS as _DATASETS
 from dataset_config import get_info as _get_info
 from models import build_model as _build_model
 
-dependencies = ["torch", "numpy"]
+dependencies = ["torch", "numpy", "tqdm"]
 
 
 def _entry(model, dataset, pretrained, settings):

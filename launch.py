@@ -41,6 +41,7 @@ MAX_SEEDS = 100  # the paper runs 10 or 12; more is a typo, not a grid
 SLURM_FLAGS = ("partition", "time", "gpus", "cpus", "mem", "account", "max_parallel")
 SLICE_FLAGS = ("minutes", "queue", "min_start", "archive", "part_mb", "runs_root", "mnist_from_dir", "data_root")
 CREATE_DATA_FLAGS = ("create_data", "dry_run", "python", "script", "caller_dir", "data_root", "mnist_from_dir")
+TRAIN_PATH_FLAGS = ("--runs-root", "--data-root", "--resume")  # train.py flags that name a folder
 # train.memory_needed leaves out activations and workspace: the Multi-MNIST NWM at batch 64 takes about 28 GB on a
 # GPU, 3.3 times its 8.4 GiB estimate
 GPU_HEADROOM = 4
@@ -79,7 +80,8 @@ def build_parser(prog="launch.py", description=__doc__):
     g = p.add_argument_group("how they run")
     g.add_argument("--dry-run", action="store_true", help="print the commands (--slurm: write the files), run nothing")
     g.add_argument("--seeds", type=int_at_least(1, MAX_SEEDS), metavar="N", help="seeds 0..N-1, not the paper's")
-    g.add_argument("--python", metavar="PATH", help="the runs' interpreter (default: .venv/bin/python, else python3)")
+    g.add_argument("--python", metavar="PATH", help="the runs' interpreter, also in place of the one each line of a "
+                   "commands file names (default: .venv/bin/python, else python3; a file's lines keep theirs)")
     g.add_argument("--keep-going", action="store_true", help="go on after a failed run, list the failures at the end")
     g.add_argument("--per-gpu", type=int_at_least(1), default=1, metavar="N", help="N runs at once on each visible "
                    "GPU as its memory allows (none: on the CPU's cores), logs in <runs root>/logs/; --slurm: N a task")
@@ -133,16 +135,38 @@ def parse_args(argv):
     why = refusal(parser, args, extra)
     if why:
         parser.error(why)
-    # the paths given are named from where the launcher (or its script) started; the runs start in the repository
-    # root, and a path inside it stays relative to it (no machine's folders in the runs' configs and commands)
+    # the paths given are named from where the launcher (or its script) started, the runs start in the repository root
     start = args.caller_dir or os.getcwd()
     args.commands = args.commands or args.commands_file
     for name in ("commands", "archive", "mnist_from_dir", "data_root", "runs_root"):
         if getattr(args, name):
-            path = Path(os.path.normpath(os.path.join(start, os.path.expanduser(getattr(args, name)))))
-            setattr(args, name, str(path.relative_to(REPO) if path.is_relative_to(REPO) else path))
+            setattr(args, name, from_start(getattr(args, name), start))
+    if args.python and os.sep in args.python:  # a bare name (python3) is looked up on PATH
+        args.python = from_start(args.python, start)
+    args.interpreter_named = args.python is not None  # it then replaces the interpreter of a commands file's lines
     args.prog, args.python = parser.prog, args.python or default_python()
-    return args, extra
+    return args, [*train_paths_from_start(extra, start)]
+
+
+def from_start(path, start):
+    """`path` as the runs see it from the repository root: relative to it where inside it (no machine's folders in the
+    runs' configs and commands), else absolute."""
+    path = Path(os.path.normpath(os.path.join(start, os.path.expanduser(path))))
+    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
+def train_paths_from_start(extra, start):
+    """The train.py flags after `--`, their paths (TRAIN_PATH_FLAGS) named from `start` as the launcher's own are."""
+    after_flag = False
+    for word in extra:
+        flag, equals, value = word.partition("=")
+        if after_flag:
+            yield from_start(word, start)
+        elif equals and flag in TRAIN_PATH_FLAGS:
+            yield f"{flag}={from_start(value, start)}"
+        else:
+            yield word
+        after_flag = word in TRAIN_PATH_FLAGS
 
 
 def refusal(parser, args, extra):
@@ -230,8 +254,9 @@ def make_commands(args, extra):
         extra += [] if args.queue else ["--stop-after-minutes", f"{args.minutes:g}"]
     if args.commands:
         script = Path(args.script) if args.script else None
-        found = {f"{script.parent.name}_{script.stem}" if script else Path(args.commands).stem:
-                 read_commands(args.commands, extra)}
+        lines = [([args.python, *argv[1:]] if args.interpreter_named else argv, where)
+                 for argv, where in read_commands(args.commands, extra)]
+        found = {f"{script.parent.name}_{script.stem}" if script else Path(args.commands).stem: lines}
     else:
         grid = {"launch": (args.config, args.seeds)} if args.config else {
             f"{d}_{m}": ([f"--dataset {d} --model {m} --{setting.replace('_', '-')} {v}" for v in values], seeds)
@@ -345,6 +370,7 @@ class Runner:
     def __init__(self, args, commands, family, slots, log_dir=None):
         self.args, self.commands, self.family, self.slots, self.log_dir = args, commands, family, slots, log_dir
         self.running, self.statuses = {}, {}  # slot -> (index, Popen); index -> exit status (None: not started)
+        self.log_starts = {}  # index -> where this invocation's output begins in the run's log
         self.stopped, self.asked, self.told = None, 0, {}  # the first stop signal, how many came, pid -> passed on
 
     def stop(self, signum, frame=None):
@@ -376,7 +402,10 @@ class Runner:
         print(f"[{i + 1}/{len(self.commands)}] {'started' + where + ': ' if self.log_dir else ''}{shlex.join(argv)}",
               flush=True)
         env = dict(os.environ, **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu}))
-        log = open(self.log_path(i), "w") if self.log_dir else None
+        log = open(self.log_path(i), "a") if self.log_dir else None  # a run's earlier slices stay in its log
+        if log:
+            self.log_starts[i] = log.tell()
+            print(f"=== {datetime.now().isoformat(timespec='seconds')} {shlex.join(argv)}", file=log, flush=True)
         try:  # in its own process group: a Ctrl-C at the terminal reaches it once, through the launcher
             self.running[slot] = i, subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, process_group=0,
                                                      stderr=subprocess.STDOUT if log else None,
@@ -387,6 +416,14 @@ class Runner:
         finally:
             if log:
                 log.close()
+
+    def output(self, i):
+        """What run i wrote to its log in this invocation ("" without a log)."""
+        if i not in self.log_starts:
+            return ""
+        with open(self.log_path(i), errors="replace") as log:
+            log.seek(self.log_starts[i])
+            return log.read()
 
     def end(self, i, status):
         self.statuses[i] = status if status >= 0 else 128 - status  # killed by a signal: as shells report it
@@ -432,15 +469,14 @@ def run_commands(args, commands, family, argv_of=None):
     (and every slice) with each one's output in <runs root>/logs/. Returns the launcher's exit status."""
     slots, gpus = make_slots(args, commands)
     n, log_dir = len(commands), None
-    if (len(slots) > 1 or args.slice) and args.array_task is None:
+    if len(slots) > 1 or args.slice:
         log_dir = settings.runs_root(commands[0].args.runs_root) / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         print(f"{n} runs, {args.per_gpu} at a time on each of: {' '.join(gpus) or 'the CPU'}; logs in {log_dir}/")
     runner = Runner(args, commands, family, slots, log_dir)
     keep_going = args.keep_going or args.slice or args.array_task is not None
     statuses = runner.run(argv_of or (lambda i: commands[i].argv), keep_going)
-    eager = [runner.log_path(i) for i in statuses if log_dir and runner.log_path(i).is_file()
-             and "CUDA graph capture failed" in runner.log_path(i).read_text(errors="replace")]
+    eager = [runner.log_path(i) for i in statuses if "CUDA graph capture failed" in runner.output(i)]
     if eager:
         print(f"{len(eager)} of {n} runs trained with eager steps, their CUDA graph capture failed (why: the "
               f"warning in each log, and cuda_graph in the run's config.json):\n" + "\n".join(f"  {e}" for e in eager))
@@ -568,7 +604,7 @@ def run_slice(args, commands, family):
 
 def launch(args, family, commands):
     """Runs, prints or submits one family's commands; the exit status."""
-    if args.array_task is not None:  # a SLURM task: its --per-gpu lines of the file, all at once, output to SLURM's log
+    if args.array_task is not None:  # a SLURM task: its --per-gpu lines of the file, all at once (several: a log each)
         mine = commands[args.array_task * args.per_gpu:(args.array_task + 1) * args.per_gpu]
         if not mine:
             raise CommandError(f"array task {args.array_task} has no lines: the file holds {len(commands)}")

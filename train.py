@@ -86,7 +86,7 @@ def build_parser():
                    help="nwm: wave model; lstm/gru/rnn: conv recurrent baselines; cnn: local feed-forward; "
                         "unet: non-local baseline")
     g.add_argument("--readout", default="linear", choices=READOUTS,
-                   help="temporal readout of the recurrent models (the CNN always uses its linear head)")
+                   help="temporal readout of the recurrent models (the CNN and the U-Net have none)")
     model_flag(g, "T")
     model_flag(g, "dt", positive_float)
     for key in ("c_mid", "hidden_channels", "readout_width", "readout_depth", "depth", "width"):
@@ -152,9 +152,11 @@ def build_parser():
                    help="run directory under the runs root, a relative path that stays inside it (default: from "
                         "the settings, e.g. tetrominoes/nwm-linear-T100-h2-seed0)")
     g.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="resume the run in the folder RUN_DIR (also a moved one) with its stored settings, but "
-                        "for the device, --bptt-segment and progress bars, which come from this command's flags "
-                        "(running the same command again resumes too)")
+                   help="resume the run in the folder RUN_DIR (also a moved one) with its stored settings (the "
+                        "data root and threads too), in the precision (--amp, --bf16-coupling) of its last epoch; "
+                        "the device, --bptt-segment, --compile, --cuda-graph, time limits and progress bars come "
+                        "from this command, and a flag given wins where the run may change it (running the same "
+                        "command again resumes too)")
     g.add_argument("--restart", action="store_true",
                    help="delete the run files (config.json, metrics.csv, checkpoint.pt, last.pt, test_metrics.json) of "
                         "an existing run of the same name and start over; nothing else is deleted")
@@ -199,6 +201,9 @@ def parse(argv=None):
         info = get_info(args.dataset, args.data_root)
     except DatasetError as e:
         parser.error(f"--dataset: {e}")
+    if not is_recurrent(args.model) and "readout" in named_flags(argv):  # it would train something else than asked
+        parser.error(f"--readout: the {args.model} has no temporal readout (its features go to its own head); "
+                     f"leave --readout out")
     fill_model_defaults(args)
     return parser, args, info
 

@@ -9,7 +9,6 @@
     python -m analysis classes RUN [RUN ...]    # per-class IoU and the confusion matrix: which classes it confuses
     python -m analysis curves RUN [RUN ...] --spread RUN [RUN ...]   # per-epoch curves, against others' spread
 """
-import argparse
 import sys
 
 import pandas as pd
@@ -17,12 +16,12 @@ import pandas as pd
 import runs
 import settings
 from analysis.classes import write_reports
-from analysis.curves import against_spread, check_metrics, load_curves, per_epoch
+from analysis.curves import against_spread, against_twin, check_metrics, load_curves, per_epoch, twins
 from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
-from cli import HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main, shows_bars
+from cli import ArgumentParser, HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main, shows_bars
 from dataset_config import DatasetError
 from plotting import compared_curves, save_figure
 from produce_scores import ScoresError, ScoresFile
@@ -104,12 +103,19 @@ def curves(args):
     try:
         chosen, spread = load_curves(args.runs), load_curves(args.spread)
         check_metrics(chosen + spread, args.metrics)
+        twin_labels = twins(args.runs, args.spread)
     except (OSError, ValueError, runs.DamagedFile) as e:
         sys.exit(f"error: {e}")
     for metric in args.metrics:
         print(f"{metric} per epoch" + (f" (spread: {', '.join(label for label, _ in spread)})" if spread else ""))
         table = against_spread(chosen, spread, metric) if spread else per_epoch(chosen, metric)
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+        if any(twin_labels):
+            paired = against_twin(chosen, twin_labels, spread, metric)
+            print(f"{metric}: each run against its twin at its seed, beside the spread's range")
+            print(paired.to_string(float_format=lambda v: f"{v:+.4f}"))
+            print("mean |value| over these epochs: " + ", ".join(
+                f"{column} {paired[column].abs().mean():.4f}" for column in paired.columns))
     try:
         paths = save_figure(compared_curves(chosen, spread, args.metrics), args.name, settings.figures_dir(args.figures))
     except OSError as e:
@@ -124,7 +130,7 @@ def add_output_folders(p):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="python -m analysis", description=__doc__, formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     p = commands.add_parser("tables", formatter_class=HelpFormatter,
                             help="score table (produce_scores.py) -> statistics over seeds as CSV, LaTeX, Markdown, "
@@ -180,7 +186,8 @@ def build_parser():
                                  "lies within the spread of other runs (--spread: e.g. seeds of a baseline)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, each drawn as a line")
     p.add_argument("--spread", nargs="+", default=[], metavar="RUN",
-                   help="run directories whose min-max band per epoch the others are set against")
+                   help="run directories whose min-max band per epoch the others are set against; a run with a "
+                        "twin among them (the same seed) is also set against it, beside the band's width")
     p.add_argument("--metrics", nargs="+", default=["val_loss", "val_iou_foreground"],
                    help="metrics.csv columns, one panel each")
     p.add_argument("--name", default="curves_compared", help="the figure's file name, without .png")

@@ -1,8 +1,10 @@
 """Per-epoch curves of chosen runs, and where each lies against the spread of others (e.g. a
-variant against seeds of its baseline: docs/speed.md's bfloat16-coupling A/B).
+variant against seeds of its baseline: docs/speed.md's bfloat16-coupling A/B), and how far each lies from
+its twin among them, the run at its seed, beside how far the seeds lie from each other.
 
     curves = load_curves(["runs/a", "runs/b"])               # [(label, metrics.csv as a DataFrame)]
     table = against_spread(curves, load_curves(seeds), "val_loss")
+    table = against_twin(curves, twins(["runs/a", "runs/b"], seeds), load_curves(seeds), "val_loss")
 """
 from pathlib import Path
 
@@ -53,4 +55,25 @@ def against_spread(curves, spread, metric):
         table[label] = values
         table[f"{label} within"] = [None if pd.isna(v) else bool(lo <= v <= hi)
                                     for v, lo, hi in zip(values, table["spread_min"], table["spread_max"])]
+    return table
+
+
+def twins(run_dirs, spread_dirs):
+    """For each run, the label of the run of `spread_dirs` trained at its seed (config.json's), or None."""
+    def seed(run_dir):
+        return runs.load_json(Path(run_dir) / runs.CONFIG).get("seed")
+    spread = dict(zip(map(seed, reversed(spread_dirs)), reversed(labels(spread_dirs))))  # the first at a seed
+    return [spread.get(seed(run_dir)) for run_dir in run_dirs]
+
+
+def against_twin(curves, twin_labels, spread, metric):
+    """Per epoch that every run has: each curve's difference from its twin (`twin_labels`, from twins: the same
+    initial weights and batch order, so the difference is what the curve's variant changes; no column without
+    one) beside the range of `spread` (max - min: what the seed alone changes)."""
+    merged = per_epoch(spread + curves, metric, join="inner")
+    spread_labels = [label for label, _ in spread]
+    table = pd.DataFrame({"spread_range": merged[spread_labels].max(axis=1) - merged[spread_labels].min(axis=1)})
+    for (label, _), twin in zip(curves, twin_labels):
+        if twin is not None:
+            table[f"{label} - {twin}"] = merged[label] - merged[twin]
     return table

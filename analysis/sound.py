@@ -16,8 +16,6 @@ import wave
 
 import numpy as np
 
-from analysis.waves import power_spectrum
-
 HZ_PER_CYCLE_PER_STEP = 20_000.0
 RATE, SECONDS, PEAK, FADE = 16_000, 2.0, 0.9, 0.02
 
@@ -37,11 +35,6 @@ def spectrum_to_audio(freqs, power, seconds=SECONDS, rate=RATE, hz_per_cycle_per
     audio *= np.minimum(1, np.minimum(t, t[-1] - t) / FADE)
     peak = np.abs(audio).max()
     return audio * (PEAK / peak) if peak > 0 else audio
-
-
-def object_audio(sequence, region=None, **kwargs):
-    """spectrum_to_audio of the power spectrum of `sequence` (T x ... x H x W) over `region`."""
-    return spectrum_to_audio(*power_spectrum(sequence, region), **kwargs)
 
 
 def write_wav(path, audio, rate=RATE):

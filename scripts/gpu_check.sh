@@ -93,8 +93,9 @@ fi
 status=0 total=0
 for entry in "${STEPS[@]}"; do
   read -r name seconds what <<<"$entry"
-  seconds=$((seconds * slower)) total=$((total + seconds)) begin=$SECONDS code=0 result=ok skip=""
+  seconds=$((seconds * slower)) begin=$SECONDS code=0 result=ok skip=""
   [[ $device != cpu || $CUDA_ONLY != *" $name "* ]] || skip=" (skipped on the CPU: needs CUDA)"
+  [[ -n $skip ]] || total=$((total + seconds))
   if ((dry_run)); then
     printf '  %-11s %4ss  %s%s\n' "$name" "$seconds" "$what" "$skip"
     continue

@@ -4,6 +4,7 @@ The notebooks run in their own kernel process, so they get real (tiny) datasets 
 runs, made once for this module: 32/8/8-image Tetrominoes and Polygons, and 8-step NWM
 and LSTM runs trained for one epoch.
 """
+import json
 import math
 import shutil
 
@@ -363,6 +364,22 @@ def test_a_curve_is_set_against_the_spread_of_other_runs_per_epoch():
     assert list(table["b within"]) == [True, False]  # 0.6 lies above the band's 0.5
     assert list(table["c within"]) == [True, None]  # the band's edge is within; no epoch 2
     assert curves.labels(["a/x", "b/x", "b/y"]) == ["a/x", "b/x", "y"]
+
+
+def test_a_curve_is_set_against_its_twin_at_its_seed_beside_the_seeds_range(tmp_path):
+    for name, seed in (("f0", 0), ("f1", 1), ("b0", 0), ("b2", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"seed": seed}))
+    dirs = [str(tmp_path / name) for name in ("b0", "b2")]
+    assert curves.twins(dirs, [str(tmp_path / "f0"), str(tmp_path / "f1")]) == ["f0", None]
+    spread = [("f0", pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.0, 0.5, 0.4]})),
+              ("f1", pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.2, 0.4, 0.3]}))]
+    curve = [("b0", pd.DataFrame({"epoch": [1, 2], "val_loss": [1.1, 0.45]})),
+             ("b2", pd.DataFrame({"epoch": [1, 2], "val_loss": [9.0, 9.0]}))]
+    table = curves.against_twin(curve, ["f0", None], spread, "val_loss")
+    assert list(table.columns) == ["spread_range", "b0 - f0"] and list(table.index) == [1, 2]  # epochs all have
+    assert table["spread_range"].tolist() == pytest.approx([0.2, 0.1])
+    assert table["b0 - f0"].tolist() == pytest.approx([0.1, -0.05])
 
 
 def test_curves_command_draws_runs_over_a_spread_and_names_missing_metrics(run_train, tmp_path, capsys):

@@ -157,8 +157,30 @@ def test_a_commands_file_is_read_with_shell_rules(launched, tmp_path):
                              "py train.py --dataset mnist --run-name 'with space' --seed 2")
     status, out, _ = launched(str(commands), "--dry-run", "--", "--runs-root", "R", "--epochs", "3")
     parsed = [parse(line)[1] for line in out.splitlines()]
-    assert status == 0 and [(a.seed, a.runs_root, a.epochs) for a in parsed] == [(1, "R", 3), (2, "R", 3)]
+    runs_root = str(tmp_path / "R")  # read from where the launcher started, as its own paths are
+    assert status == 0 and [(a.seed, a.runs_root, a.epochs) for a in parsed] == [(1, runs_root, 3), (2, runs_root, 3)]
     assert parsed[1].run_name == "with space"
+
+
+def test_train_py_paths_after_the_double_dash_are_read_from_where_the_launcher_started(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO / "docs")  # inside the repository: a path there stays relative to its root
+    _, extra = launch.parse_args(["c.txt", "--", "--runs-root", "../my_runs", f"--data-root={tmp_path}/d", "--resume",
+                                  "r/run", "--epochs", "3", "--run-name", "x"])
+    assert extra == ["--runs-root", "my_runs", f"--data-root={tmp_path}/d", "--resume", "docs/r/run", "--epochs", "3",
+                     "--run-name", "x"]  # a run name is no path
+
+
+def test_python_replaces_the_interpreter_of_a_commands_files_lines(launched, tmp_path, monkeypatch):
+    commands = commands_file(tmp_path, ".venv/bin/python train.py --seed 1", "py train.py --seed 2")
+
+    def interpreters(*options):
+        monkeypatch.chdir(tmp_path)  # started here (the launcher moves to the repository root)
+        status, out, _ = launched(str(commands), "--dry-run", *options)
+        assert status == 0
+        return [parse(line)[0] for line in out.splitlines()]
+    assert interpreters() == [".venv/bin/python", "py"]  # each line's own
+    assert interpreters("--python", "python3") == ["python3", "python3"]  # a name, looked up on PATH
+    assert interpreters("--python", "env/bin/python") == [str(tmp_path / "env/bin/python")] * 2  # a path, from here
 
 
 @pytest.mark.parametrize("line, message", [
@@ -284,6 +306,12 @@ case "$*" in *"--seed 0"*) echo "warning: CUDA graph capture failed (boom); trai
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     status, out, _ = launched("--grid", "mnist/lstm", "--seeds", "2", "--per-gpu", "2", "--python", str(python))
     assert status == 0 and "2 of 4 runs trained with eager steps, their CUDA graph capture failed" in out
+    executable(tmp_path / "python", "#!/bin/sh\n")  # the next slice captures its graphs
+    status, out, _ = launched("--grid", "mnist/lstm", "--seeds", "2", "--per-gpu", "2", "--python", str(python))
+    assert status == 0 and "eager steps" not in out  # an earlier slice's warning is not this one's
+    logs = {log.name: log.read_text() for log in (tmp_path / "runs" / "logs").glob("*.log")}
+    assert len(logs) == 4 and all(text.count("=== ") == 2 for text in logs.values())  # each slice's output kept
+    assert sum("CUDA graph capture failed" in text for text in logs.values()) == 2
 
 # -----------------------------------------------------------------------------
 # SLURM
@@ -316,6 +344,7 @@ def test_slurm_writes_a_job_array_whose_tasks_run_their_lines(launched, tmp_path
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert sorted(calls(tmp_path)) == sorted(f"{REPO} {line.split(' ', 1)[1]}" for line in expected)
+    assert len(list((tmp_path / "runs" / "logs").glob("*.log"))) == 3  # task 1's three at once: a log each
 
 
 def test_slurm_dry_run_defaults_and_a_missing_sbatch(launched, tmp_path, monkeypatch):
@@ -423,18 +452,20 @@ def test_a_slice_without_a_runs_root_uses_train_pys_not_the_shipped_runs(launche
 
 def test_a_queue_shares_one_slice_among_its_runs_in_turn(launched, tmp_path):
     python = fake_python(tmp_path)
-    options = ["--slice", "--queue", "--python", str(python), "--data-root", str(tmp_path / "data"),
-               "--runs-root", str(tmp_path / "r")]
-    slow = executable(tmp_path / "slow" / "python", (  # its first run takes 4 s
-        f'#!/bin/sh\necho "$*" >> "{tmp_path}/slow.log"\ncase "$*" in *"--seed 0"*) sleep 4 ;; esac\n'))
-    slow_commands = commands_file(tmp_path / "slow", *(f"{slow} train.py --seed {seed}" for seed in range(3)))
-    status, out, _ = launched(str(slow_commands), *options, "--minutes", "0.1", "--min-start", "0.05")
+    options = ["--slice", "--queue", "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "r")]
+    slow = executable(tmp_path / "slow" / "python", (  # its first run takes 4 s; the data steps do nothing
+        f'#!/bin/sh\n[ "$1" = train.py ] || exit 0\necho "$*" >> "{tmp_path}/slow.log"\n'
+        f'case "$*" in *"--seed 0"*) sleep 4 ;; esac\n'))
+    slow_commands = commands_file(tmp_path / "slow", *(f"py train.py --seed {seed}" for seed in range(3)))
+    status, out, _ = launched(str(slow_commands), *options, "--python", str(slow), "--minutes", "0.1",
+                              "--min-start", "0.05")
     assert status == 0 and out.count("not started, under 0.05 minutes of the slice left") == 2  # 6 s, 2 s left
     assert "all runs paused or finished, 2 not started" in out
     assert [line.split(" --runs-root")[0] for line in (tmp_path / "slow.log").read_text().splitlines()] == [
         "train.py --seed 0"]
     commands = commands_file(tmp_path, *(f"{python} train.py --seed {seed}" for seed in range(3)))
-    status, out, _ = launched(str(commands), *options, "--minutes", "30")  # one after another, each with what is left
+    # one after another, each with what is left
+    status, out, _ = launched(str(commands), *options, "--python", str(python), "--minutes", "30")
     trained = [c for c in calls(tmp_path) if "train.py" in c]
     assert status == 0 and len(trained) == 3
     assert all(re.search(r"--no-progress --end-by-minutes (29|30)\.\d$", c) for c in trained), trained

@@ -206,6 +206,7 @@ def cli(*args, env=None):
     (["--readout", "median"], "invalid choice: 'median'"),
     (["--dataset", "cifar"], "--dataset: unknown dataset 'cifar'"),
     (["--model", "cnn", "--T", "2"], "--T must be at least 4"),
+    (["--model", "unet", "--readout", "fft"], "--readout: the unet has no temporal readout"),
     (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
