@@ -5,7 +5,7 @@
     python bench.py --configs tetrominoes_nwm --device cuda --steps 20 --json bench.json
     python bench.py --configs mnist_nwm mnist_cnn16 multi_mnist_unet3 --no-reference   # any dataset x model
     python bench.py --numerics results/runs/polygons/nwm-linear-T100-h16-seed0 --batch-size 8   # precision
-    python bench.py --per-gpu 1 2 4 -- --epochs 2 --train-size 512   # launch.py, runs in runs/per_gpu_N
+    python bench.py --per-gpu 1 2 4 -- --epochs 2 --train-size 512   # launch.py, runs in a temporary folder
 
 For each configuration it times full training steps (forward, cross-entropy, backward,
 Adam step) of
@@ -43,6 +43,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ from engine import TrainStep, autocast, set_backends
 from models import MODEL_NAMES, build_model, common, cpu_kernels, head_cpu, is_recurrent, nwm_cpu
 from models.common import auto_bptt_segment
 from models.reference import build_reference, copy_weights
-from settings import bf16_supported, device_name, pick_device, runs_root, set_threads, tune_cpu_allocator
+from settings import bf16_supported, device_name, pick_device, set_threads, tune_cpu_allocator
 
 REPO = Path(__file__).resolve().parent
 
@@ -424,8 +425,9 @@ def build_parser():
                         "a dataset at initialisation, on --batch-size validation images (default 4)")
     p.add_argument("--per-gpu", nargs="+", type=int_at_least(1), metavar="N",
                    help="time launch.py instead: a 4-run ConvLSTM grid at N runs at once, for each N, on one GPU "
-                        "(or the CPU), the runs in <runs root>/per_gpu_N, with the train.py flags after --")
-    add_runs_root(p)
+                        "(or the CPU), with the train.py flags after --")
+    add_runs_root(p).help = ("with --per-gpu: keep the runs in RUNS_ROOT/per_gpu_N (default: a temporary folder, "
+                             "deleted after, so that no score table counts them)")
     p.add_argument("train_args", nargs="*", metavar="-- TRAIN.PY ARGS", help="with --per-gpu: train.py flags")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     return p
@@ -457,7 +459,8 @@ def main(argv=None):
         return
 
     if args.per_gpu:
-        result = per_gpu_rates(args.per_gpu, device, runs_root(args.runs_root), args.train_args)
+        with tempfile.TemporaryDirectory(prefix="per_gpu_") as scratch:
+            result = per_gpu_rates(args.per_gpu, device, Path(args.runs_root or scratch), args.train_args)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(device=str(device), device_name=device_name(device), per_gpu=result), f, indent=2)

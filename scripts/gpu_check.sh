@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the GPU path in under 9 minutes on a machine with a GPU, this repository, its requirements and
 # the MNIST files (--mnist-from-dir) or the internet. Each step runs under its own timeout and writes
-# <step>.log into OUT (default runs/gpu_check_<time>), packed at the end into OUT.tar.gz without data
+# <step>.log into OUT (default ${TMPDIR:-/tmp}/gpu_check_<time>, out of the runs' way), packed into OUT.tar.gz without data
 # and checkpoints: summary.txt (each step's status and seconds), the graph_* runs (config.json's
 # cuda_graph, seconds per epoch in metrics.csv), bench.json and per_gpu.json.
 #
@@ -25,7 +25,7 @@ STEPS=(
 CUDA_ONLY=" cuda_tests resume tf32 "
 
 need() { [[ $# -ge 2 && $2 != -* ]] || { echo "$0: error: $1 needs a value (see --help)" >&2; exit 2; }; }
-device=cuda dry_run=0 out=runs/gpu_check_$(date +%Y%m%d-%H%M%S) mnist_dir="" step=""
+device=cuda dry_run=0 out=${TMPDIR:-/tmp}/gpu_check_$(date +%Y%m%d-%H%M%S) mnist_dir="" step=""
 while (($#)); do
   case $1 in
     --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
