@@ -383,7 +383,11 @@ class Runner:
             while self.told.get(process.pid, 0) < self.asked:
                 self.told[process.pid] = self.told.get(process.pid, 0) + 1
                 with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGINT if self.stopped == signal.SIGINT else signal.SIGTERM)
+                    process.send_signal(self.passed_on())
+
+    def passed_on(self):
+        """The signal a stop passes on to the runs: SIGINT as SIGINT, else SIGTERM (train.py pauses on both)."""
+        return signal.SIGINT if self.stopped == signal.SIGINT else signal.SIGTERM
 
     def log_path(self, i):
         """<runs root>/logs/<the run's path under the runs root, / as _>.log: one log per run, whichever line of
@@ -427,7 +431,9 @@ class Runner:
 
     def end(self, i, status):
         self.statuses[i] = status if status >= 0 else 128 - status  # killed by a signal: as shells report it
-        if self.statuses[i]:
+        if self.stopped and self.statuses[i] == 128 + self.passed_on():  # train.py's exit after a stop: a pause
+            print(f"[{i + 1}/{len(self.commands)}] stopped: {progress(self.commands[i].run_dir)}", flush=True)
+        elif self.statuses[i]:
             log = f" (log: {self.log_path(i)})" if self.log_dir else ""
             error(self.args, f"run {i + 1}/{len(self.commands)} failed (exit status {self.statuses[i]}): "
                              f"{shlex.join(self.commands[i].argv)}{log}")

@@ -127,7 +127,8 @@ def build_parser():
     g.add_argument("--bf16-coupling", default="off", choices=["off", "on"],
                    help="with --amp on a CPU with AVX512-BF16: the NWM's coupling products (8+ hidden channels) as "
                         "bfloat16 dot products with float32 sums, about 1.4x faster for 16 channels but with larger "
-                        "gradient errors (docs/speed.md, 'The coupling in bfloat16'); off: float32")
+                        "gradient errors and not shown to train as well (docs/speed.md, 'The coupling in "
+                        "bfloat16'); off: float32")
     g.add_argument("--bptt-segment", default="auto", type=auto_or_int,
                    help="recompute the recurrence in segments of this many steps during backpropagation instead of "
                         "storing every step (saves memory, costs one more forward pass of the recurrence); 0 stores "
@@ -715,9 +716,9 @@ def run_command(argv, invoked):
         sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        done = len(runs.load_metrics(run_dir))
-        print(f"\ninterrupted ({signal.Signals(signum).name}) after epoch {done}: every finished epoch is kept in "
-              f"{run_dir}; run the same command to resume", file=sys.stderr)
+        done, batches = len(runs.load_metrics(run_dir)), runs.epoch_in_progress(run_dir)
+        print(f"\ninterrupted ({signal.Signals(signum).name}) after epoch {done}{batches}: every finished epoch "
+              f"(and batch) is kept in {run_dir}; run the same command to resume", file=sys.stderr)
         sys.exit(EXIT_STATUS[signum])
     if test is not None and args.quickstart:
         comparison = shipped_comparison(test, data_fingerprint)

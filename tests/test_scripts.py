@@ -520,6 +520,7 @@ while :; do sleep 0.1; done
     assert sorted((tmp_path / "signals").read_text().split()) == sorted([str(pid) for pid in runs] + [forwarded] * 2)
     if signum != signal.SIGKILL:
         assert launcher.returncode == 128 + signum and "stopped by" in err and "[3/3]" not in out, err  # no more
+        assert "failed" not in err and out.count("stopped: ") == 2, out  # a run paused by the stop did not fail
 
 
 def advance_runs(tmp_path, data, *args, start=False):

@@ -295,7 +295,9 @@ def test_a_stop_signal_between_batches_keeps_the_epochs_progress(run_train, tmp_
         run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "r")
     assert exit_info.value.code == 143
     run_dir = tmp_path / "cut" / "r"
-    assert "kept epoch 1's first 2 of 3 batches in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kept epoch 1's first 2 of 3 batches in" in err
+    assert "interrupted (SIGTERM) after epoch 0, and 2 of 3 batches of epoch 1: every finished epoch (and batch)" in err
     assert runs.load_torch(run_dir / runs.LAST)["epoch_in_progress"]["training"]["done"] == 2
     assert not (run_dir / runs.METRICS).exists()
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
