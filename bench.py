@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cli import HelpFormatter, add_device, add_runs_root, add_threads, int_at_least, run_main
+from cli import HelpFormatter, add_device, add_threads, int_at_least, run_main
 from configs import BENCH_CONFIGS, model_config
 from cuda_graphs import GraphedTrainStep
 import runs
@@ -426,8 +426,9 @@ def build_parser():
     p.add_argument("--per-gpu", nargs="+", type=int_at_least(1), metavar="N",
                    help="time launch.py instead: a 4-run ConvLSTM grid at N runs at once, for each N, on one GPU "
                         "(or the CPU), with the train.py flags after --")
-    add_runs_root(p).help = ("with --per-gpu: keep the runs in RUNS_ROOT/per_gpu_N (default: a temporary folder, "
-                             "deleted after, so that no score table counts them)")
+    p.add_argument("--keep-runs", metavar="DIR", default=None,
+                   help="with --per-gpu: keep the runs in DIR/per_gpu_N (default: a temporary folder, deleted after, "
+                        "so that no score table counts them)")
     p.add_argument("train_args", nargs="*", metavar="-- TRAIN.PY ARGS", help="with --per-gpu: train.py flags")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "IMPL"), help=argparse.SUPPRESS)
     return p
@@ -460,7 +461,7 @@ def main(argv=None):
 
     if args.per_gpu:
         with tempfile.TemporaryDirectory(prefix="per_gpu_") as scratch:
-            result = per_gpu_rates(args.per_gpu, device, Path(args.runs_root or scratch), args.train_args)
+            result = per_gpu_rates(args.per_gpu, device, Path(args.keep_runs or scratch), args.train_args)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(device=str(device), device_name=device_name(device), per_gpu=result), f, indent=2)

@@ -72,7 +72,7 @@ step_bench() {
     --no-reference --no-check "${bench[@]}" --json "$out/bench.json"
 }
 step_per_gpu() {
-  "$PYTHON" bench.py --device "$device" --per-gpu 1 2 4 --runs-root "$out" --json "$out/per_gpu.json" -- \
+  "$PYTHON" bench.py --device "$device" --per-gpu 1 2 4 --keep-runs "$out" --json "$out/per_gpu.json" -- \
     --data-root "$data" "${sizes[@]}" "${recurrent[@]}" --epochs 2 --min-epochs 0 --compile off --no-progress
 }
 

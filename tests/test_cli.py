@@ -35,7 +35,7 @@ PARSERS = {
     "produce_scores.py": (produce_scores.build_parser,
                           {"--data-root", "--runs-root", "--device", "--threads", "--no-progress"}, "one line per run"),
     "predict.py": (predict.build_parser, {"--device", "--threads"}, None),
-    "bench.py": (bench.build_parser, {"--device", "--threads", "--runs-root"}, None),
+    "bench.py": (bench.build_parser, {"--device", "--threads"}, None),
     "animate.py": (animate.build_parser, {"--data-root"}, None),
     "analysis waves": (analysis_waves_parser, {"--data-root", "--threads", "--no-progress"}, "one line per run"),
     "data_scripts (create_*)": (lambda: common.make_parser(get_info("tetrominoes"), "doc"),
