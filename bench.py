@@ -37,6 +37,7 @@ With --per-gpu N... it times the launcher instead: a 4-run Tetrominoes ConvLSTM 
 tetrominoes/lstm --seeds 2, with the train.py flags after --) at N runs at once on one GPU (or the CPU).
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -460,8 +461,9 @@ def main(argv=None):
         return
 
     if args.per_gpu:
-        with tempfile.TemporaryDirectory(prefix="per_gpu_") as scratch:
-            result = per_gpu_rates(args.per_gpu, device, Path(args.keep_runs or scratch), args.train_args)
+        with contextlib.nullcontext(args.keep_runs) if args.keep_runs else tempfile.TemporaryDirectory(
+                prefix="per_gpu_") as root:
+            result = per_gpu_rates(args.per_gpu, device, Path(root), args.train_args)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(dict(device=str(device), device_name=device_name(device), per_gpu=result), f, indent=2)

@@ -21,7 +21,8 @@ from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
 from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
-from cli import ArgumentParser, HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main, shows_bars
+from cli import (ArgumentParser, HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main,
+                 shows_bars)
 from dataset_config import DatasetError
 from plotting import compared_curves, save_figure
 from produce_scores import ScoresError, ScoresFile
@@ -101,17 +102,18 @@ def classes(args):
 
 def curves(args):
     try:
-        chosen, spread = load_curves(args.runs), load_curves(args.spread)
-        check_metrics(chosen + spread, args.metrics)
-        twin_labels = twins(args.runs, args.spread)
+        everything = load_curves(args.runs + args.spread)  # labels apart: variant/seed0 against base/seed0
+        chosen, spread = everything[:len(args.runs)], everything[len(args.runs):]
+        check_metrics(everything, args.metrics)
+        twin_of = twins(args.runs, args.spread)
     except (OSError, ValueError, runs.DamagedFile) as e:
         sys.exit(f"error: {e}")
     for metric in args.metrics:
         print(f"{metric} per epoch" + (f" (spread: {', '.join(label for label, _ in spread)})" if spread else ""))
         table = against_spread(chosen, spread, metric) if spread else per_epoch(chosen, metric)
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-        if any(twin_labels):
-            paired = against_twin(chosen, twin_labels, spread, metric)
+        if any(twin is not None for twin in twin_of):
+            paired = against_twin(chosen, twin_of, spread, metric)
             print(f"{metric}: each run against its twin at its seed, beside the spread's range")
             print(paired.to_string(float_format=lambda v: f"{v:+.4f}"))
             print("mean |value| over these epochs: " + ", ".join(

@@ -4,7 +4,8 @@ its twin among them, the run at its seed, beside how far the seeds lie from each
 
     curves = load_curves(["runs/a", "runs/b"])               # [(label, metrics.csv as a DataFrame)]
     table = against_spread(curves, load_curves(seeds), "val_loss")
-    table = against_twin(curves, twins(["runs/a", "runs/b"], seeds), load_curves(seeds), "val_loss")
+    both = load_curves(variants + seeds)                     # one call: labels apart where folder names repeat
+    table = against_twin(both[:len(variants)], twins(variants, seeds), both[len(variants):], "val_loss")
 """
 from pathlib import Path
 
@@ -59,21 +60,22 @@ def against_spread(curves, spread, metric):
 
 
 def twins(run_dirs, spread_dirs):
-    """For each run, the label of the run of `spread_dirs` trained at its seed (config.json's), or None."""
+    """For each run, the position in `spread_dirs` of the first run trained at its seed (config.json's), or None."""
     def seed(run_dir):
         return runs.load_json(Path(run_dir) / runs.CONFIG).get("seed")
-    spread = dict(zip(map(seed, reversed(spread_dirs)), reversed(labels(spread_dirs))))  # the first at a seed
-    return [spread.get(seed(run_dir)) for run_dir in run_dirs]
+    seeds = [seed(d) for d in spread_dirs]
+    return [seeds.index(s) if s is not None and s in seeds else None for s in map(seed, run_dirs)]
 
 
-def against_twin(curves, twin_labels, spread, metric):
-    """Per epoch that every run has: each curve's difference from its twin (`twin_labels`, from twins: the same
+def against_twin(curves, twin_of, spread, metric):
+    """Per epoch that every run has: each curve's difference from its twin (`twin_of`, from twins: the same
     initial weights and batch order, so the difference is what the curve's variant changes; no column without
-    one) beside the range of `spread` (max - min: what the seed alone changes)."""
+    one) beside the range of `spread` (max - min: what the seed alone changes). Labels must differ across
+    curves and spread (load_curves of all of them at once)."""
     merged = per_epoch(spread + curves, metric, join="inner")
     spread_labels = [label for label, _ in spread]
     table = pd.DataFrame({"spread_range": merged[spread_labels].max(axis=1) - merged[spread_labels].min(axis=1)})
-    for (label, _), twin in zip(curves, twin_labels):
+    for (label, _), twin in zip(curves, twin_of):
         if twin is not None:
-            table[f"{label} - {twin}"] = merged[label] - merged[twin]
+            table[f"{label} - {spread_labels[twin]}"] = merged[label] - merged[spread_labels[twin]]
     return table

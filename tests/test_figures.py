@@ -371,12 +371,12 @@ def test_a_curve_is_set_against_its_twin_at_its_seed_beside_the_seeds_range(tmp_
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps({"seed": seed}))
     dirs = [str(tmp_path / name) for name in ("b0", "b2")]
-    assert curves.twins(dirs, [str(tmp_path / "f0"), str(tmp_path / "f1")]) == ["f0", None]
+    assert curves.twins(dirs, [str(tmp_path / "f1"), str(tmp_path / "f0")]) == [1, None]
     spread = [("f0", pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.0, 0.5, 0.4]})),
               ("f1", pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.2, 0.4, 0.3]}))]
     curve = [("b0", pd.DataFrame({"epoch": [1, 2], "val_loss": [1.1, 0.45]})),
              ("b2", pd.DataFrame({"epoch": [1, 2], "val_loss": [9.0, 9.0]}))]
-    table = curves.against_twin(curve, ["f0", None], spread, "val_loss")
+    table = curves.against_twin(curve, [0, None], spread, "val_loss")
     assert list(table.columns) == ["spread_range", "b0 - f0"] and list(table.index) == [1, 2]  # epochs all have
     assert table["spread_range"].tolist() == pytest.approx([0.2, 0.1])
     assert table["b0 - f0"].tolist() == pytest.approx([0.1, -0.05])
