@@ -13,6 +13,10 @@
  * products (W * y, the adjoint W^T * dL/da and the weight gradient) can also run as bfloat16
  * dot products with float32 sums (half_coupling): twice the multiply-adds per instruction.
  * y, z, tanh, the update and the adjoint's sums stay in the reals.
+ *
+ * With 8 or more channels the coupling's forward and adjoint products otherwise run as
+ * Winograd's F(4, 3) along the rows (wino_rows, wino_block): 4 output rows from 6 transformed
+ * input rows, 6 x 3 taps per channel pair instead of 4 x 9, half the multiply-adds, in the reals.
  */
 #include "cpu_kernels.h"
 #if defined(__AVX512BF16__) && defined(REAL_FLOAT) && NC % 2 == 0
@@ -87,6 +91,162 @@ static void weight_row(vec *restrict gv, const real *restrict ga, long H, const 
             }
         }
     }
+}
+
+/* Winograd's F(4, 3) along the rows, for 8 or more channels, where the products are most of a
+ * step: output rows r..r+3 = A^T [(G w) . (B^T x)] over the six input rows r-1..r+4 (circular),
+ * each transformed row then convolved along the columns with the 3 taps of its transformed
+ * weights. The transforms are exact in the reals up to rounding (tests/test_speed.py checks
+ * them in float64 against the eager steps). */
+#define WINOGRAD (NC >= 8)
+#define WR 4 /* output rows per block */
+#define WM 6 /* transformed rows per block */
+
+static const double wino_g[WM][3] = {{1 / 4., 0, 0},          {-1 / 6., -1 / 6., -1 / 6.}, {-1 / 6., 1 / 6., -1 / 6.},
+                                     {1 / 24., 1 / 12., 1 / 6.}, {1 / 24., -1 / 12., 1 / 6.}, {0, 0, 1}};
+
+/* u[((m * NC + ci) * 3 + dj) * NC + co] = sum_di G[m][di] w[co, ci, di, dj], summed in double */
+static void winograd_weights(real *restrict u, const real *restrict w) {
+    for (int m = 0; m < WM; m++)
+        for (int ci = 0; ci < NC; ci++)
+            for (int dj = 0; dj < 3; dj++)
+                for (int co = 0; co < NC; co++) {
+                    double sum = 0;
+                    for (int di = 0; di < 3; di++) sum += wino_g[m][di] * w[((co * NC + ci) * 3 + di) * 3 + dj];
+                    u[((m * NC + ci) * 3 + dj) * NC + co] = (real)sum;
+                }
+}
+
+/* v (WM x NC padded rows of Wb + 2, one wrapped column on each side) = B^T of the input rows
+ * r-1..r+4 of x (NC x H rows of `stride`), per column. */
+static void wino_rows(real *restrict v, const real *restrict x, long H, long W, long Wb, long stride, long r) {
+    for (int ci = 0; ci < NC; ci++) {
+        const real *d[WM];
+        real *o[WM];
+        for (int k = 0; k < WM; k++) {
+            d[k] = x + ((long)ci * H + (r - 1 + k + H) % H) * stride;
+            o[k] = v + ((long)k * NC + ci) * (Wb + 2) + 1;
+        }
+#pragma omp simd
+        for (long j = 0; j < W; j++) {
+            real d0 = d[0][j], d1 = d[1][j], d2 = d[2][j], d3 = d[3][j], d4 = d[4][j], d5 = d[5][j];
+            o[0][j] = 4 * d0 - 5 * d2 + d4;
+            o[1][j] = d4 + d3 - 4 * (d1 + d2);
+            o[2][j] = d4 - d3 + 4 * (d1 - d2);
+            o[3][j] = d4 - d2 + 2 * (d3 - d1);
+            o[4][j] = d4 - d2 - 2 * (d3 - d1);
+            o[5][j] = 4 * d1 - 5 * d3 + d5;
+        }
+        for (int k = 0; k < WM; k++) o[k][-1] = o[k][W - 1], o[k][W] = o[k][0];
+    }
+}
+
+/* acc (WR x NC rows of Wb) at columns j..j+VL-1 = A^T of the transformed rows' products with u:
+ * per transformed row m, NC sums of NC channels x 3 taps, then the output transform. */
+static void wino_block(real *restrict acc, const real *restrict v, const real *restrict u, long Wb, long j) {
+    vec M[WM][NC];
+    for (int m = 0; m < WM; m++) {
+        vec a[NC];
+        for (int co = 0; co < NC; co++) a[co] = (vec){0};
+        for (int ci = 0; ci < NC; ci++)
+            for (int dj = 0; dj < 3; dj++) {
+                vec x = load(v + ((long)m * NC + ci) * (Wb + 2) + j + dj);
+                const real *k = u + ((m * NC + ci) * 3 + dj) * NC;
+#pragma GCC unroll 16
+                for (int co = 0; co < NC; co++) a[co] += k[co] * x;
+            }
+        for (int co = 0; co < NC; co++) M[m][co] = a[co];
+    }
+    for (int co = 0; co < NC; co++) {
+        vec s12 = M[1][co] + M[2][co], d12 = M[1][co] - M[2][co];
+        vec s34 = M[3][co] + M[4][co], d34 = M[3][co] - M[4][co];
+        store(acc + ((long)0 * NC + co) * Wb + j, M[0][co] + s12 + s34);
+        store(acc + ((long)1 * NC + co) * Wb + j, d12 + 2 * d34);
+        store(acc + ((long)2 * NC + co) * Wb + j, s12 + 4 * s34);
+        store(acc + ((long)3 * NC + co) * Wb + j, d12 + 8 * d34 + M[5][co]);
+    }
+}
+
+
+/* The weight gradient the same way, F(4, 3) transposed: over output rows r..r+3, the sums
+ * sum_q g_q d_(q+di) of dL/da's rows g and the input rows d = r-1..r+4 are (G^T [(A g) . (B^T d)])_di,
+ * so the products per transformed row m (3 taps along the columns) are summed over the image in
+ * gs (WM x NC x NC x 3 vectors) and G^T applied once at its end (wino_weight_gradient). It runs
+ * over bands of WBLK blocks of 4 rows, whose transformed rows stay in cache. */
+#define WBLK 2
+#define GW (NC % 8 == 0 ? 8 : NC % 4 == 0 ? 4 : NC % 2 == 0 ? 2 : 1)
+
+/* ag (WM x NC rows of Wb) = A g for dL/da's rows r..r+3 (ga: NC x H rows of Wb; rows past H - 1: zero) */
+static void wino_grad_rows(real *restrict ag, const real *restrict ga, long H, long W, long Wb, long r) {
+    static const real at[WR][WM] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+    for (int co = 0; co < NC; co++) {
+        real *o[WM];
+        for (int m = 0; m < WM; m++) o[m] = ag + ((long)m * NC + co) * Wb;
+        const real *g = ga + ((long)co * H + r) * Wb;
+        if (r + WR <= H) {
+            const real *g0 = g, *g1 = g + Wb, *g2 = g + 2 * Wb, *g3 = g + 3 * Wb;
+#pragma omp simd
+            for (long j = 0; j < W; j++) {
+                real s02 = g0[j] + g2[j], s13 = g1[j] + g3[j], e = g0[j] + 4 * g2[j], f = 2 * g1[j] + 8 * g3[j];
+                o[0][j] = g0[j], o[1][j] = s02 + s13, o[2][j] = s02 - s13, o[3][j] = e + f, o[4][j] = e - f;
+                o[5][j] = g3[j];
+            }
+            continue;
+        }
+        for (int m = 0; m < WM; m++) memset(o[m], 0, W * sizeof(real));
+        for (long q = 0; q < H - r; q++)
+            for (int m = 0; m < WM; m++)
+                for (long j = 0; j < W; j++) o[m][j] += at[q][m] * g[q * Wb + j];
+    }
+}
+
+/* gs += the products of a band of `blocks` blocks: ag (per block, WM x NC rows of Wb, from
+ * wino_grad_rows) times v (per block, WM x NC padded rows of Wb + 2, from wino_rows) at the 3 taps,
+ * for GW output channels at a time, their sums in registers over the band. */
+static void wino_grad_band(vec *restrict gs, const real *restrict ag, const real *restrict v, long blocks, long Wb) {
+    for (int m = 0; m < WM; m++)
+        for (int c0 = 0; c0 < NC; c0 += GW)
+            for (int ci = 0; ci < NC; ci++) {
+                vec a[GW][3];
+                for (int k = 0; k < GW; k++) a[k][0] = a[k][1] = a[k][2] = (vec){0};
+                for (long b = 0; b < blocks; b++) {
+                    const real *x = v + ((b * WM + m) * NC + ci) * (Wb + 2);
+                    const real *g = ag + ((b * WM + m) * NC + c0) * Wb;
+                    for (long j = 0; j < Wb; j += VL) {
+                        vec x0 = load(x + j), x1 = load(x + j + 1), x2 = load(x + j + 2);
+                        for (int k = 0; k < GW; k++) {
+                            vec gk = load(g + k * Wb + j);
+                            a[k][0] += gk * x0;
+                            a[k][1] += gk * x1;
+                            a[k][2] += gk * x2;
+                        }
+                    }
+                }
+                for (int k = 0; k < GW; k++) {
+                    vec *acc = gs + ((m * NC + c0 + k) * NC + ci) * 3;
+                    acc[0] += a[k][0];
+                    acc[1] += a[k][1];
+                    acc[2] += a[k][2];
+                }
+            }
+}
+
+/* g_w (NC x NC x 3 x 3) += G^T of the summed products gs */
+static void wino_weight_gradient(real *restrict g_w, const vec *restrict gs) {
+    for (int co = 0; co < NC; co++)
+        for (int ci = 0; ci < NC; ci++)
+            for (int dj = 0; dj < 3; dj++) {
+                double sum[WM];
+                for (int m = 0; m < WM; m++) {
+                    sum[m] = 0;
+                    for (int l = 0; l < VL; l++) sum[m] += gs[((m * NC + co) * NC + ci) * 3 + dj][l];
+                }
+                for (int di = 0; di < 3; di++) {
+                    double d = 0;
+                    for (int m = 0; m < WM; m++) d += wino_g[m][di] * sum[m];
+                    g_w[((co * NC + ci) * 3 + di) * 3 + dj] += (real)d;
+                }
+            }
 }
 
 #if HALF_COUPLING
@@ -235,15 +395,19 @@ static void weight_step_half(vec *restrict gv, const bf16 *restrict gh, const bf
 /* Whether this build has the bfloat16 coupling (half_coupling may be 1). */
 int nwm_half_coupling(void) { return HALF_COUPLING; }
 
-/* Per-thread scratch: rings of padded rows for y and for dL/da, one row of sums per
- * channel, dL/da of one step (rows of Wb), the weight gradient's vector sums; with the
+/* Whether this build runs the float coupling's products as Winograd's F(4, 3). */
+int nwm_winograd(void) { return WINOGRAD; }
+
+/* Per-thread scratch: rings of padded rows for y and for dL/da, the rows of sums (WR rows of
+ * NC channels), dL/da of one step (rows of Wb), the weight gradient's vector sums; with
+ * Winograd's products their transformed rows and weights (w, and the adjoint's); with the
  * bfloat16 coupling also its pair ring, one step's dL/da as pair rows (H slots), y as plain
  * padded rows (H slots) and dL/da in rows of Wh, all bfloat16, and the packed weights (w, and
  * the adjoint's). */
 typedef struct {
     long Wb, Wh;
-    real *ring, *ring_y, *acc, *ga;
-    vec *gv;
+    real *ring, *ring_y, *acc, *ga, *wino, *u, *uadj, *band_g, *band_y;
+    vec *gv, *gs;
     bf16 *ring_h, *gpair, *yh, *gah;
     unsigned *wp, *wadjp;
 } scratch;
@@ -252,8 +416,9 @@ static int scratch_init(scratch *s, long H, long W, int half) {
     long Wb = block_width(W), ring = 3 * NC * (Wb + 2);
     memset(s, 0, sizeof *s);
     s->Wb = Wb;
-    s->gv = aligned_alloc(64, sizeof(vec) * NC * NC * 9);
-    s->ring = calloc(2 * ring + NC * Wb + NC * H * Wb, sizeof(real));
+    s->gv = aligned_alloc(64, sizeof(vec) * (NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0)));
+    long wino = WINOGRAD ? WM * NC * (Wb + 2) + 2 * WM * NC * 3 * NC + WBLK * WM * NC * (2 * Wb + 2) : 0;
+    s->ring = calloc(2 * ring + WR * NC * Wb + NC * H * Wb + wino, sizeof(real));
 #if HALF_COUPLING
     if (half) {
         long Wh = half_width(W), pair_ring = 3 * NC * (Wb + 2), gpair = H * NC * (Wb + 2), yh = H * NC * (Wh + 2);
@@ -277,7 +442,15 @@ static int scratch_init(scratch *s, long H, long W, int half) {
     }
     s->ring_y = s->ring + ring;
     s->acc = s->ring_y + ring;
-    s->ga = s->acc + NC * Wb;
+    s->ga = s->acc + WR * NC * Wb;
+    if (WINOGRAD) {
+        s->wino = s->ga + NC * H * Wb;
+        s->u = s->wino + WM * NC * (Wb + 2);
+        s->uadj = s->u + WM * NC * 3 * NC;
+        s->band_y = s->uadj + WM * NC * 3 * NC;
+        s->band_g = s->band_y + WBLK * WM * NC * (Wb + 2);
+        s->gs = s->gv + NC * NC * 9;
+    }
     return 0;
 }
 
@@ -288,60 +461,82 @@ static void scratch_free(scratch *s) {
     free(s->wp);
 }
 
-/* s->acc = the coupling (w, or its packed pairs wp where the bfloat16 coupling runs) at output
- * row r of x (NC x H rows of `stride`), whose rows r-1, r, r+1 the ring then holds. */
-static void couple_row(scratch *s, const real *x, long H, long W, long stride, const real *w,
-                       const unsigned *wp, long r) {
+/* How a product with a coupling weight runs: as packed bfloat16 pairs (wp, the bfloat16
+ * coupling), with Winograd's transformed weights (u), or plainly with the weight (w). */
+typedef struct {
+    const real *w, *u;
+    const unsigned *wp;
+} coupling;
+
+/* The weight w (the forward's, or if adjoint the adjoint's) prepared for its products: in
+ * bfloat16 pairs where half asks for the bfloat16 coupling, else for Winograd's where it applies. */
+static coupling prepare_coupling(scratch *s, const real *w, int adjoint, int half) {
+    coupling k = {w, NULL, NULL};
 #if HALF_COUPLING
-    if (wp) {
+    if (half) {
+        unsigned *wp = adjoint ? s->wadjp : s->wp;
+        pack_weight_pairs(wp, w);
+        k.wp = wp;
+        return k;
+    }
+#endif
+    (void)half;
+    if (WINOGRAD) {
+        real *u = adjoint ? s->uadj : s->u;
+        winograd_weights(u, w);
+        k.u = u;
+    }
+    return k;
+}
+
+/* The output rows that one couple_rows gives. */
+static long block_rows(coupling k) { return k.u ? WR : 1; }
+
+/* s->acc (block_rows(k) rows from r, each NC rows of Wb) = the coupling k at those output rows
+ * of x (NC x H rows of `stride`); rows past H - 1 come from wrapped rows, for the caller to
+ * ignore. Called for r = 0, block_rows(k), ... in order (the rings assume it). */
+static void couple_rows(scratch *s, const real *x, long H, long W, long stride, coupling k, long r) {
+#if HALF_COUPLING
+    if (k.wp) {
         const long slots[3] = {(r + 2) % 3, r % 3, (r + 1) % 3};
         advance_pair_ring(s->ring_h, x, H, W, s->Wb, stride, r);
-        conv_row_half(s->acc, s->ring_h, wp, s->Wb, slots);
+        conv_row_half(s->acc, s->ring_h, k.wp, s->Wb, slots);
         return;
     }
 #endif
-    (void)wp;
+    if (WINOGRAD && k.u) {
+        wino_rows(s->wino, x, H, W, s->Wb, stride, r);
+        for (long j = 0; j < s->Wb; j += VL) wino_block(s->acc, s->wino, k.u, s->Wb, j);
+        return;
+    }
     advance_ring(s->ring, NC, x, H, W, s->Wb, stride, r);
-    conv_row(s->acc, s->ring, w, s->Wb, r);
+    conv_row(s->acc, s->ring, k.w, s->Wb, r);
 }
 
 /* One step of one image: y_out = y + dt z_out, z_out = damping z - dt_omega y + dt tanh(W * y);
- * tanh(W * y) goes to th if th is not NULL, y_out also to `copy`. z_out may be z; y_out may not be y.
- * wp: the packed weight pairs for the bfloat16 coupling, or NULL. */
+ * tanh(W * y) goes to th if th is not NULL, y_out also to `copy`. z_out may be z; y_out may not be y. */
 static void step(const real *y, const real *z, real *y_out, real *z_out, real *th, frame copy, const real *dto,
-                 const real *damp, const real *w, const unsigned *wp, real dt, long H, long W, scratch *s) {
-    for (long r = 0; r < H; r++) {
-        couple_row(s, y, H, W, W, w, wp, r);
-        for (int c = 0; c < NC; c++) {
-            long o = ((long)c * H + r) * W;
-            const real *a = s->acc + (long)c * s->Wb;
-            /* one pass: tanh, the update, and the copies the caller asked for */
+                 const real *damp, coupling k, real dt, long H, long W, scratch *s) {
+    long rows = block_rows(k);
+    for (long r = 0; r < H; r += rows) {
+        couple_rows(s, y, H, W, W, k, r);
+        for (long q = 0; q < rows && r + q < H; q++)
+            for (int c = 0; c < NC; c++) {
+                long o = ((long)c * H + r + q) * W;
+                const real *a = s->acc + (q * NC + c) * s->Wb;
+                /* one pass: tanh, the update, and the copies the caller asked for */
 #pragma omp simd
-            for (long j = 0; j < W; j++) {
-                real t = TANH(a[j]);
-                real zn = damp[o + j] * z[o + j] - dto[o + j] * y[o + j] + dt * t;
-                real yn = y[o + j] + dt * zn;
-                z_out[o + j] = zn;
-                y_out[o + j] = yn;
-                if (th) th[o + j] = t;
-                put_frame(copy, o + j, yn);
+                for (long j = 0; j < W; j++) {
+                    real t = TANH(a[j]);
+                    real zn = damp[o + j] * z[o + j] - dto[o + j] * y[o + j] + dt * t;
+                    real yn = y[o + j] + dt * zn;
+                    z_out[o + j] = zn;
+                    y_out[o + j] = yn;
+                    if (th) th[o + j] = t;
+                    put_frame(copy, o + j, yn);
+                }
             }
-        }
     }
-}
-
-/* The packed weight pairs of w (and of wadj, if not NULL) where half asks for the bfloat16
- * coupling, else NULL. */
-static const unsigned *weight_pairs(scratch *s, const real *w, const real *wadj, int half) {
-#if HALF_COUPLING
-    if (half) {
-        pack_weight_pairs(s->wp, w);
-        if (wadj) pack_weight_pairs(s->wadjp, wadj);
-        return s->wp;
-    }
-#endif
-    (void)s, (void)w, (void)wadj, (void)half;
-    return NULL;
 }
 
 /* The adjoint step's pass over the W pixels at offset o of one image (a row of a channel):
@@ -431,13 +626,13 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const 
         free(ys);
         return -1;
     }
-    const unsigned *wp = weight_pairs(&s, w, NULL, half_coupling);
+    coupling k = prepare_coupling(&s, w, 0, half_coupling);
     for (long b = b0; b < b1; b++) {
         const real *y = y0 + b * S;
         for (long t = 0; t < n; t++) {
             real *out = ys + (t % 2) * S;
             step(y, z + b * S, out, z + b * S, NULL, frame_at(frames, bf16_frames, (t * B + b) * S), dto + b * S,
-                 damp + b * S, w, wp, (real)dt, H, W, &s);
+                 damp + b * S, k, (real)dt, H, W, &s);
             y = out;
             if (ck && (t + 1) % K == 0 && t + 1 < n) {  /* the start of segment (t + 1) / K */
                 real *c = ck + (b * (segments - 1) + (t + 1) / K - 1) * 2 * S;
@@ -477,12 +672,12 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
         free(history);
         return -1;
     }
-    const unsigned *wp = weight_pairs(&s, w, wadj, half_coupling);
+    coupling k = prepare_coupling(&s, w, 0, half_coupling), kadj = prepare_coupling(&s, wadj, 1, half_coupling);
     real *ys = history, *zs = ys + (K + 1) * S, *th = zs + (K + 1) * S;
     for (long b = b0; b < b1; b++) {
         const real *om = dto + b * S, *dm = damp + b * S;
         real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
-        memset(s.gv, 0, sizeof(vec) * NC * NC * 9);
+        memset(s.gv, 0, sizeof(vec) * (NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0)));
         for (long g = segments - 1; g >= 0; g--) {
             long t0 = g * K, steps = n - t0 < K ? n - t0 : K;
             const real *yc = g ? ck + (b * (segments - 1) + g - 1) * 2 * S : y_start + b * S;
@@ -490,13 +685,13 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
             memcpy(zs, g ? yc + S : z_start + b * S, S * sizeof(real));
             for (long i = 0; i < steps; i++)
                 step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
-                     frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, w, wp, dt, H, W, &s);
+                     frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, k, dt, H, W, &s);
             for (long i = steps - 1; i >= 0; i--) {
                 const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
                 const real *gf = half ? NULL : (const real *)g_frames + ((t0 + i) * B + b) * S;
                 const bf16 *gh = half ? (const bf16 *)g_frames + ((t0 + i) * B + b) * S : NULL;
 #if HALF_COUPLING
-                if (wp) {
+                if (k.wp) {
                     adjoint_step_half(&s, H, W, dt, gyb, gzb, gf, gh, yi, zi, t, om, dm, gob, gdb);
                     continue;
                 }
@@ -504,19 +699,33 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
                 for (long row = 0; row < NC * H; row++)
                     adjoint_pixels(row * W, W, dt, gyb, gzb, gf, gh, yi, zi, t, om, dm, gob, gdb, s.ga + row * Wb,
                                    NULL);
-                for (long r = 0; r < H; r++) {
-                    couple_row(&s, s.ga, H, W, Wb, wadj, NULL, r);
-                    for (long c = 0; c < NC; c++)
+                long rows = block_rows(kadj);
+                for (long r = 0; r < H; r += rows) {
+                    couple_rows(&s, s.ga, H, W, Wb, kadj, r);
+                    for (long q = 0; q < rows && r + q < H; q++)
+                        for (long c = 0; c < NC; c++)
 #pragma omp simd
-                        for (long j = 0; j < W; j++) gyb[(c * H + r) * W + j] += s.acc[c * Wb + j];
-                    advance_ring(s.ring_y, NC, yi, H, W, Wb, W, r);
-                    weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
+                            for (long j = 0; j < W; j++) gyb[(c * H + r + q) * W + j] += s.acc[(q * NC + c) * Wb + j];
+                    if (!kadj.u) {
+                        advance_ring(s.ring_y, NC, yi, H, W, Wb, W, r);
+                        weight_row(s.gv, s.ga, H, s.ring_y, Wb, r);
+                    }
                 }
+                if (WINOGRAD && kadj.u)
+                    for (long r = 0; r < H; r += WBLK * WR) {
+                        long blocks = 0;
+                        for (; blocks < WBLK && r + blocks * WR < H; blocks++) {
+                            wino_rows(s.band_y + blocks * WM * NC * (Wb + 2), yi, H, W, Wb, W, r + blocks * WR);
+                            wino_grad_rows(s.band_g + blocks * WM * NC * Wb, s.ga, H, W, Wb, r + blocks * WR);
+                        }
+                        wino_grad_band(s.gs, s.band_g, s.band_y, blocks, Wb);
+                    }
             }
         }
         real *gwb = g_w + b * NC * NC * 9;
-        for (int k = 0; k < NC * NC * 9; k++)
-            for (int l = 0; l < VL; l++) gwb[k] += s.gv[k][l];
+        for (int i = 0; i < NC * NC * 9; i++)
+            for (int l = 0; l < VL; l++) gwb[i] += s.gv[i][l];
+        if (WINOGRAD && kadj.u) wino_weight_gradient(gwb, s.gs);
     }
     scratch_free(&s);
     free(history);

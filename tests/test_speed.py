@@ -70,9 +70,11 @@ def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7):
 
 
 @needs_compiler
-@pytest.mark.parametrize("channels, batch, H, W", [(2, 3, 16, 16), (16, 3, 5, 7), (3, 1, 2, 3), (2, 2, 1, 1)])
+@pytest.mark.parametrize("channels, batch, H, W", [(2, 3, 16, 16), (16, 3, 5, 7), (3, 1, 2, 3), (2, 2, 1, 1),
+                                                   (16, 2, 9, 20), (8, 1, 13, 5), (16, 1, 2, 3)])
 def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
-    # odd sizes and channel counts, and a batch the threads and the chunks split unevenly
+    # odd sizes and channel counts, and a batch the threads and the chunks split unevenly; with 8 or more
+    # channels (Winograd's products) heights that end in a part of a 4-row block and of a 2-block band
     monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)  # chunks of one image per thread
     assert nwm_cpu.kernel(torch.empty(batch, channels, H, W, dtype=torch.float64)) is not None
     fast = recurrence_and_gradients(channels, batch, H, W)
@@ -288,6 +290,33 @@ def test_bf16_coupling_check_fails_with_a_wrong_weight_layout(layout):
     errors = relative_errors(kernel_recurrence(torch.float32, (2, 16, 16, 16), half_coupling=True,
                                                weight_layout=layout), reference)
     assert min(errors) > 5 * BF16_COUPLING_TOLERANCE, errors
+
+
+@needs_compiler
+def test_winograd_products_run_for_eight_or_more_channels():
+    assert nwm_cpu.kernel(torch.empty(1, 16, 4, 4)).nwm_winograd() == 1
+    assert nwm_cpu.kernel(torch.empty(1, 8, 4, 4, dtype=torch.float64)).nwm_winograd() == 1
+    assert nwm_cpu.kernel(torch.empty(1, 2, 4, 4)).nwm_winograd() == 0
+
+
+WINOGRAD_FLOAT32_TOLERANCE = 2e-5  # float32 through F(4, 3)'s transforms: measured 1e-7 to 2e-6 here
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(2, 16, 16, 16), (1, 16, 9, 20)])
+def test_float32_winograd_coupling_stays_within_float32_rounding(shape):
+    reference = kernel_recurrence(torch.float64, shape)
+    errors = relative_errors(kernel_recurrence(torch.float32, shape), reference)
+    assert max(errors) < WINOGRAD_FLOAT32_TOLERANCE, errors  # forward, and every gradient
+
+
+@needs_compiler
+def test_float32_winograd_check_fails_with_a_transposed_weight():
+    # the negative control of the test above: its check sees a weight handed over in the wrong order
+    reference = kernel_recurrence(torch.float64, (2, 16, 16, 16))
+    errors = relative_errors(kernel_recurrence(torch.float32, (2, 16, 16, 16), weight_layout=lambda w: w.transpose(0, 1)),
+                             reference)
+    assert min(errors) > 1000 * WINOGRAD_FLOAT32_TOLERANCE, errors
 
 
 @pytest.fixture
