@@ -126,9 +126,9 @@ def build_parser():
                         "float32")
     g.add_argument("--bf16-coupling", default="off", choices=["off", "on"],
                    help="with --amp on a CPU with AVX512-BF16: the NWM's coupling products (8+ hidden channels) as "
-                        "bfloat16 dot products with float32 sums, about 1.4x faster for 16 channels but with larger "
-                        "gradient errors and not shown to train as well (docs/speed.md, 'The coupling in "
-                        "bfloat16'); off: float32")
+                        "bfloat16 dot products with float32 sums, about 1.1x faster than the float32 (Winograd) "
+                        "products for 16 channels but with larger gradient errors and not shown to train as well "
+                        "(docs/speed.md, 'The coupling in bfloat16'); off: float32")
     g.add_argument("--bptt-segment", default="auto", type=auto_or_int,
                    help="recompute the recurrence in segments of this many steps during backpropagation instead of "
                         "storing every step (saves memory, costs one more forward pass of the recurrence); 0 stores "
