@@ -11,8 +11,8 @@ L, P, D, I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 ARGTYPES = dict(nwm_forward=(L,) * 7 + (P,) * 5 + (D, P, I, P, I),
                 nwm_backward=(L,) * 7 + (P,) * 7 + (D,) + (P,) * 7 + (I, I), nwm_half_coupling=(),
                 nwm_winograd=())
-# The fewest channels for the bfloat16 coupling: the 16-channel models gain (docs/speed.md), the
-# 2-channel ones, whose coupling is a small part of their step, keep the float32 kernel
+# The fewest channels for the bfloat16 coupling: the 16-channel models gain (1.1x the float32 Winograd
+# products, docs/speed.md), the 2-channel ones, whose coupling is a small part of their step, keep the float32 kernel
 HALF_COUPLING_CHANNELS = 8
 
 

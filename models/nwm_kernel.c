@@ -2,10 +2,11 @@
  * (models/nwm_cpu.py compiles it once per dtype and channel count and calls it).
  *
  * One image's state stays in cache across the steps, and each step is one pass: the
- * 3x3 circular stencil of a row, its tanh and the update of (y, z) for that row. The
- * circular halo comes from a ring of three padded rows per channel (the rows r-1, r,
- * r+1 of the input), so the state itself is never copied into a padded tensor.
- * Arithmetic as in models/nwm_fused.py; only the summation order differs.
+ * 3x3 circular stencil of a row (or of a block of 4 rows, below), its tanh and the update of
+ * (y, z) for that row. The circular halo comes from a ring of three padded rows per channel
+ * (the rows r-1, r, r+1 of the input), or from the padded transformed rows of a block, so the
+ * state itself is never copied into a padded tensor. Arithmetic as in models/nwm_fused.py;
+ * only the summation order (and with Winograd's products, the rounding) differs.
  *
  * Compiled with -DNC=<channels> and models/cpu_kernels.h's flags.
  *
@@ -166,7 +167,6 @@ static void wino_block(real *restrict acc, const real *restrict v, const real *r
         store(acc + ((long)3 * NC + co) * Wb + j, d12 + 8 * d34 + M[5][co]);
     }
 }
-
 
 /* The weight gradient the same way, F(4, 3) transposed: over output rows r..r+3, the sums
  * sum_q g_q d_(q+di) of dL/da's rows g and the input rows d = r-1..r+4 are (G^T [(A g) . (B^T d)])_di,
@@ -398,15 +398,17 @@ int nwm_half_coupling(void) { return HALF_COUPLING; }
 /* Whether this build runs the float coupling's products as Winograd's F(4, 3). */
 int nwm_winograd(void) { return WINOGRAD; }
 
-/* Per-thread scratch: rings of padded rows for y and for dL/da, the rows of sums (WR rows of
- * NC channels), dL/da of one step (rows of Wb), the weight gradient's vector sums; with
- * Winograd's products their transformed rows and weights (w, and the adjoint's); with the
+/* Per-thread scratch: rings of padded rows for y and for dL/da (the direct products), the rows
+ * of sums (WR rows of NC channels), dL/da of one step (rows of Wb), the weight gradient's vector
+ * sums; with Winograd's products their transformed rows (a block's, and a band's of y and of
+ * dL/da for the weight gradient), transformed weights (w, and the adjoint's) and the weight
+ * gradient's sums per transformed row; with the
  * bfloat16 coupling also its pair ring, one step's dL/da as pair rows (H slots), y as plain
  * padded rows (H slots) and dL/da in rows of Wh, all bfloat16, and the packed weights (w, and
  * the adjoint's). */
 typedef struct {
     long Wb, Wh;
-    real *ring, *ring_y, *acc, *ga, *wino, *u, *uadj, *band_g, *band_y;
+    real *ring, *ring_y, *acc, *ga, *transformed, *u, *uadj, *band_g, *band_y;
     vec *gv, *gs;
     bf16 *ring_h, *gpair, *yh, *gah;
     unsigned *wp, *wadjp;
@@ -416,9 +418,10 @@ static int scratch_init(scratch *s, long H, long W, int half) {
     long Wb = block_width(W), ring = 3 * NC * (Wb + 2);
     memset(s, 0, sizeof *s);
     s->Wb = Wb;
-    s->gv = aligned_alloc(64, sizeof(vec) * (NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0)));
-    long wino = WINOGRAD ? WM * NC * (Wb + 2) + 2 * WM * NC * 3 * NC + WBLK * WM * NC * (2 * Wb + 2) : 0;
-    s->ring = calloc(2 * ring + WR * NC * Wb + NC * H * Wb + wino, sizeof(real));
+    long sums = NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0);
+    s->gv = aligned_alloc(64, (sizeof(vec) * sums + 63) / 64 * 64);  /* a whole number of alignments, as C11 asks */
+    long winograd = WINOGRAD ? WM * NC * (Wb + 2) + 2 * WM * NC * 3 * NC + WBLK * WM * NC * (2 * Wb + 2) : 0;
+    s->ring = calloc(2 * ring + WR * NC * Wb + NC * H * Wb + winograd, sizeof(real));
 #if HALF_COUPLING
     if (half) {
         long Wh = half_width(W), pair_ring = 3 * NC * (Wb + 2), gpair = H * NC * (Wb + 2), yh = H * NC * (Wh + 2);
@@ -444,8 +447,8 @@ static int scratch_init(scratch *s, long H, long W, int half) {
     s->acc = s->ring_y + ring;
     s->ga = s->acc + WR * NC * Wb;
     if (WINOGRAD) {
-        s->wino = s->ga + NC * H * Wb;
-        s->u = s->wino + WM * NC * (Wb + 2);
+        s->transformed = s->ga + NC * H * Wb;
+        s->u = s->transformed + WM * NC * (Wb + 2);
         s->uadj = s->u + WM * NC * 3 * NC;
         s->band_y = s->uadj + WM * NC * 3 * NC;
         s->band_g = s->band_y + WBLK * WM * NC * (Wb + 2);
@@ -504,9 +507,9 @@ static void couple_rows(scratch *s, const real *x, long H, long W, long stride, 
         return;
     }
 #endif
-    if (WINOGRAD && k.u) {
-        wino_rows(s->wino, x, H, W, s->Wb, stride, r);
-        for (long j = 0; j < s->Wb; j += VL) wino_block(s->acc, s->wino, k.u, s->Wb, j);
+    if (WINOGRAD && k.u) {  /* WINOGRAD: the compiler drops the branch where it is 0 */
+        wino_rows(s->transformed, x, H, W, s->Wb, stride, r);
+        for (long j = 0; j < s->Wb; j += VL) wino_block(s->acc, s->transformed, k.u, s->Wb, j);
         return;
     }
     advance_ring(s->ring, NC, x, H, W, s->Wb, stride, r);

@@ -71,10 +71,12 @@ def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7):
 
 @needs_compiler
 @pytest.mark.parametrize("channels, batch, H, W", [(2, 3, 16, 16), (16, 3, 5, 7), (3, 1, 2, 3), (2, 2, 1, 1),
-                                                   (16, 2, 9, 20), (8, 1, 13, 5), (16, 1, 2, 3)])
+                                                   (16, 2, 9, 20), (8, 1, 13, 5), (16, 1, 2, 3), (12, 2, 7, 11),
+                                                   (16, 1, 1, 3), (16, 1, 3, 5), (8, 1, 4, 9), (16, 2, 2, 1)])
 def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
     # odd sizes and channel counts, and a batch the threads and the chunks split unevenly; with 8 or more
-    # channels (Winograd's products) heights that end in a part of a 4-row block and of a 2-block band
+    # channels (Winograd's products) heights below, at and off multiples of the 4-row block and the 2-block
+    # band, and 12 channels (the weight gradient 4 output channels at a time, not 8)
     monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", 1)  # chunks of one image per thread
     assert nwm_cpu.kernel(torch.empty(batch, channels, H, W, dtype=torch.float64)) is not None
     fast = recurrence_and_gradients(channels, batch, H, W)
