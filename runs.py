@@ -192,9 +192,16 @@ def hardware(device, amp):
     return dict(device_name=settings.device_name(device), precision=precision(amp), threads=torch.get_num_threads())
 
 
-def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None, val_seconds=None):
+def slices_ran_on(earlier, hardware):
+    """What the slices of one epoch ran on (hardware() of each), in order and without repeats: `earlier`
+    (kept in last.pt with an epoch paused between two batches) and this invocation's `hardware`."""
+    return list(earlier) if hardware in earlier else [*earlier, hardware]
+
+
+def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None, val_seconds=None, slices=()):
     """One row of metrics.csv: the epoch's train and val metrics, learning rate, seconds (of which
-    `val_seconds` validating), whether it improved, and what it ran on (`hardware`, see hardware())."""
+    `val_seconds` validating), whether it improved, and what it ran on (`hardware`, see hardware(), of
+    its last slice; `ran_on` names every slice's where the epoch ran on more than one, see slices_ran_on)."""
     from metrics import METRIC_NAMES  # keeps `import runs` light
 
     row = {"epoch": epoch}
@@ -204,6 +211,8 @@ def epoch_row(epoch, train, val, lr, seconds, improved, hardware=None, val_secon
     if val_seconds is not None:
         row.update(val_seconds=round(val_seconds, 3))
     row.update(hardware or {})
+    if len(slices) > 1:
+        row.update(ran_on=" | ".join(f"{h['device_name']}, {h['threads']} threads, {h['precision']}" for h in slices))
     return row
 
 

@@ -528,11 +528,12 @@ def fit(run, status):
         run.stop.check()  # the epoch's first safe point: its clock starts here
         epoch, started = state["epoch"] + 1, run.stop.running_time()  # time stopped (SIGSTOP) is not training time
         if in_progress:  # the rest of an epoch stopped between two batches
-            training, spent, in_progress = in_progress["training"], in_progress["seconds"], None
+            training, spent, slices = in_progress["training"], in_progress["seconds"], in_progress.get("slices", [])
+            in_progress = None
         else:
-            training, spent = TrainingPass.shuffled(len(images), args.batch_size, generator, run.num_classes,
-                                                    device), 0.0
-        done_before = training.done
+            training, spent, slices = TrainingPass.shuffled(len(images), args.batch_size, generator,
+                                                            run.num_classes, device), 0.0, []
+        done_before, slices = training.done, runs.slices_ran_on(slices, hardware)
         try:
             train_metrics = train_one_epoch(step, images, masks, run.num_classes, args.batch_size, generator,
                                             run.terminal, f"epoch {epoch}", run.stop, training,
@@ -542,7 +543,8 @@ def fit(run, status):
                 train_metrics = None  # its training pass is done, and kept
             if train_metrics is None:
                 seconds = spent + run.stop.running_time() - started
-                kept = keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware)
+                kept = keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware,
+                                     slices)
                 if run.stop.asked:
                     if kept:
                         print(f"kept epoch {epoch}'s first {training.done} of {training.total} batches in "
@@ -575,7 +577,7 @@ def fit(run, status):
             state["since_improvement"] += 1
         state["epoch"], seconds = epoch, spent + run.stop.running_time() - started
         state["history"].append(runs.epoch_row(epoch, train_metrics, val, optimizer.param_groups[0]["lr"],
-                                               seconds, improved, hardware, val_seconds))
+                                               seconds, improved, hardware, val_seconds, slices))
         runs.save_epoch(run.dir, state, model, optimizer, generator, val, improved)
         bar.update()
         tqdm.write(f"epoch {epoch:3d}/{args.epochs}  train loss {train_metrics['loss']:.4f}  val loss {val['loss']:.4f}"
@@ -594,9 +596,10 @@ def fit(run, status):
     return model, reason
 
 
-def keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware):
+def keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware, slices=()):
     """Saves an epoch stopped between two batches (`training`, its TrainingPass, and the running `seconds`
-    spent on it) in last.pt with the arithmetic it ran in (`hardware`, the coupling), unless no batch of it
+    spent on it) in last.pt with the arithmetic it ran in (`hardware`, the coupling) and what its slices ran
+    on (`slices`, runs.slices_ran_on), unless no batch of it
     ran since `done_before` (last.pt already holds that); returns whether it saved. A non-finite loss,
     weight or optimizer state is refused rather than kept (the last batch's step may overflow after its
     finite loss)."""
@@ -610,7 +613,7 @@ def keep_progress(run, model, optimizer, generator, training, seconds, done_befo
         raise NonFiniteLossError("the weights or the optimizer's state became non-finite")
     runs.save_progress(run.dir, run.state, model, optimizer, generator,
                        dict(training=training.state_dict(), seconds=seconds, precision=hardware["precision"],
-                            bf16_coupling=run.args.bf16_coupling == "on"))
+                            bf16_coupling=run.args.bf16_coupling == "on", slices=list(slices)))
     return True
 
 

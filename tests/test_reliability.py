@@ -275,6 +275,17 @@ def test_an_epoch_in_progress_keeps_its_arithmetic_for_the_resume(run_train, tmp
     assert runs.last_arithmetic(tmp_path / "r") == {"amp": "off", "bf16_coupling": "off"}
 
 
+def test_an_epoch_resumed_on_another_machine_names_what_each_slice_ran_on(run_train, tmp_path, monkeypatch):
+    run_train(tmp_path, "--run-name", "r", *RUN, "--end-by-minutes", "1e-6")  # one batch of epoch 1, kept
+    here = runs.hardware("cpu", amp=False)
+    monkeypatch.setattr(runs, "hardware", lambda device, amp: dict(here, device_name="Another CPU", threads=7))
+    run_train(tmp_path, "--run-name", "r", *RUN)
+    first, *later = runs.load_metrics(tmp_path / "r")
+    assert first["device_name"] == "Another CPU"  # the last slice's, as in every row
+    assert first["ran_on"] == f"{here['device_name']}, {here['threads']} threads, float32 | Another CPU, 7 threads, float32"
+    assert later and all(not row.get("ran_on") for row in later)  # epochs that ran in one slice
+
+
 def test_a_metrics_file_behind_last_pt_is_written_again_from_it(run_train, tmp_path):
     reference = run_train(tmp_path / "whole", "--run-name", "r", *RUN)
     cut = (tmp_path / "cut", "--run-name", "r", *RUN)
