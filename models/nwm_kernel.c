@@ -174,29 +174,25 @@ static void wino_block(real *restrict acc, const real *restrict v, const real *r
  * gs (WM x NC x NC x 3 vectors) and G^T applied once at its end (wino_weight_gradient). It runs
  * over bands of WBLK blocks of 4 rows, whose transformed rows stay in cache. */
 #define WBLK 2
+#define GRADIENT_SUMS (NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0)) /* gv, then gs: vectors */
 #define GW (NC % 8 == 0 ? 8 : NC % 4 == 0 ? 4 : NC % 2 == 0 ? 2 : 1)
 
-/* ag (WM x NC rows of Wb) = A g for dL/da's rows r..r+3 (ga: NC x H rows of Wb; rows past H - 1: zero) */
-static void wino_grad_rows(real *restrict ag, const real *restrict ga, long H, long W, long Wb, long r) {
-    static const real at[WR][WM] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+/* ag (WM x NC rows of Wb) = A g for dL/da's rows r..r+3 (ga: NC x H rows of Wb; rows past H - 1 read
+ * `zero`, a row of zeros) */
+static void wino_grad_rows(real *restrict ag, const real *restrict ga, const real *restrict zero, long H, long W,
+                           long Wb, long r) {
     for (int co = 0; co < NC; co++) {
+        const real *g[WR];
         real *o[WM];
+        for (int q = 0; q < WR; q++) g[q] = r + q < H ? ga + ((long)co * H + r + q) * Wb : zero;
         for (int m = 0; m < WM; m++) o[m] = ag + ((long)m * NC + co) * Wb;
-        const real *g = ga + ((long)co * H + r) * Wb;
-        if (r + WR <= H) {
-            const real *g0 = g, *g1 = g + Wb, *g2 = g + 2 * Wb, *g3 = g + 3 * Wb;
 #pragma omp simd
-            for (long j = 0; j < W; j++) {
-                real s02 = g0[j] + g2[j], s13 = g1[j] + g3[j], e = g0[j] + 4 * g2[j], f = 2 * g1[j] + 8 * g3[j];
-                o[0][j] = g0[j], o[1][j] = s02 + s13, o[2][j] = s02 - s13, o[3][j] = e + f, o[4][j] = e - f;
-                o[5][j] = g3[j];
-            }
-            continue;
+        for (long j = 0; j < W; j++) {
+            real s02 = g[0][j] + g[2][j], s13 = g[1][j] + g[3][j];
+            real e = g[0][j] + 4 * g[2][j], f = 2 * g[1][j] + 8 * g[3][j];
+            o[0][j] = g[0][j], o[1][j] = s02 + s13, o[2][j] = s02 - s13, o[3][j] = e + f, o[4][j] = e - f;
+            o[5][j] = g[3][j];
         }
-        for (int m = 0; m < WM; m++) memset(o[m], 0, W * sizeof(real));
-        for (long q = 0; q < H - r; q++)
-            for (int m = 0; m < WM; m++)
-                for (long j = 0; j < W; j++) o[m][j] += at[q][m] * g[q * Wb + j];
     }
 }
 
@@ -401,14 +397,14 @@ int nwm_winograd(void) { return WINOGRAD; }
 /* Per-thread scratch: rings of padded rows for y and for dL/da (the direct products), the rows
  * of sums (WR rows of NC channels), dL/da of one step (rows of Wb), the weight gradient's vector
  * sums; with Winograd's products their transformed rows (a block's, and a band's of y and of
- * dL/da for the weight gradient), transformed weights (w, and the adjoint's) and the weight
- * gradient's sums per transformed row; with the
+ * dL/da for the weight gradient, and a row of zeros for the rows past the last), transformed
+ * weights (w, and the adjoint's) and the weight gradient's sums per transformed row; with the
  * bfloat16 coupling also its pair ring, one step's dL/da as pair rows (H slots), y as plain
  * padded rows (H slots) and dL/da in rows of Wh, all bfloat16, and the packed weights (w, and
  * the adjoint's). */
 typedef struct {
     long Wb, Wh;
-    real *ring, *ring_y, *acc, *ga, *transformed, *u, *uadj, *band_g, *band_y;
+    real *ring, *ring_y, *acc, *ga, *transformed, *u, *uadj, *band_g, *band_y, *zero_row;
     vec *gv, *gs;
     bf16 *ring_h, *gpair, *yh, *gah;
     unsigned *wp, *wadjp;
@@ -418,9 +414,9 @@ static int scratch_init(scratch *s, long H, long W, int half) {
     long Wb = block_width(W), ring = 3 * NC * (Wb + 2);
     memset(s, 0, sizeof *s);
     s->Wb = Wb;
-    long sums = NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0);
-    s->gv = aligned_alloc(64, (sizeof(vec) * sums + 63) / 64 * 64);  /* a whole number of alignments, as C11 asks */
-    long winograd = WINOGRAD ? WM * NC * (Wb + 2) + 2 * WM * NC * 3 * NC + WBLK * WM * NC * (2 * Wb + 2) : 0;
+    /* a whole number of alignments, as C11 asks */
+    s->gv = aligned_alloc(64, (sizeof(vec) * GRADIENT_SUMS + 63) / 64 * 64);
+    long winograd = WINOGRAD ? WM * NC * (Wb + 2) + 2 * WM * NC * 3 * NC + WBLK * WM * NC * (2 * Wb + 2) + W : 0;
     s->ring = calloc(2 * ring + WR * NC * Wb + NC * H * Wb + winograd, sizeof(real));
 #if HALF_COUPLING
     if (half) {
@@ -452,6 +448,7 @@ static int scratch_init(scratch *s, long H, long W, int half) {
         s->uadj = s->u + WM * NC * 3 * NC;
         s->band_y = s->uadj + WM * NC * 3 * NC;
         s->band_g = s->band_y + WBLK * WM * NC * (Wb + 2);
+        s->zero_row = s->band_g + WBLK * WM * NC * Wb;
         s->gs = s->gv + NC * NC * 9;
     }
     return 0;
@@ -680,7 +677,7 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
     for (long b = b0; b < b1; b++) {
         const real *om = dto + b * S, *dm = damp + b * S;
         real *gyb = gy + b * S, *gzb = gz + b * S, *gob = g_dto + b * S, *gdb = g_damp + b * S;
-        memset(s.gv, 0, sizeof(vec) * (NC * NC * 9 + (WINOGRAD ? WM * NC * NC * 3 : 0)));
+        memset(s.gv, 0, sizeof(vec) * GRADIENT_SUMS);
         for (long g = segments - 1; g >= 0; g--) {
             long t0 = g * K, steps = n - t0 < K ? n - t0 : K;
             const real *yc = g ? ck + (b * (segments - 1) + g - 1) * 2 * S : y_start + b * S;
@@ -719,7 +716,8 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
                         long blocks = 0;
                         for (; blocks < WBLK && r + blocks * WR < H; blocks++) {
                             wino_rows(s.band_y + blocks * WM * NC * (Wb + 2), yi, H, W, Wb, W, r + blocks * WR);
-                            wino_grad_rows(s.band_g + blocks * WM * NC * Wb, s.ga, H, W, Wb, r + blocks * WR);
+                            wino_grad_rows(s.band_g + blocks * WM * NC * Wb, s.ga, s.zero_row, H, W, Wb,
+                                           r + blocks * WR);
                         }
                         wino_grad_band(s.gs, s.band_g, s.band_y, blocks, Wb);
                     }
