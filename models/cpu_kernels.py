@@ -163,35 +163,58 @@ def _chunks(y, T):
 
 
 def projection(run, y0, basis, half):
-    """sum_t y_t (x) basis[t] over the T = len(basis) frames y_t (each like y0: B x C x H x W)
-    as (B*C*H*W) x K', where run(chunk, frames) writes the frames of the images of a slice of
-    the batch into `frames` (T x n x C x H x W). One matrix product per chunk projects them
-    (time is its inner dimension). half: frames, basis and result in bfloat16 (the product
-    on the CPU's bfloat16 units)."""
-    T, (B, C, H, W) = basis.shape[0], y0.shape
+    """sum_t y_t (x) basis[t] over the T = len(basis) frames y_t (each like y0: B x C x H x W),
+    where run(chunk, frames) writes the frames of the images of a slice of the batch into
+    `frames` (a T x n x C x H x W view whose strides give the layout). basis: T x K', the same
+    for every channel, gives (B*C*H*W) x K', one matrix product per chunk (time its inner
+    dimension); or T x C x K', one per channel and summed over the channels, gives (B*H*W) x K'
+    (a readout folded into its head, readouts.py), one product per image over its T*C frames.
+    half: frames, basis and result in bfloat16 (the products on the CPU's bfloat16 units)."""
+    T, (B, C, H, W), K = basis.shape[0], y0.shape, basis.shape[-1]
     dtype = torch.bfloat16 if half else y0.dtype
     basis = basis.to(dtype)
-    projected = y0.new_empty(B, C * H * W, basis.shape[1], dtype=dtype)
+    per_channel = basis.dim() == 3
+    projected = y0.new_empty(B, H * W if per_channel else C * H * W, K, dtype=dtype)
     for chunk in _chunks(y0, T):
-        frames = y0.new_empty(T, chunk.stop - chunk.start, C, H, W, dtype=dtype)
-        run(chunk, frames)
-        torch.mm(frames.view(T, -1).t(), basis, out=projected[chunk].view(-1, basis.shape[1]))
-    return projected.view(-1, basis.shape[1])
+        n = chunk.stop - chunk.start
+        if per_channel:  # each image's frames in a row: its T*C frames are one operand
+            frames = y0.new_empty(n, T, C, H, W, dtype=dtype)
+            run(chunk, frames.transpose(0, 1))
+            for image, out in zip(frames.view(n, T * C, H * W), projected[chunk]):  # (broadcast products copy)
+                torch.mm(image.t(), basis.view(T * C, K), out=out)
+        else:
+            frames = y0.new_empty(T, n, C, H, W, dtype=dtype)
+            run(chunk, frames)
+            torch.mm(frames.view(T, -1).t(), basis, out=projected[chunk].view(-1, K))
+    return projected.view(-1, K)
 
 
 def projection_backward(run, y0, basis, grad_projected, need_basis, half):
     """The gradient of `projection`'s basis (None unless need_basis), while run(chunk, g_frames,
-    frames) takes each chunk's frames' gradients (T x n*C*H*W, bfloat16 if half) back through its
-    recurrence, writing the frames into `frames` (or not, if None). grad_projected: the gradient
-    of the projection, B x C x H x W x K', any strides."""
-    T = basis.shape[0]
+    frames) takes each chunk's frames' gradients (bfloat16 if half) back through its recurrence,
+    writing the frames into `frames` (or not, if None); both T x n x C x H x W views laid out as
+    `projection`'s frames. grad_projected: the gradient of the projection, B x C x H x W x K'
+    (B x H x W x K' for a per-channel basis), any strides."""
+    T, (B, C, H, W), K = basis.shape[0], y0.shape, basis.shape[-1]
     dtype = torch.bfloat16 if half else y0.dtype
     g_basis = torch.zeros_like(basis) if need_basis else None
     basis_in = basis.to(dtype)
     for chunk in _chunks(y0, T):
-        g_chunk = grad_projected[chunk].reshape(-1, basis.shape[1]).to(dtype)  # a copy of the chunk's rows at most
-        frames = y0.new_empty(T, chunk.stop - chunk.start, *y0.shape[1:], dtype=dtype) if need_basis else None
-        run(chunk, basis_in @ g_chunk.t(), frames)
-        if need_basis:
-            g_basis += (frames.view(T, -1) @ g_chunk).to(g_basis.dtype)
+        n = chunk.stop - chunk.start
+        if basis.dim() == 3:
+            g_chunk = grad_projected[chunk].reshape(n, H * W, K).to(dtype)  # a copy of the chunk's rows at most
+            g_frames = y0.new_empty(n, T * C, H * W, dtype=dtype)
+            for image, g in zip(g_frames, g_chunk):
+                torch.mm(basis_in.view(T * C, K), g.t(), out=image)
+            frames = y0.new_empty(n, T, C, H, W, dtype=dtype) if need_basis else None
+            run(chunk, g_frames.view(n, T, C, H, W).transpose(0, 1), None if frames is None else frames.transpose(0, 1))
+            if need_basis:
+                for image, g in zip(frames.view(n, T * C, H * W), g_chunk):
+                    g_basis += (image @ g).view_as(basis).to(g_basis.dtype)
+        else:
+            g_chunk = grad_projected[chunk].reshape(-1, K).to(dtype)
+            frames = y0.new_empty(T, n, C, H, W, dtype=dtype) if need_basis else None
+            run(chunk, (basis_in @ g_chunk.t()).view(T, n, C, H, W), frames)
+            if need_basis:
+                g_basis += (frames.view(T, -1) @ g_chunk).to(g_basis.dtype)
     return g_basis

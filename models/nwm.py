@@ -86,12 +86,14 @@ class NWM(nn.Module):
             # same numbers, hand-written backward (models/nwm_fused.py); under bfloat16 autocast on a CPU
             # with bfloat16 matrix units the projection's products run there too, like the head's
             half = bf16_projection(x.device)
+            fold = self.readout.folds_into_head()  # (fewer products for 16 channels, readouts.py)
             with torch.autocast(x.device.type, enabled=False):
-                projected = wave_recurrence_projection(y, dt_omega, damping, self.coupling.weight,
-                                                       projection.to(y.dtype), self.dt, self.bptt_segment or self.T,
-                                                       half)
-            logits = self.readout.head(self.readout.finish(projected))
-            return logits
+                basis = self.readout.folded_basis() if fold else projection
+                projected = wave_recurrence_projection(y, dt_omega, damping, self.coupling.weight, basis.to(y.dtype),
+                                                       self.dt, self.bptt_segment or self.T, half)
+            if fold:
+                return self.readout.head.from_first_product(projected)
+            return self.readout.head(self.readout.finish(projected))
         features, sequence = unroll(lambda s: self.step(s, dt_omega, damping), (y, z), self.T,
                                     self.readout, self.bptt_segment, return_sequence)
         logits = self.readout.head(features)

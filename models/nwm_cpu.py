@@ -8,8 +8,8 @@ import torch
 from . import common, cpu_kernels
 
 L, P, D, I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
-ARGTYPES = dict(nwm_forward=(L,) * 7 + (P,) * 5 + (D, P, I, P, I),
-                nwm_backward=(L,) * 7 + (P,) * 7 + (D,) + (P,) * 7 + (I, I), nwm_half_coupling=(),
+ARGTYPES = dict(nwm_forward=(L,) * 7 + (P,) * 5 + (D, P, L, L, I, P, I),
+                nwm_backward=(L,) * 7 + (P,) * 7 + (D,) + (P,) * 7 + (L, L, I, I), nwm_half_coupling=(),
                 nwm_winograd=())
 # The fewest channels for the bfloat16 coupling: the 16-channel models gain (1.1x the float32 Winograd
 # products, docs/speed.md), the 2-channel ones, whose coupling is a small part of their step, keep the float32 kernel
@@ -44,8 +44,9 @@ def checkpoint_buffer(y0, T):
 
 
 def projection(lib, y0, dt_omega, damping, weight, basis, dt, half=False, checkpoints=None, half_coupling=False):
-    """sum_t y_t (x) basis[t] over the T = len(basis) steps from (y0, z0 = 0), as (B*C*H*W) x K'.
-    half: frames, basis and the result in bfloat16 (cpu_kernels.projection). checkpoints: None
+    """sum_t y_t (x) basis[t] over the T = len(basis) steps from (y0, z0 = 0), as (B*C*H*W) x K'
+    (basis T x K') or summed over the channels as (B*H*W) x K' (basis T x C x K'). half: frames,
+    basis and the result in bfloat16 (cpu_kernels.projection has both). checkpoints: None
     (no backward will follow), or a `checkpoint_buffer` that receives what `projection_backward` needs.
     half_coupling: the coupling's products in bfloat16 (only where `half_coupling` said so)."""
     H, W, T = y0.shape[2], y0.shape[3], basis.shape[0]
@@ -54,8 +55,8 @@ def projection(lib, y0, dt_omega, damping, weight, basis, dt, half=False, checkp
         y, z = y0[chunk], torch.zeros_like(y0[chunk])
         cpu_kernels.parallel(lib.nwm_forward, len(y), H, W, T, segment_length(T),
                              *cpu_kernels.pointers(y, z, dt_omega[chunk], damping[chunk], weight), dt,
-                             frames.data_ptr(), half, None if checkpoints is None else checkpoints[chunk].data_ptr(),
-                             half_coupling)
+                             frames.data_ptr(), *frames.stride()[:2], half,
+                             None if checkpoints is None else checkpoints[chunk].data_ptr(), half_coupling)
 
     return cpu_kernels.projection(run, y0, basis, half)
 
@@ -63,10 +64,10 @@ def projection(lib, y0, dt_omega, damping, weight, basis, dt, half=False, checkp
 def projection_backward(lib, y0, dt_omega, damping, weight, basis, checkpoints, dt, grad_projected, need_basis,
                         half=False, half_coupling=False):
     """Gradients of `projection` with respect to y0, dt_omega, damping, weight and (if
-    need_basis) basis, given that of its output (B x C x H x W x K', any strides) and the
-    checkpoints it kept: each chunk recomputes its T steps, segment by segment from those, and
-    runs the adjoint steps backwards (models/nwm_fused.py has the equations). half, half_coupling:
-    as in `projection` (the coupling's adjoint products then in bfloat16 too)."""
+    need_basis) basis, given that of its output (any strides) and the checkpoints it kept: each
+    chunk recomputes its T steps, segment by segment from those, and runs the adjoint steps
+    backwards (models/nwm_fused.py has the equations). half, half_coupling: as in `projection`
+    (the coupling's adjoint products then in bfloat16 too)."""
     B, H, W, T = y0.shape[0], y0.shape[2], y0.shape[3], basis.shape[0]
     gy, g_dt_omega, g_damping = torch.zeros_like(y0), torch.zeros_like(y0), torch.zeros_like(y0)
     g_weight = y0.new_zeros(B, *weight.shape)
@@ -80,7 +81,8 @@ def projection_backward(lib, y0, dt_omega, damping, weight, basis, checkpoints, 
                                                    adjoint_weight), dt,
                              g_frames.data_ptr(),
                              *cpu_kernels.pointers(gy[chunk], gz, g_dt_omega[chunk], g_damping[chunk], g_weight[chunk]),
-                             None if frames is None else frames.data_ptr(), half, half_coupling)
+                             None if frames is None else frames.data_ptr(), *g_frames.stride()[:2], half,
+                             half_coupling)
 
     g_basis = cpu_kernels.projection_backward(run, y0, basis, grad_projected, need_basis, half)
     return gy, g_dt_omega, g_damping, g_weight.sum(0), g_basis

@@ -44,6 +44,15 @@ def _step(y, z, dt_omega, damping, weight, dt, y_out, z_out, activation_out=None
     torch.add(y, z_out, alpha=dt, out=y_out)
 
 
+def _frame_rows(frames, per_channel):
+    """n x B x C x H x W frames as the left operand of their product with n steps of the basis:
+    (B*C*H*W) x n for a basis shared by the channels, (B*H*W) x (n*C) for one per channel."""
+    if per_channel:
+        n, B, C, H, W = frames.shape
+        return frames.permute(1, 3, 4, 0, 2).reshape(B * H * W, n * C)
+    return frames.reshape(len(frames), -1).t()
+
+
 def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping):
     """The adjoint of one segment of n = len(g_frames) eager steps from (y, z), as
     nwm_cpu.projection_backward: returns y_0..y_n of the segment and the segment's gradient of the
@@ -75,7 +84,9 @@ def _segment_backward(y, z, dt_omega, damping, weight, adjoint_weight, dt, g_fra
 class _WaveRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y0, dt_omega, damping, weight, basis, dt, segment, half, backward):
-        T = basis.shape[0]
+        T, per_channel = basis.shape[0], basis.dim() == 3
+        B, C, H, W = y0.shape
+        out_shape = (B, H, W, basis.shape[-1]) if per_channel else (B, C, H, W, basis.shape[-1])
         ctx.dt, ctx.segment, ctx.lib = dt, segment, nwm_cpu.kernel(y0)
         if ctx.lib is not None:
             inputs = [t.contiguous() for t in (y0, dt_omega, damping, weight, basis)]
@@ -84,10 +95,10 @@ class _WaveRecurrence(torch.autograd.Function):
             ctx.half_coupling = nwm_cpu.half_coupling(ctx.lib, y0.shape[1], ctx.half)
             projected = nwm_cpu.projection(ctx.lib, *inputs, dt, ctx.half, checkpoints, ctx.half_coupling)
             ctx.save_for_backward(*inputs, checkpoints)
-            return projected.view(*y0.shape, basis.shape[1])
+            return projected.view(out_shape)
         y, z = y0, torch.zeros_like(y0)
         z_buffers = (torch.empty_like(y0), torch.empty_like(y0))
-        projected = None  # (B*C*H*W) x K'
+        projected = None  # (B*C*H*W) x K', or (B*H*W) x K' for a per-channel basis
         starts = []
         for t0 in range(0, T, segment):
             n = min(segment, T - t0)
@@ -97,12 +108,10 @@ class _WaveRecurrence(torch.autograd.Function):
                 z_out = z_buffers[i % 2]
                 _step(y, z, dt_omega, damping, weight, dt, frames[i], z_out)
                 y, z = frames[i], z_out
-            if projected is None:
-                projected = frames.view(n, -1).t() @ basis[t0:t0 + n]
-            else:
-                projected.addmm_(frames.view(n, -1).t(), basis[t0:t0 + n])
+            rows, steps = _frame_rows(frames, per_channel), basis[t0:t0 + n].reshape(-1, basis.shape[-1])
+            projected = rows @ steps if projected is None else projected.addmm_(rows, steps)
         ctx.save_for_backward(dt_omega, damping, weight, basis, *starts)
-        return projected.view(*y0.shape, basis.shape[1])
+        return projected.view(out_shape)
 
     @staticmethod
     def backward(ctx, grad_projected):
@@ -111,8 +120,9 @@ class _WaveRecurrence(torch.autograd.Function):
                                                 ctx.needs_input_grad[4], ctx.half, ctx.half_coupling), \
                 None, None, None, None
         dt_omega, damping, weight, basis, *starts = ctx.saved_tensors
-        dt, segment, T = ctx.dt, ctx.segment, basis.shape[0]
-        grad_projected = grad_projected.reshape(-1, basis.shape[1])
+        dt, segment, T, per_channel = ctx.dt, ctx.segment, basis.shape[0], basis.dim() == 3
+        B, C, H, W = starts[0].shape
+        grad_projected = grad_projected.reshape(-1, basis.shape[-1])
         gy, gz = torch.zeros_like(starts[0]), torch.zeros_like(starts[0])
         g_dt_omega, g_damping = torch.zeros_like(dt_omega), torch.zeros_like(damping)
         g_weight = torch.zeros_like(weight)
@@ -121,20 +131,27 @@ class _WaveRecurrence(torch.autograd.Function):
 
         for k, t0 in reversed(list(enumerate(range(0, T, segment)))):
             n = min(segment, T - t0)
-            g_frames = basis[t0:t0 + n] @ grad_projected.t()  # n x (B*C*H*W)
+            if per_channel:  # (B*H*W) x (n*C) -> n x (B*C*H*W)
+                g_frames = (grad_projected @ basis[t0:t0 + n].reshape(n * C, -1).t()).view(B, H, W, n, C)
+                g_frames = g_frames.permute(3, 0, 4, 1, 2).reshape(n, -1)
+            else:
+                g_frames = basis[t0:t0 + n] @ grad_projected.t()  # n x (B*C*H*W)
             ys, g_segment = _segment_backward(starts[2 * k], starts[2 * k + 1], dt_omega, damping, weight,
                                               adjoint_weight, dt, g_frames, gy, gz, g_dt_omega, g_damping)
             g_weight += g_segment
             if g_basis is not None:
-                g_basis[t0:t0 + n] = ys[1:].reshape(n, -1) @ grad_projected
+                g_segment_basis = _frame_rows(ys[1:], per_channel).t() @ grad_projected  # (n*C or n) x K'
+                g_basis[t0:t0 + n] = g_segment_basis.view_as(g_basis[t0:t0 + n])
         return gy, g_dt_omega, g_damping, g_weight, g_basis, None, None, None, None
 
 
 def wave_recurrence_projection(y0, dt_omega, damping, weight, basis, dt, segment, half=False):
     """sum_t y_t (x) basis[t] over the T = len(basis) NWM steps from (y0, z0 = 0).
 
-    y0, dt_omega, damping: B x C x H x W; weight: C x C x 3 x 3; basis: T x K'.
-    Returns B x C x H x W x K'. The eager steps project the frames `segment` steps at a
+    y0, dt_omega, damping: B x C x H x W; weight: C x C x 3 x 3; basis: T x K', the same for
+    every channel, or T x C x K', one per channel, summed over the channels (a readout folded into
+    its head's first layer, readouts.py). Returns B x C x H x W x K', or B x H x W x K' for a
+    per-channel basis. The eager steps project the frames `segment` steps at a
     time, and their backward pass recomputes one segment at a time: longer segments mean
     fewer passes over the (large) projected features, shorter ones less memory. The CPU
     kernel ignores `segment`: its memory is bounded by its chunk of images (nwm_cpu.py), plus,

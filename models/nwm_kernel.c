@@ -611,14 +611,16 @@ static void adjoint_step_half(scratch *s, long H, long W, real dt, real *gy, rea
 #endif
 
 /* n steps of images b0..b1-1 from (y0, z) (B x NC x H x W; z is updated in place):
- * frames[t] (n x B x NC x H x W, float, or bfloat16 if bf16_frames) = y after step t+1.
+ * frames (float, or bfloat16 if bf16_frames): y after step t+1 of image b, at t * frame_t +
+ * b * frame_b (n x B x NC x H x W: frame_t = B * NC * H * W, frame_b = NC * H * W; B x n x ...:
+ * frame_t = NC * H * W, frame_b = n * NC * H * W).
  * ck (B x (segments - 1) x 2 x NC x H x W, or NULL) receives (y, z) after steps K, 2K, ...
  * before the last step: the starts of nwm_backward's segments of K steps after the first.
  * half_coupling: the coupling in bfloat16 (only where nwm_half_coupling() says this build has it).
  * Returns 0, or -1 without memory (or without the bfloat16 coupling asked for). */
 int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const real *y0, real *z,
-                const real *dto, const real *damp, const real *w, double dt, void *frames, int bf16_frames,
-                real *ck, int half_coupling) {
+                const real *dto, const real *damp, const real *w, double dt, void *frames, long frame_t,
+                long frame_b, int bf16_frames, real *ck, int half_coupling) {
     long S = NC * H * W, segments = (n + K - 1) / K;
     scratch s;
     real *ys = malloc(sizeof(real) * 2 * S);  /* y before and after a step */
@@ -631,8 +633,8 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const 
         const real *y = y0 + b * S;
         for (long t = 0; t < n; t++) {
             real *out = ys + (t % 2) * S;
-            step(y, z + b * S, out, z + b * S, NULL, frame_at(frames, bf16_frames, (t * B + b) * S), dto + b * S,
-                 damp + b * S, k, (real)dt, H, W, &s);
+            step(y, z + b * S, out, z + b * S, NULL, frame_at(frames, bf16_frames, t * frame_t + b * frame_b),
+                 dto + b * S, damp + b * S, k, (real)dt, H, W, &s);
             y = out;
             if (ck && (t + 1) % K == 0 && t + 1 < n) {  /* the start of segment (t + 1) / K */
                 real *c = ck + (b * (segments - 1) + (t + 1) / K - 1) * 2 * S;
@@ -653,15 +655,16 @@ int nwm_forward(long b0, long b1, long B, long H, long W, long n, long K, const 
  * one image's history is ~3 sqrt(n) states instead of 3 n (in cache for small images, and
  * little memory per thread for large ones), for one more forward pass. gy, gz (B x NC x H x W)
  * enter as the gradients after the last step and leave as those before the first; g_frames
- * (n x B x ..., float or, if half, bfloat16) are the gradients of the frames; g_dto, g_damp
- * (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. frames (n x B x ..., float
- * or bfloat16, or NULL) receives y_1..y_n, for the gradient of the time basis. wadj:
+ * (float or, if half, bfloat16, laid out as nwm_forward's frames) are the gradients of the
+ * frames; g_dto, g_damp (B x ...) and g_w (B x NC x NC x 3 x 3, per image) accumulate. frames
+ * (laid out as g_frames, or NULL) receives y_1..y_n, for the gradient of the time basis. wadj:
  * the adjoint kernel (flipped, in and out channels swapped). half_coupling: as in nwm_forward,
  * for the recomputed steps and both adjoint products. Returns 0, or -1 as nwm_forward. */
 int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const real *y_start,
                  const real *z_start, const real *ck, const real *dto, const real *damp, const real *w,
                  const real *wadj, double dt_, const void *g_frames, real *gy, real *gz,
-                 real *g_dto, real *g_damp, real *g_w, void *frames, int half, int half_coupling) {
+                 real *g_dto, real *g_damp, real *g_w, void *frames, long frame_t, long frame_b, int half,
+                 int half_coupling) {
     long S = NC * H * W, Wb = block_width(W);
     long segments = (n + K - 1) / K;
     real dt = (real)dt_;
@@ -685,11 +688,11 @@ int nwm_backward(long b0, long b1, long B, long H, long W, long n, long K, const
             memcpy(zs, g ? yc + S : z_start + b * S, S * sizeof(real));
             for (long i = 0; i < steps; i++)
                 step(ys + i * S, zs + i * S, ys + (i + 1) * S, zs + (i + 1) * S, th + i * S,
-                     frame_at(frames, half, ((t0 + i) * B + b) * S), om, dm, k, dt, H, W, &s);
+                     frame_at(frames, half, (t0 + i) * frame_t + b * frame_b), om, dm, k, dt, H, W, &s);
             for (long i = steps - 1; i >= 0; i--) {
                 const real *yi = ys + i * S, *zi = zs + i * S, *t = th + i * S;
-                const real *gf = half ? NULL : (const real *)g_frames + ((t0 + i) * B + b) * S;
-                const bf16 *gh = half ? (const bf16 *)g_frames + ((t0 + i) * B + b) * S : NULL;
+                const real *gf = half ? NULL : (const real *)g_frames + (t0 + i) * frame_t + b * frame_b;
+                const bf16 *gh = half ? (const bf16 *)g_frames + (t0 + i) * frame_t + b * frame_b : NULL;
 #if HALF_COUPLING
                 if (k.wp) {
                     adjoint_step_half(&s, H, W, dt, gyb, gzb, gf, gh, yi, zi, t, om, dm, gob, gdb);

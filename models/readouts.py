@@ -48,10 +48,20 @@ class PixelMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, features):
-        B, H, W, F = features.shape
-        rows = features.reshape(B * H * W, F)
+        return self._layers(features, self.net)
+
+    def from_first_product(self, product):
+        """The same MLP given its first layer's product features @ W1^T (B x H x W x width,
+        without the bias), as a readout folded into that layer computes it."""
+        hidden = torch.relu(product + self.net[0].bias.to(product.dtype))
+        return self._layers(hidden, self.net[2:])
+
+    @staticmethod
+    def _layers(x, layers):
+        B, H, W, F = x.shape
+        rows = x.reshape(B * H * W, F)
         # the same arithmetic in fewer passes over the activations where it can (models/head_cpu.py)
-        logits = head_cpu.pixel_mlp(rows, self.net[0::2]) if head_cpu.applies(rows) else self.net(rows)
+        logits = head_cpu.pixel_mlp(rows, layers[0::2]) if head_cpu.applies(rows) else layers(rows)
         return logits.view(B, H, W, -1).permute(0, 3, 1, 2)
 
 
@@ -100,6 +110,23 @@ class TemporalReadout(nn.Module):
         if self.readout == "max_time":
             return None
         return self.time_weight if self.readout == "linear" else self.time_basis
+
+    def folds_into_head(self):
+        """Whether the linear readout's time map L (T x K) is better folded into the head's first
+        layer W1 (width x C*K): projecting each channel's T frames on the C*K features and those on
+        W1 costs C*T*K + C*K*width multiply-adds a pixel, on L W1 directly C*T*width (51,200
+        instead of 107,712 for 16 channels, T = 100 and a 32-wide head; not for 2 channels and a
+        256-wide one), and the C*K features are never stored."""
+        if self.readout != "linear" or len(self.head.net) < 3:
+            return False
+        T, C, K, width = self.T, self.channels, self.K, self.head.net[0].out_features
+        return C * T * width < C * T * K + C * K * width
+
+    def folded_basis(self):
+        """T x C x width: basis[t, c] = sum_k L[t, k] W1[:, c*K + k] (finish() orders the features
+        channel-major), so that sum_{t,c} y_t[c] basis[t, c] is the head's first product."""
+        first = self.head.net[0].weight.view(-1, self.channels, self.K)
+        return torch.einsum("tk,ock->tco", self.time_weight, first)
 
     def partial_features(self, frames, t0):
         """Contribution of frames y_{t0+1}..y_{t0+n} (a list of B x C x H x W tensors).

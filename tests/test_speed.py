@@ -10,8 +10,9 @@ import runs
 from engine import autocast
 from models import MODEL_NAMES, READOUTS, build_model, convlstm_fused, cpu_kernels, head_cpu, is_recurrent, nwm_cpu
 from models import common as models_common
+from models import nwm as nwm_module
 from models.nwm_fused import wave_recurrence_projection
-from models.readouts import PixelMLP
+from models.readouts import PixelMLP, TemporalReadout
 
 
 @pytest.fixture
@@ -58,11 +59,60 @@ def test_fused_nwm_without_the_cpu_kernel_matches_autograd(eager_recurrence, seg
     assert_same(fused, plain, rtol=1e-9, atol=1e-12)
 
 
-def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7):
+FOLDING = dict(hidden_channels=16, readout_width=8, readout_depth=2)  # C*T*8 < C*T*7 + C*7*8 at T = 12
+
+
+def test_readout_folds_into_the_head_only_where_it_saves_products():
+    def folds(readout="linear", channels=16, width=32, depth=5, T=100):
+        return TemporalReadout(readout, T, channels, 11, width, depth).folds_into_head()
+
+    assert folds()  # the Multi-MNIST NWM: 51,200 multiply-adds a pixel instead of 107,712
+    assert not folds(channels=2, width=256, depth=3)  # the Tetrominoes and MNIST NWMs: 51,200 instead of 36,312
+    assert not folds(readout="fft") and not folds(readout="last")  # (|.| between the basis and the head; K = 1)
+    assert not folds(depth=0)  # no hidden layer: no ReLU after the first product to keep
+
+
+@pytest.mark.parametrize("kernel", [pytest.param(True, marks=needs_compiler), False])
+@pytest.mark.parametrize("segment", [0, 5])
+def test_nwm_with_its_readout_folded_into_the_head_matches_autograd(kernel, segment, monkeypatch):
+    if not kernel:
+        monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
+    bases = []
+    projection = nwm_module.wave_recurrence_projection
+    monkeypatch.setattr(nwm_module, "wave_recurrence_projection", lambda y, *a: bases.append(a[3].shape) or
+                        projection(y, *a))
+    plain = outputs_and_gradients("nwm", fused=False, **FOLDING)
+    folded = outputs_and_gradients("nwm", fused=True, bptt_segment=segment, **FOLDING)
+    assert bases == [(12, 16, 8)]  # T x C x width: the time map folded into the first layer
+    assert_same(folded, plain, rtol=1e-9, atol=1e-12)
+
+
+def test_folded_readout_check_fails_with_the_features_in_another_order(monkeypatch):
+    # the head's features are channel-major (c*K + k); folding them as if time-feature-major must show
+    monkeypatch.setattr(TemporalReadout, "folded_basis", lambda self: torch.einsum(
+        "tk,okc->tco", self.time_weight, self.head.net[0].weight.view(-1, self.K, self.channels)))
+    plain = outputs_and_gradients("nwm", fused=False, **FOLDING)
+    wrong = outputs_and_gradients("nwm", fused=True, **FOLDING)
+    with pytest.raises(AssertionError):
+        assert_same(wrong, plain, rtol=1e-3, atol=1e-6)
+
+
+def test_folded_readout_under_autocast_stays_close_to_float32():
+    # test_bfloat16_autocast_stays_close_to_float32's bound
+    full = outputs_and_gradients("nwm", dtype=torch.float32, **FOLDING)
+    half = outputs_and_gradients("nwm", dtype=torch.float32, amp=True, **FOLDING)
+    assert (half[0] - full[0]).abs().max() <= 0.03 * full[0].abs().max()
+    cosine = F.cosine_similarity(torch.cat([g.flatten() for g in full[1].values()]),
+                                 torch.cat([g.flatten() for g in half[1].values()]), dim=0)
+    assert cosine >= 0.99
+
+
+def recurrence_and_gradients(channels, batch, H, W, segment=3, T=7, per_channel_basis=False):
     torch.manual_seed(0)
     shape = (batch, channels, H, W)
     y0, dt_omega, damping = torch.randn(shape), 0.1 * torch.rand(shape), 1 - 0.1 * torch.rand(shape)
-    weight, basis = 0.5 * torch.randn(channels, channels, 3, 3), torch.randn(T, 4)
+    weight = 0.5 * torch.randn(channels, channels, 3, 3)
+    basis = torch.randn(T, channels, 4) if per_channel_basis else torch.randn(T, 4)
     inputs = [t.double().requires_grad_() for t in (y0, dt_omega, damping, weight, basis)]
     out = wave_recurrence_projection(*inputs, 0.1, segment)
     grads = torch.autograd.grad(out, inputs, torch.randn(out.shape, dtype=out.dtype))
@@ -85,6 +135,32 @@ def test_cpu_kernel_matches_eager_steps(channels, batch, H, W, monkeypatch):
     torch.testing.assert_close(fast[0], eager[0], rtol=1e-10, atol=1e-12)
     for a, b in zip(fast[1], eager[1]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@needs_compiler
+@pytest.mark.parametrize("chunk_bytes", [1, 2**26])
+@pytest.mark.parametrize("channels, batch, H, W", [(16, 3, 5, 7), (2, 2, 4, 3)])
+def test_cpu_kernel_with_a_per_channel_basis_matches_eager_steps(chunk_bytes, channels, batch, H, W, monkeypatch):
+    # a basis per channel, summed over the channels: the kernel writes each image's frames in a row
+    monkeypatch.setattr(cpu_kernels, "CHUNK_BYTES", chunk_bytes)  # one image per thread, or all at once
+    fast = recurrence_and_gradients(channels, batch, H, W, per_channel_basis=True)
+    assert fast[0].shape == (batch, H, W, 4)
+    monkeypatch.setattr(nwm_cpu, "kernel", lambda y: None)
+    eager = recurrence_and_gradients(channels, batch, H, W, per_channel_basis=True)
+    torch.testing.assert_close(fast[0], eager[0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast[1], eager[1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_per_channel_basis_sums_the_shared_projection_over_the_channels():
+    # the definition, on the eager steps: one basis per channel, summed, is the shared projection per channel
+    torch.manual_seed(0)
+    y0, dt_omega, damping = torch.randn(2, 3, 4, 5), 0.1 * torch.rand(2, 3, 4, 5), 1 - 0.1 * torch.rand(2, 3, 4, 5)
+    weight, basis = 0.5 * torch.randn(3, 3, 3, 3), torch.randn(6, 3, 2)
+    args = [t.double() for t in (y0, dt_omega, damping, weight)]
+    per_channel = wave_recurrence_projection(*args, basis.double(), 0.1, 6)
+    shared = torch.stack([wave_recurrence_projection(*args, basis[:, c].double(), 0.1, 6)[:, c] for c in range(3)])
+    torch.testing.assert_close(per_channel, shared.sum(0), rtol=1e-12, atol=1e-12)
 
 
 @pytest.fixture
