@@ -163,8 +163,8 @@ def peak_rss_bytes():
 class RecordMatmuls(TorchDispatchMode):
     """Records every matrix product run under it: (op, operands as (size, stride, dtype) or values)."""
 
-    OPS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
-           torch.ops.aten.baddbmm.default}
+    OPS = {torch.ops.aten.mm.default, torch.ops.aten.mm.out, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+           torch.ops.aten.baddbmm.default}  # (mm.out: the kernels' projections write into their results)
     if head_cpu.applies_anywhere():  # the fused head's products (bias, ReLU or mask applied inside)
         OPS |= {torch.ops.mkldnn._linear_pointwise.default, torch.ops.mkldnn._linear_pointwise.binary}
 
@@ -172,10 +172,14 @@ class RecordMatmuls(TorchDispatchMode):
         super().__init__()
         self.calls = []
 
+    @staticmethod
+    def operand_spec(a):
+        return (a.size(), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in self.OPS:
-            self.calls.append((func, [(a.size(), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
-                                      for a in args], dict(kwargs or {})))
+            spec = self.operand_spec
+            self.calls.append((func, [spec(a) for a in args], {k: spec(v) for k, v in (kwargs or {}).items()}))
         return func(*args, **(kwargs or {}))
 
 
@@ -228,7 +232,8 @@ def time_matmuls(calls, repeats, device):
             operands[spec] = torch.empty_strided(size, stride, dtype=dtype, device=device).normal_()
         return operands[spec]
 
-    prepared = [(func, [operand(a) for a in args], kwargs) for func, args, kwargs in calls]
+    prepared = [(func, [operand(a) for a in args], {k: operand(v) for k, v in kwargs.items()})
+                for func, args, kwargs in calls]
     times = []
     for _ in range(repeats + 1):  # the first: warm-up
         start = time.perf_counter()

@@ -192,6 +192,10 @@ def compiles(mode, device):
     return mode == "on" or (mode == "auto" and torch.device(device).type == "cuda")
 
 
+# a readout head is entered by its features, or by its first layer's product where the readout is folded into it
+HEAD_ENTRY_POINTS = ("forward", "from_first_product")
+
+
 def maybe_compile(model, mode, device):
     """torch.compile for --compile `mode` (auto: on for CUDA). A recurrent model is compiled in
     parts: its encoders, its step (small and repeated T times, so one compiled graph is reused
@@ -203,7 +207,8 @@ def maybe_compile(model, mode, device):
     if model.recurrent:
         model.initial_state = torch.compile(model.initial_state, dynamic=False)
         model.step = torch.compile(model.step, dynamic=False)
-        model.readout.head.forward = torch.compile(model.readout.head.forward, dynamic=False)
+        for name in HEAD_ENTRY_POINTS:
+            setattr(model.readout.head, name, torch.compile(getattr(model.readout.head, name), dynamic=False))
         return model
     return torch.compile(model, dynamic=False)
 
@@ -211,7 +216,8 @@ def maybe_compile(model, mode, device):
 def uncompile(model):
     """Undoes maybe_compile on the model it was given: the class's own methods show again."""
     if model.recurrent:
-        for owner, name in ((model, "initial_state"), (model, "step"), (model.readout.head, "forward")):
+        for owner, name in ((model, "initial_state"), (model, "step"),
+                            *((model.readout.head, name) for name in HEAD_ENTRY_POINTS)):
             owner.__dict__.pop(name, None)
 
 

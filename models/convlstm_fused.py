@@ -45,6 +45,7 @@ class _ConvLSTMRecurrence(torch.autograd.Function):
         states = [t.contiguous() for t in (u0, h0, c0)]
         theta = torch.cat([p.reshape(-1) for p in params]).to(u0.dtype)  # packed as the kernel reads them
         H, W, T = u0.shape[2], u0.shape[3], basis.shape[0]
+        assert basis.dim() == 2  # the kernel writes time-major frames, not a per-channel basis' image-major ones
 
         def run(chunk, frames):
             cpu_kernels.parallel(lib.convlstm_forward, chunk.stop - chunk.start, H, W, T,

@@ -11,7 +11,7 @@ returns None and the model's eager path runs (one line on stderr says why).
 The batch is processed in chunks of images, each running all T steps; the images of a
 chunk are split among torch's CPU threads (ctypes releases the GIL during each call, so
 they run in parallel), and the chunk's frames are projected on the readout's time basis
-with one matrix product. Memory grows with the chunk, not with the batch: these paths
+with one matrix product (one per image for a basis per channel). Memory grows with the chunk, not with the batch: these paths
 need no segments for backpropagation through time (the NWM's forward pass keeps ~sqrt(T)
 states per image for its backward pass, nwm_cpu.checkpoint_buffer).
 """
@@ -180,7 +180,8 @@ def projection(run, y0, basis, half):
         if per_channel:  # each image's frames in a row: its T*C frames are one operand
             frames = y0.new_empty(n, T, C, H, W, dtype=dtype)
             run(chunk, frames.transpose(0, 1))
-            for image, out in zip(frames.view(n, T * C, H * W), projected[chunk]):  # (broadcast products copy)
+            # one product per image: torch.matmul over the chunk would copy the transposed frames first
+            for image, out in zip(frames.view(n, T * C, H * W), projected[chunk]):
                 torch.mm(image.t(), basis.view(T * C, K), out=out)
         else:
             frames = y0.new_empty(T, n, C, H, W, dtype=dtype)
@@ -195,13 +196,14 @@ def projection_backward(run, y0, basis, grad_projected, need_basis, half):
     writing the frames into `frames` (or not, if None); both T x n x C x H x W views laid out as
     `projection`'s frames. grad_projected: the gradient of the projection, B x C x H x W x K'
     (B x H x W x K' for a per-channel basis), any strides."""
-    T, (B, C, H, W), K = basis.shape[0], y0.shape, basis.shape[-1]
+    T, (_, C, H, W), K = basis.shape[0], y0.shape, basis.shape[-1]
     dtype = torch.bfloat16 if half else y0.dtype
     g_basis = torch.zeros_like(basis) if need_basis else None
     basis_in = basis.to(dtype)
+    per_channel = basis.dim() == 3
     for chunk in _chunks(y0, T):
         n = chunk.stop - chunk.start
-        if basis.dim() == 3:
+        if per_channel:
             g_chunk = grad_projected[chunk].reshape(n, H * W, K).to(dtype)  # a copy of the chunk's rows at most
             g_frames = y0.new_empty(n, T * C, H * W, dtype=dtype)
             for image, g in zip(g_frames, g_chunk):

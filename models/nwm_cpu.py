@@ -74,6 +74,7 @@ def projection_backward(lib, y0, dt_omega, damping, weight, basis, checkpoints, 
     adjoint_weight = weight.flip(2, 3).transpose(0, 1).contiguous()
 
     def run(chunk, g_frames, frames):
+        assert frames is None or frames.stride() == g_frames.stride()  # the kernel reads one layout for both
         y = y0[chunk]
         z, gz = torch.zeros_like(y), torch.zeros_like(y)
         cpu_kernels.parallel(lib.nwm_backward, len(y), H, W, T, segment_length(T),

@@ -53,7 +53,7 @@ class PixelMLP(nn.Module):
     def from_first_product(self, product):
         """The same MLP given its first layer's product features @ W1^T (B x H x W x width,
         without the bias), as a readout folded into that layer computes it."""
-        hidden = torch.relu(product + self.net[0].bias.to(product.dtype))
+        hidden = torch.relu_(product + self.net[0].bias.to(product.dtype))
         return self._layers(hidden, self.net[2:])
 
     @staticmethod
@@ -113,8 +113,8 @@ class TemporalReadout(nn.Module):
 
     def folds_into_head(self):
         """Whether the linear readout's time map L (T x K) is better folded into the head's first
-        layer W1 (width x C*K): projecting each channel's T frames on the C*K features and those on
-        W1 costs C*T*K + C*K*width multiply-adds a pixel, on L W1 directly C*T*width (51,200
+        layer W1 (width x C*K): projecting each channel's T frames on its K features and the C*K
+        features on W1 costs C*T*K + C*K*width multiply-adds a pixel, on L W1 directly C*T*width (51,200
         instead of 107,712 for 16 channels, T = 100 and a 32-wide head; not for 2 channels and a
         256-wide one), and the C*K features are never stored."""
         if self.readout != "linear" or len(self.head.net) < 3:

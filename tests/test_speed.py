@@ -516,6 +516,17 @@ def test_bench_floor_counts_the_bf16_couplings_products(bf16_coupling_allowed):
     assert recorded(True, True) - recorded(True, False) == 4 * T * batch
 
 
+def test_bench_floor_replays_the_products_written_into_their_results():
+    # the kernels' projections write into preallocated results (torch.mm(..., out=)): part of the floor too
+    import bench
+    a, b, out = torch.randn(8, 4), torch.randn(4, 3), torch.empty(8, 3)
+    with bench.RecordMatmuls() as recorder:
+        torch.mm(a, b, out=out)
+    (func, args, kwargs), = recorder.calls
+    assert func == torch.ops.aten.mm.out and kwargs["out"] == (out.size(), out.stride(), out.dtype)
+    assert bench.time_matmuls(recorder.calls, 1, torch.device("cpu")) > 0
+
+
 def test_bench_numerics_compares_each_precision_with_float64(run_train, tiny_dataset, tmp_path):
     """bench.py --numerics on a trained run: float32 agrees with float64 to rounding, bfloat16 autocast
     less so, and every parameter's gradient is measured."""
