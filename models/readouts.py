@@ -52,8 +52,9 @@ class PixelMLP(nn.Module):
 
     def from_first_product(self, product):
         """The same MLP given its first layer's product features @ W1^T (B x H x W x width,
-        without the bias), as a readout folded into that layer computes it."""
-        hidden = torch.relu_(product + self.net[0].bias.to(product.dtype))
+        without the bias), as a readout folded into that layer computes it (which needs that layer
+        to be linear: a change to the MLP keeps net[0] an nn.Linear and net[1] its activation)."""
+        hidden = self.net[1](product + self.net[0].bias.to(product.dtype))
         return self._layers(hidden, self.net[2:])
 
     @staticmethod
