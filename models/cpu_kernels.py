@@ -11,9 +11,10 @@ returns None and the model's eager path runs (one line on stderr says why).
 The batch is processed in chunks of images, each running all T steps; the images of a
 chunk are split among torch's CPU threads (ctypes releases the GIL during each call, so
 they run in parallel), and the chunk's frames are projected on the readout's time basis
-with one matrix product (one per image for a basis per channel). Memory grows with the chunk, not with the batch: these paths
-need no segments for backpropagation through time (the NWM's forward pass keeps ~sqrt(T)
-states per image for its backward pass, nwm_cpu.checkpoint_buffer).
+with one matrix product (one per image for a basis per channel). Memory grows with the
+chunk, not with the batch: these paths need no segments for backpropagation through time
+(the NWM's forward pass keeps ~sqrt(T) states per image for its backward pass,
+nwm_cpu.checkpoint_buffer).
 """
 import ctypes
 import hashlib
