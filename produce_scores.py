@@ -15,12 +15,16 @@ metrics are used, and the `data`
 column says which data each row comes from, so that no table mixes them. Unfinished and
 damaged runs are listed and skipped.
 
-Rows are keyed by the run's path under the runs root (a copied run is a row of its own):
-scoring a run again replaces its row, and rows of runs not scored in this call are kept,
-so the table can be built up dataset by dataset. The table is updated after each run,
-under a lock on a file beside it (.<name>.lock), by reading it, merging and renaming a
-complete new file over it: several instances may write one table at once, and Ctrl-C or
-a kill keeps every run scored before it.
+Rows are keyed by the run's path under the runs root (a copied run is a row of its own),
+so a table belongs to one runs root: its `runs_root` column holds that root relative to the
+table's folder (a table moved together with its runs stays theirs), and a call with another
+runs root is refused before any work. A table written before that column is taken on: its
+rows get this call's runs root when it is next written. Scoring a run again replaces its
+row, the row of a run training again (unfinished now) is dropped, and rows of runs not
+scored in this call are kept (--fresh drops them), so the table can be built up dataset by
+dataset. The table is updated after each run, under a lock on a file beside it
+(.<name>.lock), by reading it, merging and renaming a complete new file over it: several
+instances may write one table at once, and Ctrl-C or a kill keeps every run scored before it.
 
 Each dataset and data version with runs also gets one row with `model` "background only":
 predicting background everywhere, scored with the same metrics on the same test split
@@ -34,6 +38,7 @@ every foreground one). Tables and means over runs leave these rows out (analysis
 import contextlib
 import fcntl
 import io
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,7 +63,9 @@ INTEGER_COLUMNS = ("epochs_run", "best_epoch", *(c for c in CONFIG_COLUMNS if c 
 BASELINE = "background only"
 # what every score table holds: a CSV without them is someone else's file
 TABLE_COLUMNS = ("run", "dataset", "model")
-NOT_A_TABLE = "produce_scores.py writes those and leaves other files alone: name another file"
+NOT_A_TABLE = "produce_scores.py writes those and leaves other files alone"
+# how the table was named (ScoresFile's `flag`) when not by --out
+SCORES_ENV_FLAG, DEFAULT_FLAG = f"${settings.SCORES_ENV}", "the default score table"
 
 
 def build_parser():
@@ -69,7 +76,8 @@ def build_parser():
     add_runs_root(p)
     add_data_root(p)
     p.add_argument("--out", default=None,
-                   help="CSV file to write, rows merged into it (default: $WAVES_SCORES, else <runs root>/scores.csv)")
+                   help="CSV file to write, rows merged into it; it holds the runs of one runs root (default: "
+                        "$WAVES_SCORES, else <runs root>/scores.csv)")
     add_progress(p, log="one line per run")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="use each run's stored test_metrics.json instead of evaluating its checkpoint again")
@@ -85,12 +93,13 @@ def build_parser():
 
 
 class ScoresError(Exception):
-    """--out cannot be read as a score table or cannot be written; the message says what to do."""
+    """The score table cannot be read as one, cannot be written, or holds the runs of another runs
+    root; the message says what to do."""
 
 
 def row_keys(table):
-    """What identifies each row: a run's path under the runs root, or the dataset and data of a
-    background-only row."""
+    """What identifies each row: a run's path under the table's runs root, or the dataset and data
+    of a background-only row."""
     if not len(table):
         return []
     return [(None, dataset, data) if model == BASELINE else (run,)
@@ -102,7 +111,8 @@ def tidy(table):
     background-only rows first, then by run; whole-number columns without a decimal point."""
     baseline = table["model"] == BASELINE
     with_runs = set(zip(table.loc[~baseline, "dataset"], table.loc[~baseline, "data"]))
-    table = table[[not b or key in with_runs for b, key in zip(baseline, zip(table["dataset"], table["data"]))]]
+    table = table[rows_where(table, [not b or key in with_runs
+                                     for b, key in zip(baseline, zip(table["dataset"], table["data"]))])]
     table = (table.assign(_trained=table["model"] != BASELINE)
              .sort_values(["dataset", "_trained", "run", "data"], na_position="first", kind="stable")
              .drop(columns="_trained").reset_index(drop=True))
@@ -110,6 +120,11 @@ def tidy(table):
         if column in table.columns:
             table[column] = whole_numbers(table[column])
     return table
+
+
+def rows_where(table, mask):
+    """`mask` as a row selector of `table` (a plain empty list would select no columns instead)."""
+    return pd.Series(mask, index=table.index, dtype=bool)
 
 
 def whole_numbers(column):
@@ -121,22 +136,50 @@ def whole_numbers(column):
 
 
 class ScoresFile:
-    """The score table at `path`, changed only under an exclusive lock on a file beside it:
-    each update reads the rows there now, replaces those scored again and renames a complete
-    new file over it, so concurrent writers never lose each other's rows and a killed one
-    leaves the table whole."""
+    """The score table at `path`, named by `flag` (--out, SCORES_ENV_FLAG, DEFAULT_FLAG, or a
+    reader's own flag), of the runs under `runs_root` (what check and update need; a reader
+    leaves it out). It is changed only under an exclusive lock on a file beside it: each update
+    reads the rows there now, replaces those scored again and renames a complete new file over
+    it, so concurrent writers never lose each other's rows and a killed one leaves the table whole."""
 
-    def __init__(self, path, flag="--out"):
-        self.path, self.flag = Path(path), flag  # the flag that named it, for the messages
+    def __init__(self, path, flag="--out", runs_root=None):
+        self.path, self.flag = Path(path), flag
         self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        # relative to the table's folder: a table moved with its runs stays theirs, and no absolute path is shipped
+        self.runs_root = None if runs_root is None else \
+            Path(os.path.relpath(Path(runs_root).resolve(), self.path.parent.resolve())).as_posix()
+        self.written = False  # whether this instance has written the table
+        if flag == SCORES_ENV_FLAG:
+            self.name_another = f"point {flag} at another file, or name one with --out"
+        else:
+            self.name_another = f"name another file with {'--out' if flag == DEFAULT_FLAG else flag}"
+
+    def refuse_another_runs_root(self, table):
+        """ScoresError when the trained rows of `table` carry another runs root than this call's."""
+        if self.runs_root is None:
+            raise ValueError("a ScoresFile that checks or writes its table needs its runs_root")
+        if "runs_root" not in table.columns:  # written before the column: taken on
+            return
+        theirs = sorted({r for r in table.loc[table["model"] != BASELINE, "runs_root"].dropna() if r}
+                        - {self.runs_root})
+        if not theirs:
+            return
+        their_root = (self.path.parent.resolve() / theirs[0]).resolve()
+        try:
+            their_root = their_root.relative_to(Path.cwd().resolve())
+        except ValueError:  # not under the current folder: its absolute path
+            pass
+        raise ScoresError(f"{self.flag} {self.path} holds the runs of the runs root {theirs[0]} (relative to its "
+                          f"folder), not {self.runs_root}: its rows are keyed by a run's path under one root; pass "
+                          f"--runs-root {their_root}, or {self.name_another}")
 
     @contextlib.contextmanager
     def locked(self):
         try:
             lock = open(self.lock_path, "a")
         except OSError as e:
-            raise ScoresError(f"cannot write beside {self.path} ({self.lock_path}: {e.strerror}); "
-                              f"choose another --out") from None
+            raise ScoresError(f"cannot write beside {self.flag} {self.path} ({self.lock_path}: {e.strerror}); "
+                              f"{self.name_another}") from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
             yield
@@ -144,56 +187,69 @@ class ScoresFile:
     def read(self):
         """The rows there now (none without a file); ScoresError when it is not a score table."""
         if self.path.is_dir():
-            raise ScoresError(f"{self.flag} {self.path} is a folder; name a CSV file, e.g. {self.path / 'scores.csv'}")
+            raise ScoresError(f"{self.flag} {self.path} is a folder; {self.name_another}, a CSV file such as "
+                              f"{self.path / 'scores.csv'}")
         try:
             text = self.path.read_bytes().decode()
         except FileNotFoundError:
             return pd.DataFrame()
         except UnicodeDecodeError:
-            raise ScoresError(f"{self.flag} {self.path} is not a score table (not text); {NOT_A_TABLE}") from None
+            raise ScoresError(f"{self.flag} {self.path} is not a score table (not text); {NOT_A_TABLE}: "
+                              f"{self.name_another}") from None
         except OSError as e:
-            raise ScoresError(f"cannot read {self.flag} {self.path}: {e.strerror}; choose another "
-                              f"{self.flag}") from None
+            raise ScoresError(f"cannot read {self.flag} {self.path}: {e.strerror}; {self.name_another}") from None
         if not text.strip():
             return pd.DataFrame()
         try:
             # names as text: a run named 7 must keep the key "7"
-            table = pd.read_csv(io.StringIO(text), dtype={c: str for c in (*TABLE_COLUMNS, "data")})
+            table = pd.read_csv(io.StringIO(text), dtype={c: str for c in (*TABLE_COLUMNS, "runs_root", "data")})
         except pd.errors.ParserError as e:
             raise ScoresError(f"{self.flag} {self.path} is not a score table ({str(e).strip()}); "
-                              f"{NOT_A_TABLE}") from None
+                              f"{NOT_A_TABLE}: {self.name_another}") from None
         missing = [c for c in TABLE_COLUMNS if c not in table.columns]
         if missing:
             raise ScoresError(f"{self.flag} {self.path} is not a score table (no {', '.join(missing)} column); "
-                              f"{NOT_A_TABLE}")
+                              f"{NOT_A_TABLE}: {self.name_another}")
         if "data" not in table.columns:  # written before runs recorded their data
             table["data"] = None
         return table
 
     def check(self):
-        """Before any work: ScoresError unless the table can be read and written. Returns its rows."""
+        """Before any work: ScoresError unless the table can be read and written and holds no other
+        runs root's runs. Returns its rows."""
         try:
             runs.make_dir(self.path.parent)
         except runs.WriteError as e:
-            raise ScoresError(f"{e}; choose another --out") from None
+            raise ScoresError(f"{e}; {self.name_another}") from None
         with self.locked():
-            return self.read()
+            table = self.read()
+        self.refuse_another_runs_root(table)
+        return table
 
-    def update(self, rows, keep_only=None):
-        """Merges `rows` into the table (a row scored again replaces its old one), or with
-        `keep_only` (row keys) drops every other row, and writes it whole; returns the table."""
+    def update(self, rows, drop=(), keep_only=None):
+        """Merges `rows` into the table (a row scored again replaces its old one), drops the rows
+        keyed in `drop` and, with `keep_only` (row keys), every other row, and writes it whole
+        unless nothing changes. Returns the table and the keys of the rows dropped."""
         with self.locked():
             old, new = self.read(), pd.DataFrame(rows)
-            if keep_only is not None:
-                old = old[[key in keep_only for key in row_keys(old)]]
-            scored = set(row_keys(new))
-            old = old[[key not in scored for key in row_keys(old)]]
-            table = tidy(pd.concat([t for t in (old, new) if len(t)], ignore_index=True))
+            self.refuse_another_runs_root(old)  # another root's writer may have written since check()
+            keys = row_keys(old)
+            dropped = [key for key in keys if key in drop or (keep_only is not None and key not in keep_only)]
+            if not rows and not dropped:  # nothing to change: the file is left as it is
+                return old, []
+            replaced = set(row_keys(new)) | set(dropped)
+            old = old[rows_where(old, [key not in replaced for key in keys])]
+            table = tidy(pd.concat([t for t in (old, new) if len(t)] or [old], ignore_index=True))
+            # every trained row is of this runs root now, those of a table written before the column too
+            runs_root = pd.Series(self.runs_root, index=table.index).where(table["model"] != BASELINE)
+            table = table.drop(columns="runs_root", errors="ignore")
+            table.insert(table.columns.get_loc("run") + 1, "runs_root", runs_root)
             try:
                 runs.save_text(table.to_csv(index=False), self.path)
             except runs.WriteError as e:
-                raise ScoresError(f"{e}; choose another --out") from None
-        return table
+                raise ScoresError(f"{e}; {self.name_another}") from None
+            self.written = True
+        return table, dropped
 
 # -----------------------------------------------------------------------------
 # runs and their rows
@@ -244,7 +300,8 @@ def metric_columns(metrics):
 
 
 class TestSplits:
-    """Test splits and data fingerprints, loaded once per dataset, on the evaluation device."""
+    """Test splits and data fingerprints, loaded once per dataset, on the evaluation device; a
+    dataset that cannot be loaded raises the same error for every run of it, found once."""
 
     def __init__(self, data_root, device):
         self.data_root, self.device, self.cache = data_root, device, {}
@@ -252,10 +309,15 @@ class TestSplits:
     def __call__(self, dataset):
         """(images, masks, fingerprint) of the dataset's test split."""
         if dataset not in self.cache:
-            check_arrays(dataset, self.data_root)  # the arrays are what dataset.json, the fingerprint, says
-            images, masks = load_dataset(dataset, "test", self.data_root)
-            data = fingerprint(read_metadata(dataset, self.data_root))
-            self.cache[dataset] = images.to(self.device), masks.to(self.device), data
+            try:
+                check_arrays(dataset, self.data_root)  # the arrays are what dataset.json, the fingerprint, says
+                images, masks = load_dataset(dataset, "test", self.data_root)
+                data = fingerprint(read_metadata(dataset, self.data_root))
+                self.cache[dataset] = images.to(self.device), masks.to(self.device), data
+            except Exception as e:  # hashing every array again for each run would find the same
+                self.cache[dataset] = e
+        if isinstance(self.cache[dataset], Exception):
+            raise self.cache[dataset]
         return self.cache[dataset]
 
 
@@ -319,14 +381,19 @@ def main(argv=None):
         parser.error(f"--device: {e}")
     set_backends(device)  # float32 in float32: no TF32 on a GPU, as train.py's float32 runs
     settings.set_threads(args.threads)
-    scores = ScoresFile(settings.scores_path(args.out, args.runs_root))
+    root = settings.runs_root(args.runs_root)
+    if args.out is not None:
+        flag = "--out"
+    else:
+        flag = SCORES_ENV_FLAG if os.environ.get(settings.SCORES_ENV) else DEFAULT_FLAG
+    scores = ScoresFile(settings.scores_path(args.out, args.runs_root), flag, root)
     try:
-        chosen = chosen_runs(args.run_dirs, settings.runs_root(args.runs_root))
+        chosen = chosen_runs(args.run_dirs, root)
         table = scores.check()
     except ScoresError as e:
         sys.exit(f"error: {e}")
 
-    rows, skipped, baselines = [], [], {}
+    rows, skipped, dropped, baselines = [], [], [], {}
     test_splits = TestSplits(args.data_root, device)
     terminal = shows_bars(args.progress)  # in a log, a line per run instead
     try:
@@ -341,6 +408,8 @@ def main(argv=None):
                     continue
                 if not runs.is_finished(run_dir):
                     skipped.append((run_dir, "unfinished (no test_metrics.json): resume it with its train.py command"))
+                    table, gone = scores.update([], drop={(key,)})  # its row is of a training it went on from
+                    dropped += [run for (run,) in gone]
                     continue
                 try:
                     row, config, stored = score_run(run_dir, key, test_splits, device, args.evaluate,
@@ -353,16 +422,17 @@ def main(argv=None):
                 except Interrupted:
                     raise
                 except Exception as e:  # whatever breaks one run must not stop the others' table
-                    skipped.append((run_dir, f"broken ({type(e).__name__}: {e}); check its files, or train it "
-                                             f"again with --restart"))
+                    # not a damaged file (out of memory, a full disk...): training again would not help
+                    skipped.append((run_dir, f"broken ({type(e).__name__}: {e}); check its files, then run the "
+                                             f"same command again"))
                     continue
                 if not baselines.get(version):  # a later run of the version may have stored one where this had none
                     baselines[version] = baseline
-                table = scores.update([row, *filter(None, [baseline])])  # after each run: Ctrl-C keeps the rest
+                table, _ = scores.update([row, *filter(None, [baseline])])  # after each run: Ctrl-C keeps the rest
                 rows.append(row)
-        if args.fresh and rows:
-            table = scores.update([], keep_only={(row["run"],) for row in rows}
-                                  | {(None, *version) for version, row in baselines.items() if row})
+        if args.fresh:  # with no run scored too: then no row is kept
+            table, _ = scores.update([], keep_only={(row["run"],) for row in rows}
+                                     | {(None, *version) for version, row in baselines.items() if row})
     except (Interrupted, KeyboardInterrupt) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"\ninterrupted ({signal.Signals(signum).name}) after scoring {len(rows)} of {len(chosen)} run(s), "
@@ -371,10 +441,15 @@ def main(argv=None):
     except ScoresError as e:
         sys.exit(f"error: {e}")
 
-    written = f"{scores.path} holds {len(table)} row(s)" if rows else f"{scores.path} is unchanged"
-    print(f"scored {len(rows)} run(s){' (re-evaluated on the test split)' if args.evaluate else ''}; {written}")
+    written = f"{scores.path} holds {len(table)} row(s)" if scores.written else f"{scores.path} is unchanged"
+    re_evaluated = sum(row["evaluated"] == "re-evaluated" for row in rows)
+    how = (f": {re_evaluated} re-evaluated on the test split, {len(rows) - re_evaluated} with their stored test "
+           f"metrics") if rows else ""
+    print(f"scored {len(rows)} run(s){how}; {written}")
     for run_dir, why in skipped:
         print(f"skipped {run_dir}: {why}")
+    for key in dropped:
+        print(f"dropped the row of {key}: it is training again; score it when it finishes")
     for (dataset, data), row in baselines.items():
         if row is None:
             print(f"no background-only row for {dataset} ({data}): the data root holds other data and no run's "

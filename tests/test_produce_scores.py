@@ -172,6 +172,53 @@ def test_a_log_gets_one_plain_line_per_run(runs_root, tiny_dataset, tmp_path, ca
     score(runs_root, tiny_dataset, tmp_path / "scores.csv", "--no-eval", "--no-progress")
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
 
+
+def test_the_summary_counts_the_rows_re_evaluated_and_the_rows_stored(runs_root, tiny_dataset, tmp_path, capsys):
+    capsys.readouterr()
+    score(runs_root, tiny_dataset, tmp_path / "a.csv")
+    assert "scored 3 run(s): 3 re-evaluated on the test split, 0 with their stored test metrics;" \
+        in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()  # the data root lacks the dataset: every row is what the runs stored
+    score(runs_root, tmp_path / "empty", tmp_path / "b.csv")
+    assert "scored 3 run(s): 0 re-evaluated on the test split, 3 with their stored test metrics;" \
+        in capsys.readouterr().out
+
+
+def test_a_run_that_fails_but_not_on_a_damaged_file_is_not_sent_to_restart(runs_root, tiny_dataset, tmp_path,
+                                                                           monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(runs, "load_model", out_of_memory)
+    _, skipped = score(runs_root, tiny_dataset, tmp_path / "s.csv")
+    reasons = [why for _, why in skipped if not why.startswith("unfinished")]
+    assert len(reasons) == 3
+    for why in reasons:
+        assert "out of memory" in why and "run the same command again" in why and "--restart" not in why
+
+
+def changed_copy(data_root, tmp_path):
+    """A copy of `data_root` whose test masks differ by one pixel from what its dataset.json names."""
+    changed = tmp_path / "changed"
+    shutil.copytree(data_root, changed)
+    masks = np.load(changed / "tiny" / "test_masks.npy")
+    masks[0, 0, 0] = (masks[0, 0, 0] + 1) % 3
+    np.save(changed / "tiny" / "test_masks.npy", masks)
+    return changed
+
+
+def test_a_changed_dataset_is_hashed_once_not_once_per_run(runs_root, tiny_dataset, tmp_path, monkeypatch):
+    check_arrays, checked = produce_scores.check_arrays, []
+
+    def counted_check_arrays(*args):
+        checked.append(args)
+        return check_arrays(*args)
+
+    monkeypatch.setattr(produce_scores, "check_arrays", counted_check_arrays)
+    table, _ = score(runs_root, changed_copy(tiny_dataset, tmp_path), tmp_path / "s.csv")
+    assert len(checked) == 1
+    assert set(trained(table)["evaluated"]) == {"stored (its dataset under the data root changed since it was written)"}
+
 # -----------------------------------------------------------------------------
 # the score file: keyed by path, locked, kept on Ctrl-C, refused when it is someone else's
 
@@ -298,6 +345,7 @@ def test_a_damaged_checkpoint_is_listed_and_the_table_goes_on(runs_root, tiny_da
     table, skipped = score(runs_root, tiny_dataset, tmp_path / "s.csv")
     assert len(trained(table)) == 2 and victim.relative_to(runs_root).as_posix() not in set(table["run"])
     assert [d for d, _ in skipped if d == victim] == [victim]
+    assert "--restart" in dict(skipped)[victim]  # a damaged file: training it again is the cure
 
 
 def test_fresh_drops_the_rows_of_runs_not_scored_once_all_are(runs_root, tiny_dataset, tmp_path):
@@ -308,6 +356,103 @@ def test_fresh_drops_the_rows_of_runs_not_scored_once_all_are(runs_root, tiny_da
                                     "--data-root", str(tiny_dataset), "--no-eval", "--fresh"])
     model = runs.load_json(one / runs.CONFIG)["model"]
     assert list(table["model"]) == [BASELINE, model] and len(pd.read_csv(out)) == 2
+
+
+def test_fresh_with_no_run_scored_drops_every_row_and_the_last_line_says_so(runs_root, tiny_dataset, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "s.csv"
+    score(runs_root, tiny_dataset, out, "--no-eval")
+    unfinished = runs_root / "tiny" / "nwm-linear-T8-h2-seed2"
+    only_unfinished = ["--device", "cpu", str(unfinished), "--runs-root", str(runs_root), "--out", str(out),
+                       "--data-root", str(tiny_dataset), "--no-eval"]
+    before = out.read_bytes()
+    capsys.readouterr()
+    produce_scores.main(only_unfinished)
+    assert out.read_bytes() == before and f"scored 0 run(s); {out} is unchanged" in capsys.readouterr().out
+    table, _ = produce_scores.main([*only_unfinished, "--fresh"])
+    assert len(table) == 0 and len(pd.read_csv(out)) == 0
+    assert f"scored 0 run(s); {out} holds 0 row(s)" in capsys.readouterr().out
+
+
+def test_a_run_training_again_loses_its_row(runs_root, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    score(runs_root, tiny_dataset, out, "--no-eval")
+    reopened = runs_root / "tiny" / "nwm-linear-T8-h2-seed1"
+    (reopened / runs.TEST_METRICS).unlink()  # as when it is trained on for more epochs
+    capsys.readouterr()
+    produce_scores.main(["--device", "cpu", str(reopened), "--runs-root", str(runs_root), "--out", str(out),
+                         "--data-root", str(tiny_dataset), "--no-eval"])
+    printed = capsys.readouterr().out
+    assert "tiny/nwm-linear-T8-h2-seed1" not in set(pd.read_csv(out)["run"]) and len(pd.read_csv(out)) == 3
+    assert f"scored 0 run(s); {out} holds 3 row(s)" in printed
+    assert [line for line in printed.splitlines() if "dropped" in line] == [
+        "dropped the row of tiny/nwm-linear-T8-h2-seed1: it is training again; score it when it finishes"]
+    score(runs_root, tiny_dataset, out, "--no-eval")  # no row left to drop, none for the other unfinished run
+    assert "dropped" not in capsys.readouterr().out
+
+
+def test_a_table_records_its_runs_root_and_refuses_the_runs_of_another(runs_root, tiny_dataset, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "scores.csv"
+    score(runs_root, tiny_dataset, out, "--no-eval")
+    csv = pd.read_csv(out)
+    assert list(csv.columns[:2]) == ["run", "runs_root"]
+    assert set(trained(csv)["runs_root"]) == {"runs"} and csv.loc[csv["model"] == BASELINE, "runs_root"].isna().all()
+    before = out.read_bytes()
+    shutil.copytree(runs_root, tmp_path / "other")
+    monkeypatch.setattr(produce_scores, "score_run", no_scoring)
+    # the same runs under a root one folder down (keys without "tiny/"), and another root's runs
+    for other, relative in ((runs_root / "tiny", "runs/tiny"), (tmp_path / "other", "other")):
+        with pytest.raises(SystemExit) as exit_info:
+            score(other, tiny_dataset, out)
+        message = str(exit_info.value.code)
+        assert message.startswith(f"error: --out {out} holds the runs of the runs root runs (relative to its "
+                                  f"folder), not {relative}:")
+        assert "pass --runs-root runs, or" in message and "--out" in message.split(", or")[1]
+    assert out.read_bytes() == before
+    row = trained(csv).iloc[0].to_dict()  # a writer of another root that checked before the table was written
+    with pytest.raises(produce_scores.ScoresError, match="holds the runs of the runs root runs"):
+        produce_scores.ScoresFile(out, runs_root=tmp_path / "other").update([row])
+    assert out.read_bytes() == before
+
+
+def test_a_table_moved_with_its_runs_and_a_table_written_before_runs_root_are_taken_on(runs_root, tiny_dataset,
+                                                                                        tmp_path):
+    out = tmp_path / "scores.csv"
+    score(runs_root, tiny_dataset, out, "--no-eval")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(runs_root, moved / "runs")
+    shutil.move(out, moved / "scores.csv")
+    out = moved / "scores.csv"
+    score(moved / "runs", tiny_dataset, out, "--no-eval")  # "runs" beside it still: the same root
+    assert len(trained(pd.read_csv(out))) == 3
+    one = moved / "runs" / "tiny" / "cnn-depth2-seed0"
+    for older in (pd.read_csv(out).drop(columns="runs_root"), pd.read_csv(out).assign(runs_root=None)):
+        older.to_csv(out, index=False)  # no runs_root column, or an empty one: the next call's root is its
+        produce_scores.main(["--device", "cpu", str(one), "--runs-root", str(moved / "runs"), "--out", str(out),
+                             "--data-root", str(tiny_dataset), "--no-eval"])
+        csv = pd.read_csv(out)
+        assert csv.columns[1] == "runs_root" and len(trained(csv)) == 3 and set(trained(csv)["runs_root"]) == {"runs"}
+
+
+@pytest.mark.parametrize("named_by", ["$WAVES_SCORES", "the default score table"])
+def test_errors_about_the_table_say_how_it_was_named(runs_root, tiny_dataset, tmp_path, monkeypatch, named_by):
+    if named_by == "$WAVES_SCORES":
+        out = tmp_path / "elsewhere.csv"
+        monkeypatch.setenv("WAVES_SCORES", str(out))
+    else:
+        out = runs_root / "scores.csv"
+        monkeypatch.delenv("WAVES_SCORES", raising=False)
+    monkeypatch.setattr(produce_scores, "score_run", no_scoring)
+    for make in (lambda: out.write_text("step,seconds\n1,2.5\n"), out.mkdir):
+        make()
+        with pytest.raises(SystemExit) as exit_info:
+            produce_scores.main(["--device", "cpu", "--runs-root", str(runs_root), "--data-root", str(tiny_dataset)])
+        message = str(exit_info.value.code)
+        assert message.startswith(f"error: {named_by} {out} is ") and "--out" in message.split(";")[-1]
+        out.unlink() if out.is_file() else None
 
 # -----------------------------------------------------------------------------
 # the background-only row and the tables
