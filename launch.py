@@ -38,6 +38,7 @@ FAMILIES = [f"{dataset}/{model}" for dataset, model in GRID]
 PAPER_DATASETS = list(dict.fromkeys(dataset for dataset, _ in GRID))
 CREATED_FROM_MNIST = {"multi_mnist": "mnist"}  # Multi-MNIST is drawn from the MNIST files
 MAX_SEEDS = 100  # the paper runs 10 or 12; more is a typo, not a grid
+QUEUE_MIN_START = 5  # --min-start's default, in minutes: None until then, so that one given without --queue is seen
 SLURM_FLAGS = ("partition", "time", "gpus", "cpus", "mem", "account", "max_parallel")
 SLICE_FLAGS = ("minutes", "queue", "min_start", "archive", "part_mb", "runs_root", "mnist_from_dir", "data_root")
 CREATE_DATA_FLAGS = ("create_data", "dry_run", "python", "script", "caller_dir", "data_root", "mnist_from_dir")
@@ -106,8 +107,8 @@ def build_parser(prog="launch.py", description=__doc__):
                         "one that would end past the slice's end, keeping the epoch's progress)")
     g.add_argument("--queue", action="store_true",
                    help="the runs share the slice in turn, each with what is left as its deadline (--end-by-minutes)")
-    g.add_argument("--min-start", type=float_at_least(0), default=5, metavar="MIN",
-                   help="with --queue, the least time worth starting a run for")
+    g.add_argument("--min-start", type=float_at_least(0), metavar="MIN",
+                   help=f"with --queue, the least time worth starting a run for (default: {QUEUE_MIN_START})")
     cli.add_runs_root(g).help = "where the runs live and continue (default: $WAVES_RUNS_ROOT, else ./runs, as train.py)"
     cli.add_data_root(g)
     g.add_argument("--mnist-from-dir", metavar="DIR", help="the four MNIST files (any source, gzip'd or not)")
@@ -143,6 +144,10 @@ def parse_args(argv):
             setattr(args, name, from_start(getattr(args, name), start))
     if args.python and os.sep in args.python:  # a bare name (python3) is looked up on PATH
         args.python = from_start(args.python, start)
+    why = args.archive and archive_refusal(args.archive)  # found now, not once the slice has trained
+    if why:
+        parser.error(why)
+    args.min_start = QUEUE_MIN_START if args.min_start is None else args.min_start
     args.interpreter_named = args.python is not None  # it then replaces the interpreter of a commands file's lines
     args.prog, args.python = parser.prog, args.python or default_python()
     return args, [*train_paths_from_start(extra, start)]
@@ -153,6 +158,18 @@ def from_start(path, start):
     runs' configs and commands), else absolute."""
     path = Path(os.path.normpath(os.path.join(start, os.path.expanduser(path))))
     return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+
+
+def archive_refusal(archive):
+    """Why ARCHIVE.tar.gz.part-* could not be written (its folder, or the nearest one there is, is a file or not
+    writable), or None. The folder itself is made only when the archive is packed: a dry run writes nothing."""
+    folder = REPO / Path(archive).parent  # archive is relative to the repository root, or absolute
+    nearest = next(path for path in [folder, *folder.parents] if os.path.exists(path))  # no error where we may not look
+    if not nearest.is_dir():
+        return f"--archive {archive}: {nearest} is a file, not a folder; name a PREFIX in a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"--archive {archive}: {nearest} is not writable; name a PREFIX in a folder you may write to"
+    return None
 
 
 def train_paths_from_start(extra, start):
@@ -182,6 +199,7 @@ def refusal(parser, args, extra):
         if stray and not on:
             return f"{stray[0]} needs {needed}"
     commands = args.commands or args.commands_file
+    min_start = QUEUE_MIN_START if args.min_start is None else args.min_start
     sources = [source for source in (args.commands, args.commands_file, args.grid, args.config) if source]
     return next((why for wrong, why in [
         (len(sources) != 1, "give one source of commands: a commands file, --grid or --config"),
@@ -189,8 +207,10 @@ def refusal(parser, args, extra):
         (args.seeds and commands, "--seeds is for --grid and --config; the lines of a commands file name their own "
                                   "seeds"),
         (args.slice and args.minutes is None, "--minutes is required for a slice"),
-        (args.queue and args.minutes is not None and args.min_start >= args.minutes,
-         f"--min-start {args.min_start:g} is not under --minutes {args.minutes or 0:g}: the queue would start no run"),
+        (args.min_start is not None and not args.queue, "--min-start applies to --queue only: add --queue, or leave "
+                                                        "--min-start out"),
+        (args.queue and args.minutes is not None and min_start >= args.minutes,
+         f"--min-start {min_start:g} is not under --minutes {args.minutes or 0:g}: the queue would start no run"),
         ((args.slice or args.array_task is not None) and not commands, "a slice or a SLURM task runs a commands file"),
     ] if wrong), None)
 
@@ -505,6 +525,15 @@ def run_commands(args, commands, family, argv_of=None):
 # SLURM
 
 
+def sbatch_value(value):
+    """`value` as sbatch reads it on an #SBATCH line: as it is where it is plain, else in double quotes with \\ and "
+    escaped (sbatch's own rules, not a shell's: a space ends the value, an unquoted # begins a comment)."""
+    text = str(value)
+    if re.fullmatch(r"[\w@%+=:,./-]+", text):
+        return text
+    return '"' + re.sub(r'([\\"])', r"\\\1", text) + '"'
+
+
 def write_array(args, commands, family):
     """Writes the commands file and a job array whose task i runs lines N i + 1 .. N (i + 1) of it at once
     (N = --per-gpu) through this launcher; submits it unless --dry-run."""
@@ -521,7 +550,7 @@ def write_array(args, commands, family):
     runs.save_text("".join(shlex.join(c.argv) + "\n" for c in commands), Path(f"{stem}.commands"))
     runs.save_text("\n".join([
         "#!/usr/bin/env bash",
-        *(f"#SBATCH --{k.replace('_', '-')}={v}" for k, v in options.items() if v is not None),
+        *(f"#SBATCH --{k.replace('_', '-')}={sbatch_value(v)}" for k, v in options.items() if v is not None),
         f"# Task i runs lines {per} i + 1 .. {per} (i + 1) of the commands file at once through launch.py, which",
         "# passes a stop signal on to them; it fails if one of them fails.",
         f"cd {shlex.quote(str(REPO))}",
@@ -535,7 +564,7 @@ def write_array(args, commands, family):
         return subprocess.run(["sbatch", f"{stem}.sbatch"]).returncode
     except FileNotFoundError:
         error(args, f"sbatch not found on PATH. Wrote {stem}.commands ({n} runs) and {stem}.sbatch; submit them "
-                    f"where SLURM is available with: sbatch {stem}.sbatch")
+                    f"where SLURM is available with: {shlex.join(['sbatch', f'{stem}.sbatch'])}")
         return 1
 
 # -----------------------------------------------------------------------------
@@ -580,7 +609,7 @@ def pack(archive, runs_root, run_dirs, part_mb):
             part.write_bytes(chunk)
             print(f"{part}  {len(chunk)} bytes")
     whole.unlink()
-    print(f"unpack with: cat {prefix}* | tar xzf - -C {runs_root}")
+    print(f"unpack with: cat {shlex.quote(str(prefix))}* | tar xzf - -C {shlex.quote(str(runs_root))}")
 
 
 def run_slice(args, commands, family):
@@ -604,7 +633,13 @@ def run_slice(args, commands, family):
     touched = [run for run in runs.find_runs(runs_root)
                if any(p.is_file() and p.stat().st_mtime >= since for p in run.rglob("*"))]
     if args.archive and touched:
-        pack(args.archive, runs_root, touched, args.part_mb)
+        try:
+            pack(args.archive, runs_root, touched, args.part_mb)
+        except OSError as e:  # the disk filled up, the folder went away: the runs themselves are intact
+            error(args, f"packing the runs as {args.archive}.tar.gz.part-* failed ({e}); nothing is lost: the "
+                        f"{len(touched)} runs this slice touched are still in {runs_root}, their logs in "
+                        f"{runs_root / 'logs'}")
+            return status or 1
     return status
 
 
@@ -624,6 +659,15 @@ def launch(args, family, commands):
     return run_slice(args, commands, family) if args.slice else run_commands(args, commands, family)
 
 
+def score_runs(score):
+    """Runs the scoring command `score`; its exit status (127: its interpreter would not start, as a shell says)."""
+    try:
+        return subprocess.run(score, preexec_fn=in_child).returncode
+    except OSError as e:
+        print(f"cannot start {score[0]}: {e}", file=sys.stderr, flush=True)
+        return 127
+
+
 def main(argv=None):
     sys.stdout.reconfigure(line_buffering=True)
     args, extra = parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -636,7 +680,7 @@ def main(argv=None):
             if failed:
                 error(args, failed)
                 return 1
-        failed = []
+        failed, scoring_failed = [], False
         for family, commands in families.items():
             status = launch(args, family, commands)
             if status > 128 or (status and not args.keep_going):
@@ -647,11 +691,13 @@ def main(argv=None):
                      *(["--data-root", first.data_root] if first.data_root else [])]
             later = f"once the jobs are done, score the runs from {REPO} with: " if args.slurm else ""
             print(later + shlex.join(score))
-            if not (args.slurm or args.dry_run):
-                subprocess.run(score, preexec_fn=in_child)
+            if not (args.slurm or args.dry_run) and score_runs(score):
+                error(args, f"scoring failed (its output above); once that is fixed, score the runs from {REPO} "
+                            f"with: {shlex.join(score)}")
+                scoring_failed = True
         if len(families) > 1 and failed:
             error(args, f"runs failed in: {' '.join(failed)}")
-        return 1 if failed else 0
+        return 1 if failed or scoring_failed else 0
     except CommandError as e:
         error(args, e)
         return e.status

@@ -8,6 +8,8 @@
 #   bash scripts/gpu_check.sh [--mnist-from-dir DIR] [--out OUT] [--python PATH]   # on the GPU machine
 #   bash scripts/gpu_check.sh --dry-run          # every step with its timeout
 #   bash scripts/gpu_check.sh --device cpu       # the steps a CPU can run, tiny (cuda:N: another GPU)
+#
+# With --device cuda:N every step sees GPU N alone (entry N, from 0, of CUDA_VISIBLE_DEVICES where it is set).
 source "$(dirname "$0")/lib.sh"
 
 # name, timeout in seconds, what it does; the timeouts add up to 9 minutes
@@ -34,13 +36,35 @@ while (($#)); do
     --device) need "$@"; device=$2; shift ;;
     --mnist-from-dir) need "$@"; mnist_dir=$(from_caller "$2"); shift ;;
     --out) need "$@"; out=$(from_caller "$2"); shift ;;
-    --python) need "$@"; PYTHON=$2; shift ;;
+    --python) need "$@"; PYTHON=$2; [[ $2 != */* ]] || PYTHON=$(from_caller "$2"); shift ;;  # a name: on PATH
     --step) step=$2; shift ;;  # one step, in its own process under its timeout
     *) echo "$0: error: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 [[ $device =~ ^(cpu|cuda(:[0-9]+)?)$ ]] || { echo "$0: error: --device is cuda, cuda:N or cpu" >&2; exit 2; }
+command -v "$PYTHON" >/dev/null || {
+  echo "$0: error: no interpreter $PYTHON: give --python the path of one (from where you call this)" \
+    "or a name on PATH" >&2
+  exit 2
+}
+# cuda:N: GPU N as the only one the steps see, named cuda, since tests/test_cuda.py and bench.py --per-gpu take the
+# first visible GPU
+shown=$device
+if [[ $device == cuda:* ]]; then
+  gpu=$((10#${device#cuda:}))
+  if [[ -v CUDA_VISIBLE_DEVICES ]]; then  # N counts among the GPUs it shows, as CUDA numbers them
+    IFS=, read -ra visible <<<"$CUDA_VISIBLE_DEVICES"
+    ((gpu < ${#visible[@]})) || {
+      echo "$0: error: --device $device: CUDA_VISIBLE_DEVICES='$CUDA_VISIBLE_DEVICES' shows ${#visible[@]} GPUs," \
+        "and cuda:N counts from 0 among them; name one of those, or unset CUDA_VISIBLE_DEVICES" >&2
+      exit 2
+    }
+    gpu=${visible[gpu]}
+  fi
+  export CUDA_VISIBLE_DEVICES=$gpu
+  shown="$device (CUDA_VISIBLE_DEVICES=$gpu, seen as cuda)" device=cuda
+fi
 
 # What a GPU does in seconds or, on a CPU, what shows that every step starts, with 4 times the timeouts
 # (torch.compile builds C++ there).
@@ -82,12 +106,12 @@ if [[ -n $step ]]; then
 fi
 
 if ((dry_run)); then
-  echo "gpu_check on $device: ${#STEPS[@]} steps (timeout in seconds), then $out.tar.gz"
+  echo "gpu_check on $shown: ${#STEPS[@]} steps (timeout in seconds), then $out.tar.gz"
 else
   mkdir -p "$out"
   out=$(cd "$out" && pwd)
   versions='import torch; print("torch", torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())'
-  echo "gpu_check on $device, commit $(git rev-parse --short HEAD), $("$PYTHON" -c "$versions"); logs in $out/" \
+  echo "gpu_check on $shown, commit $(git rev-parse --short HEAD), $("$PYTHON" -c "$versions"); logs in $out/" \
     | tee "$out/summary.txt"
 fi
 status=0 total=0

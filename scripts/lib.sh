@@ -4,6 +4,7 @@
 # naming the script for its logs and --help, and the caller's folder, from which the paths given
 # are read (absolute CALLER/PATH). PYTHON: the repository's .venv if any, else python3.
 set -euo pipefail
+unset CDPATH  # else cd prints the folder it found there, into $(cd ... && pwd)
 script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 caller=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

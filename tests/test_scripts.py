@@ -5,6 +5,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,8 +75,9 @@ def commands_file(tmp_path, *lines):
     return tmp_path / "commands.txt"
 
 
-def bash(script, *args, cwd):
-    return subprocess.run(["bash", SCRIPTS / script, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+def bash(script, *args, cwd, env=None):
+    return subprocess.run(["bash", SCRIPTS / script, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
 
 # -----------------------------------------------------------------------------
 # the grid (configs.GRID, which the family scripts run) and the options
@@ -132,6 +134,10 @@ GRID_OPTION = ["--grid", "tetrominoes/nwm"]
     (["commands.txt", "more.txt"], "one COMMANDS_FILE only, not also 'more.txt'"),
     (["--slice", "--minutes", "3", "--grid", "mnist/cnn"], "a slice or a SLURM task runs a commands file"),
     (["commands.txt", "--slice", "--queue", "--minutes", "3"], "--min-start 5 is not under --minutes 3"),
+    (["commands.txt", "--slice", "--minutes", "1", "--min-start", "30"], "--min-start applies to --queue only"),
+    (["commands.txt", "--slice", "--minutes", "9", "--min-start", "5"], "--min-start applies to --queue only"),
+    (["commands.txt", "--slice", "--minutes", "1", "--archive", "python/out/runs"],  # fake_python's file
+     "python is a file, not a folder; name a PREFIX in a folder"),
     (GRID_OPTION + ["--grid=mnist/cnn"], "--grid given 2 times; run the script of the family you want"),
     (["--create-data", "--seeds", "1"], "--seeds means nothing to --create-data"),
     (["--create-data", "--", "--epochs", "3"], "train.py ARGS means nothing to --create-data"),
@@ -359,6 +365,23 @@ def test_slurm_dry_run_defaults_and_a_missing_sbatch(launched, tmp_path, monkeyp
     status, _, err = launched("--grid", "tetrominoes/cnn", "--slurm", "--seeds", "1")
     assert status == 1 and "sbatch not found" in err and f"sbatch {sbatch_file(tmp_path / 'runs')}" in err
 
+
+def test_slurm_paths_with_spaces_are_quoted_for_sbatch_and_the_shell(launched, tmp_path, monkeypatch):
+    runs_root = tmp_path / "with space"
+    commands = commands_file(tmp_path, "py train.py --dataset tetrominoes --seed 0")
+    (tmp_path / "my runs.txt").write_text(commands.read_text())  # the job's name: the file's
+    status, _, _ = launched(str(tmp_path / "my runs.txt"), "--slurm", "--dry-run", "--mem", "8G",
+                            "--", f"--runs-root={runs_root}")
+    sbatch, = (runs_root / "slurm").glob("my runs_*.sbatch")
+    assert status == 0 and re.findall(r"^#SBATCH (.+)$", sbatch.read_text(), re.M) == [  # sbatch reads "..." whole
+        '--job-name="my runs"', "--array=0-0", f'--output="{runs_root}/slurm/logs/%A_%a.out"', "--gres=gpu:1",
+        "--mem=8G"]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    status, _, err = launched(str(tmp_path / "my runs.txt"), "--slurm", "--", f"--runs-root={runs_root} 2")
+    pasted = err.split("submit them where SLURM is available with: ")[1].strip()
+    unsubmitted, = (tmp_path / "with space 2" / "slurm").glob("my runs_*.sbatch")
+    assert status == 1 and shlex.split(pasted) == ["sbatch", str(unsubmitted)]
+
 # -----------------------------------------------------------------------------
 # the datasets, the whole grid, the GPU check
 
@@ -385,6 +408,16 @@ def test_the_whole_grid_creates_the_data_runs_every_family_seeds_outermost_and_s
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
+def test_the_whole_grid_fails_when_scoring_fails(launched, tmp_path):
+    python = fake_python(tmp_path, fail_on="produce_scores.py")
+    status, _, err = launched("--grid", "all", "--seeds", "1", "--python", str(python), "--", "--data-root",
+                              str(tmp_path / "data"))
+    made = calls(tmp_path)
+    assert len([c for c in made if " train.py " in c]) == sum(len(values) for _, values, _ in GRID.values())
+    assert status == 1 and "produce_scores.py" in made[-1] and "scoring failed (its output above)" in err
+    assert f"score the runs from {REPO} with: {python} produce_scores.py --data-root {tmp_path / 'data'}" in err
+
+
 def test_environment_yml_matches_requirements():
     yaml = pytest.importorskip("yaml")
     env = yaml.safe_load((REPO / "environment.yml").read_text())
@@ -408,6 +441,46 @@ def test_gpu_check_dry_run_lists_every_step_with_a_timeout_within_nine_minutes(t
     relative = subprocess.run(["bash", f"{REPO.name}/scripts/gpu_check.sh", "--help"], cwd=REPO.parent,
                               capture_output=True, text=True, timeout=60)
     assert relative.returncode == 0 and relative.stdout.startswith("Checks the GPU path")
+
+
+def test_scripts_work_with_cdpath_set(tmp_path):
+    # with CDPATH, `cd DIR` prints the folder it found, which went into lib.sh's $(cd ... && pwd)
+    cdpath = dict(os.environ, CDPATH=f".:{tmp_path}/nonexistent")
+    result = subprocess.run(["bash", f"{REPO.name}/scripts/create_data.sh", "--help"], cwd=REPO.parent, env=cdpath,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("usage: ") and "Creates the four" in result.stdout
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", "--dry-run"], cwd=REPO, env=cdpath,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("gpu_check on cuda: 9 steps"), result.stdout
+
+
+def test_gpu_check_runs_every_step_with_the_python_named_from_the_caller_on_gpu_n_alone(tmp_path):
+    """--python ./python is read from where the script was called; --device cuda:1 runs every step on the GPU that
+    CUDA_VISIBLE_DEVICES=3,5 names second, as the only one the steps see (test_cuda.py takes the first)."""
+    fake_python(tmp_path, line="${CUDA_VISIBLE_DEVICES-unset} $*")
+    visible = dict(os.environ, CUDA_VISIBLE_DEVICES="3,5")
+    result = bash("gpu_check.sh", "--python", "./python", "--device", "cuda:1", "--out", "out", cwd=tmp_path,
+                  env=visible)
+    assert result.returncode == 0 and result.stdout.count(" ok ") == 9, result.stdout + result.stderr
+    made = calls(tmp_path)
+    assert {line.split()[0] for line in made} == {"5"}  # every call of every step
+    assert "-m pytest -q tests/test_cuda.py -k killed" in "\n".join(made)
+    devices = [line.split("--device ")[1].split()[0] for line in made if "--device " in line]
+    assert len(devices) == 5 and set(devices) == {"cuda"}  # three training steps and two benchmarks
+    assert result.stdout.startswith("gpu_check on cuda:1 (CUDA_VISIBLE_DEVICES=5, seen as cuda)")
+    assert (tmp_path / "out.tar.gz").is_file()
+
+
+@pytest.mark.parametrize("options, visible, message", [
+    (["--python", "nope/python"], None, f"no interpreter {{tmp_path}}/nope/python: give --python the path of one"),
+    (["--device", "cuda:1"], "3", "--device cuda:1: CUDA_VISIBLE_DEVICES='3' shows 1 GPUs, and cuda:N counts from 0"),
+])
+def test_gpu_check_refuses_a_missing_python_or_gpu_before_any_step(options, visible, message, tmp_path):
+    python = fake_python(tmp_path)
+    env = dict(os.environ, **({} if visible is None else {"CUDA_VISIBLE_DEVICES": visible}))
+    result = bash("gpu_check.sh", "--python", str(python), *options, "--out", "out", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and message.format(tmp_path=tmp_path) in result.stderr, result.stderr
+    assert calls(tmp_path) == [] and not (tmp_path / "out").exists()
 
 # -----------------------------------------------------------------------------
 # time slices, and real processes: stop signals and slices of tiny runs
@@ -575,6 +648,31 @@ def test_advance_runs_moves_every_run_one_slice_forward_and_packs_them(tmp_path,
         assert (unpacked / run).read_bytes() == (tmp_path / "r" / run).read_bytes()
     assert sorted(p.name for p in (unpacked / "logs").glob("*.log")) == [  # named after their runs, as before
         f"tetrominoes_nwm-linear-T8-h2-seed{seed}.log" for seed in (0, 1)]
+
+
+def test_a_slice_whose_archive_cannot_be_written_fails_and_says_where_the_runs_are(launched, tmp_path):
+    runs_root, archive = tmp_path / "r", tmp_path / "out" / "runs"
+    python = executable(tmp_path / "python", (  # a run that trains, and a file where the archive's folder would go
+        f'#!/bin/sh\n[ "$1" = train.py ] || exit 0\nmkdir -p "{runs_root}/tetrominoes/x"\n'
+        f'echo {{}} > "{runs_root}/tetrominoes/x/config.json"\ntouch "{tmp_path}/out"\n'))
+    commands = commands_file(tmp_path, "py train.py --dataset tetrominoes --seed 0")
+    status, _, err = launched(str(commands), "--slice", "--minutes", "1", "--python", str(python), "--runs-root",
+                              str(runs_root), "--data-root", str(tmp_path / "data"), "--archive", str(archive))
+    assert status == 1 and f"packing the runs as {archive}.tar.gz.part-* failed" in err
+    assert f"nothing is lost: the 1 runs this slice touched are still in {runs_root}" in err
+    assert (runs_root / "tetrominoes" / "x" / "config.json").is_file()
+
+
+def test_the_unpack_command_works_on_paths_with_spaces(tmp_path, capsys):
+    runs_root, archive = tmp_path / "my runs", tmp_path / "out dir" / "the runs"
+    (runs_root / "tetrominoes" / "nwm-seed0").mkdir(parents=True)
+    (runs_root / "tetrominoes" / "nwm-seed0" / "last.pt").write_bytes(b"weights")
+    launch.pack(archive, runs_root, [runs_root / "tetrominoes" / "nwm-seed0"], part_mb=1)
+    unpack = capsys.readouterr().out.split("unpack with: ")[1].strip()
+    shutil.rmtree(runs_root)
+    runs_root.mkdir()
+    subprocess.run(unpack, shell=True, check=True, cwd=tmp_path / "out dir")
+    assert (runs_root / "tetrominoes" / "nwm-seed0" / "last.pt").read_bytes() == b"weights"
 
 
 def test_the_archive_is_split_into_parts_that_unpack_to_the_runs(tmp_path):
