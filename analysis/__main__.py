@@ -9,6 +9,8 @@
     python -m analysis classes RUN [RUN ...]    # per-class IoU and the confusion matrix: which classes it confuses
     python -m analysis curves RUN [RUN ...] --spread RUN [RUN ...]   # per-epoch curves, against others' spread
 """
+import os
+import shlex
 import sys
 
 import pandas as pd
@@ -19,7 +21,7 @@ from analysis.classes import write_reports
 from analysis.curves import against_spread, against_twin, check_metrics, load_curves, per_epoch, twins
 from analysis.receptive_fields import erf_radii, probe_images, trained_radii
 from analysis.squares import area_classifier, square_theory
-from analysis.tables import paper_comparison, score_tables, write_comparison, write_tables
+from analysis.tables import TABLES_COMMAND_FILES, paper_comparison, score_tables, write_comparison, write_tables
 from analysis.wave_report import report
 from cli import (ArgumentParser, HelpFormatter, add_data_root, add_progress, add_threads, int_at_least, run_main,
                  shows_bars)
@@ -28,18 +30,31 @@ from plotting import compared_curves, save_figure
 from produce_scores import ScoresError, ScoresFile
 
 
+def scores_origin(args):
+    """Where the tables command's score table path came from, and the command that writes a table there."""
+    if args.scores is not None:
+        return "--scores", f"python produce_scores.py --out {shlex.quote(args.scores)}"
+    if os.environ.get(settings.SCORES_ENV):  # produce_scores.py writes there by default too
+        return f"from ${settings.SCORES_ENV}", "python produce_scores.py (or pass --scores)"
+    return "the default, <runs root>/scores.csv", "python produce_scores.py (or pass --scores)"
+
+
 def tables(args):
-    path = settings.scores_path(args.scores)
+    path, out = settings.scores_path(args.scores), settings.tables_dir(args.out)
+    origin, make = scores_origin(args)
     if not path.is_file() and not path.is_dir():
-        sys.exit(f"error: no score table at {path}; make it with: python produce_scores.py (or pass --scores)")
+        sys.exit(f"error: no score table at {path} ({origin}); make it with: {make}")
+    for name in TABLES_COMMAND_FILES:  # samefile: the same file however it is spelled or linked
+        if (out / name).exists() and (out / name).samefile(path):
+            sys.exit(f"error: the tables folder {out} holds the score table read ({path}) as {name}, which the "
+                     f"tables would overwrite; choose another --out")
     try:
         scores = ScoresFile(path, "--scores").read()
     except ScoresError as e:
         sys.exit(f"error: {e}")
     if not len(scores):
-        sys.exit(f"error: {path} holds no rows; score runs into it with: python produce_scores.py")
+        sys.exit(f"error: {path} holds no rows; score runs into it with: {make}")
     try:
-        out = settings.tables_dir(args.out)
         written = write_tables(score_tables(scores), out) + write_comparison(paper_comparison(scores), out)
     except runs.WriteError as e:
         sys.exit(f"error: {e}; choose another --out")
@@ -108,12 +123,18 @@ def curves(args):
         twin_of = twins(args.runs, args.spread)
     except (OSError, ValueError, runs.DamagedFile) as e:
         sys.exit(f"error: {e}")
-    for metric in args.metrics:
+    has_twins = any(twin is not None for twin in twin_of)
+    try:  # every table before any is printed, so that an error leaves no half of them
+        by_metric = {metric: (against_spread(chosen, spread, metric) if spread else per_epoch(chosen, metric),
+                              against_twin(chosen, twin_of, spread, metric) if has_twins else None)
+                     for metric in args.metrics}
+    except (KeyError, TypeError, ValueError) as e:
+        sys.exit(f"error: cannot set the runs against each other per epoch ({type(e).__name__}: {e}); "
+                 f"check their {runs.METRICS}")
+    for metric, (table, paired) in by_metric.items():
         print(f"{metric} per epoch" + (f" (spread: {', '.join(label for label, _ in spread)})" if spread else ""))
-        table = against_spread(chosen, spread, metric) if spread else per_epoch(chosen, metric)
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-        if any(twin is not None for twin in twin_of):
-            paired = against_twin(chosen, twin_of, spread, metric)
+        if paired is not None:
             print(f"{metric}: each run against its twin at its seed, beside the spread's range")
             print(paired.to_string(float_format=lambda v: f"{v:+.4f}"))
             print("mean |value| over these epochs: " + ", ".join(

@@ -15,9 +15,25 @@ import runs
 
 
 def labels(run_dirs):
-    """A short label per run: its folder's name, with its parent's where two names are the same."""
-    names = [Path(d).name for d in run_dirs]
-    return [f"{Path(d).parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
+    """A short label per run: its folder's name, with as many of the folders above it (as given) as tell it
+    apart from every other run's. ValueError for a run given twice, however spelled: no label can."""
+    first_named = {}  # resolved path -> the run directory as first given
+    for run_dir in run_dirs:
+        where = Path(run_dir).resolve()
+        if where in first_named:
+            raise ValueError(f"{first_named[where]} and {run_dir} are the same run; name each run once")
+        first_named[where] = run_dir
+    parts = [Path(d).parts for d in run_dirs]
+
+    def tail(i, length):
+        return Path(*parts[i][-length:]).as_posix()
+
+    def label(i):
+        length = 1
+        while any(tail(i, length) == tail(j, length) for j in range(len(parts)) if j != i):
+            length += 1  # ends when the whole paths, which differ, are compared
+        return tail(i, length)
+    return [label(i) for i in range(len(parts))]
 
 
 def load_curves(run_dirs):
@@ -32,12 +48,21 @@ def load_curves(run_dirs):
 
 
 def check_metrics(curves, metrics):
-    """ValueError naming the columns there are when a run lacks one of `metrics`."""
+    """ValueError naming the metrics there are when a run lacks one of `metrics` (or its epochs) or one
+    of them holds no numbers (epoch, device_name), or when it lists an epoch twice (as a hand-edited
+    metrics.csv may: its rows could not be lined up with the others')."""
     for label, history in curves:
-        missing = [m for m in metrics if m not in history.columns]
+        numeric = [c for c in history.columns if c.startswith(("train_", "val_")) and c != "val_seconds"]
+        missing = [m for m in ("epoch", *metrics) if m not in history.columns]
         if missing:
-            numeric = [c for c in history.columns if c.startswith(("train_", "val_")) and c != "val_seconds"]
             raise ValueError(f"{label} has no column {', '.join(missing)}; its metrics: {', '.join(numeric)}")
+        not_numbers = [m for m in metrics if m == "epoch" or not pd.api.types.is_numeric_dtype(history[m])]
+        if not_numbers:
+            raise ValueError(f"{label}'s {', '.join(not_numbers)} is no metric to compare per epoch; its metrics: "
+                             f"{', '.join(numeric)}")
+        repeated = history["epoch"][history["epoch"].duplicated()]
+        if len(repeated):
+            raise ValueError(f"{label}'s {runs.METRICS} lists epoch {repeated.iloc[0]} twice; keep one row per epoch")
 
 
 def per_epoch(curves, metric, join="outer"):

@@ -16,9 +16,11 @@ from metrics import METRIC_NAMES
 from models import build_model, count_parameters
 from produce_scores import BASELINE, whole_numbers
 
-# a configuration: its variant (runs.variant) and its model's other settings (runs.MODEL_COLUMNS), on one data
+# a configuration: its variant (runs.variant), its model's other settings (runs.MODEL_COLUMNS) and its size
+# (num_params, which the settings the table has no column for change: --c-mid, --readout-width, --readout-depth),
+# on one data
 GROUP_KEYS = ("dataset", "data", "model", "variant", *(c for c in runs.MODEL_COLUMNS if c not in runs.VARIANT_KEYS),
-              "train_size")
+              "train_size", "num_params")
 STATISTICS = ("mean", "std", "min", "median", "max")
 
 
@@ -37,7 +39,8 @@ def score_tables(scores):
     mean, std, min, median and max over seeds, with n_seeds and num_params.
 
     `scores` has one row per run (produce_scores.py). Runs that differ in T, hidden
-    channels or training-set size are kept apart, so no group mixes configurations.
+    channels, training-set size or size (num_params: as --c-mid or the readout's width and
+    depth change it) are kept apart, so no group mixes configurations.
     Runs on other data (the `data` column) are kept apart too. The background-only rows
     (model "background only") join no group: each stays a row of its own, first under its
     dataset, its value as mean, min, median and max, with no std, n_seeds or num_params.
@@ -52,7 +55,7 @@ def score_tables(scores):
     parts = []
     if (~baseline).any():
         grouped = df[~baseline].groupby(keys, dropna=False, sort=True)
-        table = grouped.agg(n_seeds=("model", "size"), num_params=("num_params", "first"))
+        table = grouped.size().rename("n_seeds").to_frame()
         for metric in metrics:
             stats = grouped[metric].agg(list(STATISTICS))
             table[[f"{metric}_{s}" for s in STATISTICS]] = stats.to_numpy()
@@ -64,7 +67,11 @@ def score_tables(scores):
                 alone[f"{metric}_{s}"] = df.loc[baseline, metric] if s != "std" else float("nan")
         parts.append(alone)
     table = pd.concat(parts, ignore_index=True)
-    for column in (*GROUP_KEYS[4:], "n_seeds", "num_params"):
+    # num_params is a key, but its column stays where it was: after n_seeds, before the statistics
+    columns = [c for c in table.columns if c != "num_params"]
+    columns.insert(columns.index("n_seeds") + 1, "num_params")
+    table = table[columns]
+    for column in (*GROUP_KEYS[4:], "n_seeds"):
         if column in table.columns:
             table[column] = whole_numbers(table[column])
     # background only first; "depth 16" after "depth 8": order variants by their number where they end in one
@@ -225,3 +232,7 @@ def write_comparison(comparison, out_dir, name="paper_comparison"):
     """Writes <name>.csv and <name>.md to out_dir."""
     return _write_texts(out_dir, {f"{name}.csv": comparison.to_csv(index=False),
                                   f"{name}.md": comparison_markdown(comparison)})
+
+
+# what `python -m analysis tables` writes to its folder: write_tables' and write_comparison's files, default names
+TABLES_COMMAND_FILES = ("scores.csv", "scores.tex", "scores.md", "paper_comparison.csv", "paper_comparison.md")

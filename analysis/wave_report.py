@@ -195,9 +195,11 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
     and from the first run given of each dataset and model, <figures>/waves_maps_<dataset>.png
     (one row per model), its class sounds <sounds>/<dataset>_<model>-<class>.wav and their
     spectrograms <figures>/waves_spectrogram_<dataset>_<model>.png. A progress bar per run if `progress`,
-    else a line per run. Returns
+    else a line per run. Before any measuring, ValueError for two runs of one name (config.json's run_name,
+    which keys the rows: another folder's copy, or another checkpoint of one run). Returns
     dict(summary, classes, rows, sounds: (dataset, model) -> {class: path}, figures: [paths])."""
     counts, configs, folders = {}, {}, {}  # per run: images measured (n, or all of a smaller split), config, directory
+    named = {}  # run name -> the run given under it: rows, tables and figure are keyed by the run's name
     for run_dir in run_dirs:  # every run's files and data first: a missing one stops before minutes of measuring
         folders[run_dir], _ = pretrained.resolve(run_dir)  # a run directory, a file in one or a shipped name
         config = configs[run_dir] = runs.load_json(folders[run_dir] / runs.CONFIG)
@@ -205,6 +207,11 @@ def report(run_dirs, figures, tables, sounds, n=32, split="test", data_root=None
             raise ValueError(f"{run_dir} holds a {config['model']}, which has no hidden state over time; "
                              f"measure runs of nwm, lstm, gru or rnn")
         check_data(config, folders[run_dir], split, data_root)
+        if config["run_name"] in named:
+            raise ValueError(f"{named[config['run_name']]} and {run_dir} are both run {config['run_name']}: their "
+                             f"objects would be pooled in one row of waves.csv; measure them in two calls with "
+                             f"other --tables, --figures and --sounds")
+        named[config["run_name"]] = run_dir
         counts[run_dir] = min(n, read_metadata(config["dataset"], data_root)["split_sizes"][split])
     rows, examples, sound_paths, figure_paths, labels = [], {}, {}, [], {}
     for run_dir in run_dirs:

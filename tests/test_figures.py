@@ -71,6 +71,17 @@ def test_score_tables_keep_cnns_of_other_feature_counts_apart():
     assert markdown.count("| depth 8 |") == 2 and "| linear, T 20 |" in markdown
 
 
+def test_score_tables_keep_runs_of_other_sizes_apart():
+    scores = pd.DataFrame({  # the same columns, but one run with another --c-mid: another number of parameters
+        "dataset": ["tetrominoes"] * 3, "model": ["nwm"] * 3, "readout": ["linear"] * 3, "T": [100] * 3,
+        "hidden_channels": [2] * 3, "num_params": [176124, 176124, 90000], "iou_foreground": [0.8, 1.0, 0.1]})
+    table = tables.score_tables(scores)
+    assert [(r.num_params, r.n_seeds, r.iou_foreground_mean) for r in table.itertuples()] == [
+        (90000, 1, pytest.approx(0.1)), (176124, 2, pytest.approx(0.9))]
+    assert list(table.columns[:8]) == ["dataset", "model", "variant", "T", "hidden_channels", "n_seeds", "num_params",
+                                       "iou_foreground_mean"]
+
+
 def test_paper_comparison_takes_only_the_papers_configuration_on_the_papers_data():
     def run(name, iou, **columns):
         return {**dict(run=name, dataset="multi_mnist", model="unet", data="paper", width=4, epochs_run=30, seed=0,
@@ -104,6 +115,43 @@ def test_paper_comparison_takes_only_the_papers_configuration_on_the_papers_data
     fig = plotting.parameters_plot(table.reset_index(), "multi_mnist")
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert labels == ["nwm, paper", "unet, paper", "unet, ours"]
+
+
+def test_the_tables_command_names_where_its_missing_score_table_came_from(tmp_path, monkeypatch):
+    def refusal(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            analysis_cli.main(["tables", *args, "--out", str(tmp_path / "t")])
+        return str(exit_info.value.code)
+    named = tmp_path / "my" / "scores.csv"
+    said = refusal("--scores", str(named))
+    assert f"no score table at {named} (--scores); make it with: python produce_scores.py --out {named}" in said
+    assert "pass --scores" not in said
+    monkeypatch.setenv("WAVES_SCORES", str(tmp_path / "env.csv"))
+    assert "(from $WAVES_SCORES); make it with: python produce_scores.py (or pass --scores)" in refusal()
+    monkeypatch.delenv("WAVES_SCORES")
+    monkeypatch.setenv("WAVES_RUNS_ROOT", str(tmp_path / "runs"))
+    said = refusal()
+    assert f"no score table at {tmp_path / 'runs' / 'scores.csv'} (the default, <runs root>/scores.csv)" in said
+    assert "make it with: python produce_scores.py (or pass --scores)" in said
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("name", ["scores.csv", "paper_comparison.md"])
+def test_the_tables_command_refuses_to_write_over_the_score_table_it_reads(tmp_path, name):
+    scores = tmp_path / name
+    pd.DataFrame([dict(run="a", dataset="multi_mnist", model="unet", data="paper", width=4, epochs_run=30, seed=0,
+                       num_params=122071, iou_foreground=0.9, acc_foreground=0.91)]).to_csv(scores, index=False)
+    before = scores.read_bytes()
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(SystemExit) as exit_info:  # the same file, spelled another way
+        analysis_cli.main(["tables", "--scores", str(tmp_path / "sub" / ".." / name), "--out", str(tmp_path)])
+    assert f"holds the score table read ({tmp_path / 'sub' / '..' / name}) as {name}, which the tables would " \
+           f"overwrite" in str(exit_info.value.code)
+    assert "choose another --out" in str(exit_info.value.code)
+    assert scores.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "sub"])
+    analysis_cli.main(["tables", "--scores", str(scores), "--out", str(tmp_path / "t")])
+    # the files the check guards are the files the command writes
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == sorted(tables.TABLES_COMMAND_FILES)
 
 # -----------------------------------------------------------------------------
 # square-area theory
@@ -257,6 +305,20 @@ def test_waves_command_checks_every_run_and_its_data_before_measuring(figure_inp
         analysis_cli.main(["waves", str(nwm), str(other), *common])
 
 
+def test_waves_command_refuses_two_runs_of_one_name_before_measuring(run_train, tiny_dataset, tmp_path, monkeypatch):
+    from analysis import wave_report
+    monkeypatch.setattr(wave_report, "measure_run", lambda *a, **k: pytest.fail("measured before the checks"))
+    run_train(tmp_path / "runs", "--epochs", "1", "--run-name", "r")
+    copy = shutil.copytree(tmp_path / "runs" / "r", tmp_path / "elsewhere" / "r")  # its rows would join r's
+    for second in (copy, copy / runs.LAST):  # another folder, or the same run at another checkpoint
+        with pytest.raises(SystemExit) as exit_info:
+            analysis_cli.main(["waves", str(tmp_path / "runs" / "r"), str(second), "--data-root", str(tiny_dataset),
+                               "--figures", str(tmp_path / "figures"), "--tables", str(tmp_path / "tables")])
+        assert f"{tmp_path / 'runs' / 'r'} and {second} are both run r" in str(exit_info.value.code)
+        assert "measure them in two calls" in str(exit_info.value.code)
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "tables").exists()
+
+
 def test_notebooks_are_committed_with_their_figures():
     # the .ipynb files are the source, committed with the outputs they made from the shipped runs
     assert len(NOTEBOOKS) == 7
@@ -380,6 +442,55 @@ def test_a_curve_is_set_against_its_twin_at_its_seed_beside_the_seeds_range(tmp_
     assert list(table.columns) == ["spread_range", "b0 - f0"] and list(table.index) == [1, 2]  # epochs all have
     assert table["spread_range"].tolist() == pytest.approx([0.2, 0.1])
     assert table["b0 - f0"].tolist() == pytest.approx([0.1, -0.05])
+
+
+def test_curves_command_tells_apart_runs_of_one_name_in_other_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # labels from the paths as given, relative here
+    name = "tetrominoes/nwm-linear-T8-h2-seed0"
+    for folder, seed, losses in (("runs", 0, [1.1, 0.45]), ("results/runs", 0, [1.0, 0.5]),
+                                 ("results/runs", 1, [1.2, 0.4])):
+        run_dir = tmp_path / folder / name.replace("seed0", f"seed{seed}")
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"seed": seed}))
+        pd.DataFrame({"epoch": [1, 2], "val_loss": losses}).to_csv(run_dir / "metrics.csv", index=False)
+    chosen, twin, other = f"runs/{name}", f"results/runs/{name}", f"results/runs/{name[:-1]}1"
+    assert curves.labels([chosen, twin, other]) == [chosen, twin, "nwm-linear-T8-h2-seed1"]
+    assert curves.labels(["x/a/r", "y/a/r", "b/r"]) == ["x/a/r", "y/a/r", "b/r"]  # as far back as they differ
+    analysis_cli.main(["curves", chosen, "--spread", twin, other, "--metrics", "val_loss", "--figures", "figures"])
+    out = capsys.readouterr().out
+    assert f"{chosen} - {twin}" in out and "mean |value| over these epochs: spread_range 0.1500" in out
+    with pytest.raises(SystemExit) as exit_info:  # one run twice, spelled two ways: no label can tell them apart
+        analysis_cli.main(["curves", chosen, "--spread", f"./runs/../{twin}", twin, "--figures", "figures"])
+    assert f"./runs/../{twin} and {twin} are the same run; name each run once" in str(exit_info.value.code)
+    pd.DataFrame({"epoch": [1, 2, 2], "val_loss": [1.0, 0.5, 0.6]}).to_csv(f"{twin}/metrics.csv", index=False)
+    with pytest.raises(SystemExit) as exit_info:  # its rows cannot be lined up with the others'
+        analysis_cli.main(["curves", chosen, "--spread", twin, other, "--metrics", "val_loss", "--figures", "figures"])
+    assert f"{twin}'s metrics.csv lists epoch 2 twice; keep one row per epoch" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        analysis_cli.main(["curves", chosen, "--metrics", "epoch", "--figures", "figures"])
+    assert "nwm-linear-T8-h2-seed0's epoch is no metric to compare per epoch" in str(exit_info.value.code)
+
+
+def test_curves_command_says_what_stops_setting_runs_against_each_other(tmp_path, monkeypatch, capsys):
+    for name, seed in (("variant0", 0), ("base0", 0), ("base1", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"seed": seed}))
+        pd.DataFrame({"epoch": [1, 2], "val_loss": [1.0, 0.5], "device_name": ["cpu"] * 2}).to_csv(
+            tmp_path / name / "metrics.csv", index=False)
+    command = ["curves", str(tmp_path / "variant0"), "--spread", str(tmp_path / "base0"), str(tmp_path / "base1"),
+               "--figures", str(tmp_path / "figures")]
+    with pytest.raises(SystemExit) as exit_info:  # a column of words: no difference from the twin
+        analysis_cli.main([*command, "--metrics", "val_loss", "device_name"])
+    said = str(exit_info.value.code)
+    assert "variant0's device_name is no metric to compare per epoch; its metrics: val_loss" in said
+
+    def cannot(*args):
+        raise ValueError("cannot reindex on an axis with duplicate labels")
+    monkeypatch.setattr(analysis_cli, "against_twin", cannot)
+    with pytest.raises(SystemExit) as exit_info:  # whatever pandas says, as a message, and no table half printed
+        analysis_cli.main([*command, "--metrics", "val_loss"])
+    assert "cannot set the runs against each other per epoch (ValueError: cannot reindex" in str(exit_info.value.code)
+    assert capsys.readouterr().out == "" and not (tmp_path / "figures").exists()
 
 
 def test_curves_command_draws_runs_over_a_spread_and_names_missing_metrics(run_train, tmp_path, capsys):
