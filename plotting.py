@@ -2,8 +2,10 @@
 
 `save_figure(fig, name)` writes <figures>/<name>.png (settings.figures_dir: $WAVES_FIGURES,
 else <runs root>/figures), so every figure has a stable file name. Masks use one fixed
-colour per class (background black, then tab10).
+colour per class (background black, then tab10; class_colours).
 """
+
+import colorsys
 
 import matplotlib
 import matplotlib.ticker
@@ -22,9 +24,13 @@ WAVE_CMAP = "RdBu_r"  # hidden states are signed: red up, blue down, white at re
 
 
 def class_colours(num_classes):
-    """Background black, then tab10's colours (and tab20's beyond 11 classes)."""
-    palette = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors
-    return [(0.0, 0.0, 0.0)] + [palette[i % len(palette)] for i in range(num_classes - 1)]
+    """Background black, then tab10's colours (tab20's beyond 11 classes); beyond 21 (an imported
+    dataset may have up to 256) hues a golden-ratio step apart at three brightnesses, every class
+    its own colour."""
+    if num_classes <= 21:
+        return [(0.0, 0.0, 0.0)] + list(plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors[:num_classes - 1])
+    steps = np.arange(num_classes - 1)
+    return [(0.0, 0.0, 0.0)] + [colorsys.hsv_to_rgb((i * 0.6180339887) % 1, 0.8, 1.0 - 0.3 * (i % 3)) for i in steps]
 
 
 def save_figure(fig, name, out_dir=None, pdf=False, dpi=100):

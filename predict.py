@@ -166,11 +166,17 @@ def to_model_input(path, channels, size, resize=False, invert=False):
         raise ImageError(f"{path}: 32-bit ({image.mode}) images are not supported; save it as an 8- or 16-bit PNG")
     else:
         try:
-            if "A" in image.mode or image.mode == "P":  # transparent pixels: onto black, the training background
+            gray = image.mode in ("1", "L", "LA", "La")
+            if "A" in image.mode or "transparency" in image.info:
                 rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-                notes.append("transparency composited onto black")
-            image = image.convert("RGB" if image.mode not in ("L", "1") else "L")
+                if rgba.getextrema()[3][0] < 255:  # transparent pixels become the training background, black
+                    fill = (255, 255, 255, 255) if invert else (0, 0, 0, 255)  # as the model sees them: inverted
+                    image = Image.alpha_composite(Image.new("RGBA", rgba.size, fill), rgba)
+                    notes.append("transparency composited onto " + ("white (black once inverted)" if invert else
+                                                                    "black"))
+                else:
+                    image = rgba
+            image = image.convert("L" if gray else "RGB")
         except ValueError as e:  # a colour mode PIL cannot convert
             raise ImageError(f"{path}: its {image.mode} colours cannot be converted ({e}); save it as RGB") from None
         values = np.asarray(image, np.float32) / 255

@@ -67,10 +67,7 @@ def progress(iterable, desc, unit):
 
 
 def output_dir(args, info):
-    out_dir = Path(args.out) if args.out else resolve_data_root(args.data_root) / info.folder
-    if getattr(args, "force", False):
-        refuse_link(out_dir)  # before the work: --force always writes
-    return out_dir
+    return Path(args.out) if args.out else resolve_data_root(args.data_root) / info.folder
 
 
 def refuse_link(out_dir):
@@ -150,8 +147,10 @@ def describe(info, seed, split_sizes, files, recipe):
 
 def check_output_folder(out_dir):
     """Refuses, before any work, an output folder that cannot be made or replaced: a file in its
-    place or above it, or a folder this process may not write in (permissions, a read-only file system)."""
+    place or above it, a symbolic link (refuse_link), or a folder this process may not write in
+    (permissions, a read-only file system)."""
     out_dir = Path(out_dir)
+    refuse_link(out_dir)
     existing = next(path for path in (out_dir, *out_dir.parents) if path.exists())
     if not existing.is_dir():
         raise DatasetError(f"{existing} is a file, not a folder, so no dataset can be written to {out_dir}; "

@@ -23,8 +23,8 @@ With the default seed the split indices and the masks are the paper's, byte for 
 
 Writes {train,val,test}_images.npy (uint8 N x 56 x 56), {split}_masks.npy (uint8 N x 56 x 56),
 {split}_indices.npy (int64 N: the MNIST digit each image was made from; train and val index
-the training file, test the test file) and dataset.json into <data root>/mnist/ (raw/ stays
-beside them).
+the training file, test the test file) and dataset.json into <data root>/mnist/ (or --out);
+the raw files stay in <data root>/mnist/raw/ either way.
 """
 
 import sys

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python data_scripts/...` finds the repo
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cli import HelpFormatter, add_data_root, add_progress, int_at_least
 from data_scripts import common
@@ -151,7 +151,7 @@ def pair_files(images_dir, masks_dir, suffix, problems):
 def decode(path):
     image = Image.open(path)
     image.load()
-    return image
+    return ImageOps.exif_transpose(image)  # upright as its EXIF tag says, as predict.py and viewers show it
 
 
 def read_image(path):

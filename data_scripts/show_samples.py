@@ -33,7 +33,10 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        parser.error(f"--out {args.out}: the figure is written as PNG; name a .png file")
     images, masks = load_dataset(args.dataset, args.split, args.data_root, limit=args.n)
     out = Path(args.out) if args.out else settings.figures_dir() / f"samples_{args.dataset}.png"
     fig = plotting.sample_grid(images, masks, get_info(args.dataset, args.data_root).class_names, n=args.n)

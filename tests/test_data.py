@@ -743,7 +743,8 @@ def test_a_complete_mnist_without_its_raw_files_fetches_them_for_multi_mnist(tmp
     assert "fetched the raw MNIST files" in capsys.readouterr().out
 
 
-def test_a_dataset_folder_that_is_a_symbolic_link_is_refused_before_work(tmp_path, monkeypatch):
+@pytest.mark.parametrize("force", [["--force"], []], ids=["force", "empty-folder"])
+def test_a_dataset_folder_that_is_a_symbolic_link_is_refused_before_work(tmp_path, monkeypatch, force):
     real = tmp_path / "elsewhere" / "tetrominoes"
     real.mkdir(parents=True)
     (tmp_path / "root").mkdir()
@@ -752,8 +753,18 @@ def test_a_dataset_folder_that_is_a_symbolic_link_is_refused_before_work(tmp_pat
     with pytest.raises(dc.DatasetError, match=f"is a symbolic link to .*; write the dataset there: --data-root "
                                               f"{real.parent}$"):
         create_tetrominoes.main(["--data-root", str(tmp_path / "root"), "--train", "4", "--val", "2", "--test", "2",
-                                 "--force"])
+                                 *force])
     assert (tmp_path / "root" / "tetrominoes").is_symlink() and list(real.iterdir()) == []
+
+
+def test_a_symbolic_link_to_a_complete_dataset_is_used_as_it_is(tmp_path, capsys):
+    args = ["--train", "4", "--val", "2", "--test", "2"]
+    create_tetrominoes.main(["--data-root", str(tmp_path / "elsewhere"), *args])
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "tetrominoes").symlink_to(tmp_path / "elsewhere" / "tetrominoes")
+    capsys.readouterr()
+    create_tetrominoes.main(["--data-root", str(tmp_path / "root"), *args])  # nothing to write: no refusal
+    assert "nothing to do" in capsys.readouterr().out
 
 
 def test_mnist_download_failure_message(tmp_path, monkeypatch):
@@ -856,6 +867,10 @@ def test_sample_grid(tmp_path, small_tetrominoes):
     show_samples.main(["--dataset", "tetrominoes", "--n", "4", "--data-root", str(small_tetrominoes),
                        "--out", str(tmp_path / "cli.png")])
     assert (tmp_path / "cli.png").is_file()
+    with pytest.raises(SystemExit):  # a JPEG name would get a PNG written beside it under another name
+        show_samples.main(["--dataset", "tetrominoes", "--data-root", str(small_tetrominoes),
+                           "--out", str(tmp_path / "cli.jpg")])
+    assert not (tmp_path / "cli.png").with_name("cli.jpg").exists() and len(list(tmp_path.glob("cli*"))) == 1
 
 
 @pytest.mark.slow
@@ -1025,6 +1040,17 @@ def test_import_folder_converts_gray_16_bit_transparent_and_palette_files(tmp_pa
     import_folder.main([str(gray), "--name", "gray", "--data-root", str(tmp_path / "data"), *flags])
     assert dc.get_info("gray", tmp_path / "data").channels == 1
     assert dc.load_dataset("gray", "val", tmp_path / "data")[0].shape[1] == 1
+
+
+def test_import_folder_turns_images_upright_as_their_exif_orientation_says(tmp_path):
+    folder = tmp_path / "mine"
+    images, _ = write_pair_folder(folder, n=4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter left: shown turned a quarter right, as a phone's photo
+    Image.fromarray(np.ascontiguousarray(np.rot90(images[0]))).save(folder / "images" / "img00.png", exif=exif)
+    import_folder.main([str(folder), "--name", "turned", "--data-root", str(tmp_path / "data"), "--split-lists",
+                        str(split_lists(tmp_path, ["img00", "img01"], ["img02"], ["img03"]))])
+    assert np.array_equal(np.load(tmp_path / "data" / "turned" / "train_images.npy")[0], images[0])
 
 
 def split_lists(root, train, val, test):

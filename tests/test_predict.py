@@ -5,6 +5,7 @@ import json
 import os
 import signal
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,7 +80,9 @@ def test_predict_converts_what_the_model_expects(tiny_run, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
     squares_image("L").save(folder / "gray.png")  # a gray image for an RGB model
-    squares_image("RGBA").save(folder / "alpha.png")
+    alpha = np.asarray(squares_image("RGBA")).copy()
+    alpha[..., 3] = np.where(alpha[..., 0] > 0, 255, 0)  # the square on a transparent canvas
+    Image.fromarray(alpha).save(folder / "alpha.png")
     squares_image().save(folder / "photo.jpg")
     sixteen = (np.asarray(squares_image("L"), np.uint16) * 257)
     Image.fromarray(sixteen).save(folder / "deep.png")  # 16-bit gray
@@ -92,6 +95,20 @@ def test_predict_converts_what_the_model_expects(tiny_run, tmp_path, capsys):
     x16, _ = predict.to_model_input(folder / "deep.png", 3, (16, 16))
     x8, _ = predict.to_model_input(folder / "gray.png", 3, (16, 16))
     torch.testing.assert_close(x16, x8)  # 16-bit values scaled to [0, 1] like 8-bit ones
+
+
+def test_transparency_becomes_black_as_the_model_sees_it_inverted_or_not(tmp_path):
+    dark = np.zeros((16, 16, 2), np.uint8)  # gray and alpha: a dark square drawn on a transparent canvas
+    dark[3:9, 4:10] = (30, 255)
+    Image.fromarray(dark, "LA").save(tmp_path / "drawn.png")
+    x, notes = predict.to_model_input(tmp_path / "drawn.png", 1, (16, 16), invert=True)
+    assert x[0, 5, 6] == pytest.approx(1 - 30 / 255) and x[0, 0, 0] == 0  # a bright square on black
+    assert "transparency composited onto white (black once inverted)" in notes
+    assert not any("converted to gray" in n for n in notes)  # gray with alpha stays gray
+    opaque = np.asarray(squares_image("RGBA"))  # alpha 255 everywhere: nothing to composite
+    Image.fromarray(opaque).save(tmp_path / "opaque.png")
+    x, notes = predict.to_model_input(tmp_path / "opaque.png", 3, (16, 16))
+    assert not any("transparency" in n for n in notes) and x[0, 5, 6] == pytest.approx(200 / 255)
 
 
 def test_predict_refuses_what_it_cannot_convert_before_writing(tiny_run, tmp_path, capsys):
@@ -362,3 +379,10 @@ def test_sheet_thumbnails_keep_the_shape_and_the_class_ids():
     assert (small_mask[:, 136:] == 2).all()  # nearest: ids are never blended into others
     same, same_mask = predict.thumbnail(x[:, :64, :64], mask[:64, :64])
     assert same.shape == (3, 64, 64) and torch.equal(same_mask, mask[:64, :64].to(torch.uint8))
+
+
+def test_every_class_gets_its_own_mask_colour_up_to_256_classes():
+    assert plotting.class_colours(11)[1:] == list(plt.get_cmap("tab10").colors)  # the paper's datasets: tab10
+    for n in (2, 11, 12, 21, 22, 100, 256):  # import_folder.py takes up to 256 classes
+        colours = (np.array(plotting.class_colours(n)) * 255).round().astype(np.uint8)
+        assert len(colours) == n and len({tuple(c) for c in colours}) == n and not colours[0].any()
