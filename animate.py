@@ -7,7 +7,6 @@ Writes <out>/<run name with / -> _>-<split><index>-ch<channel>.gif: each frame s
 input image, one hidden channel at step t (red up, blue down), the predicted mask and
 the true mask; and a .png strip of evenly spaced frames beside it.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,13 +14,13 @@ import pretrained
 import runs
 import settings
 from analysis.animation import make_animation
-from cli import HelpFormatter, add_data_root, int_at_least, run_main
+from cli import ArgumentParser, HelpFormatter, add_data_root, int_at_least, run_main
 from dataset_config import DatasetError, read_metadata
 from models import is_recurrent
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("run_dir", help="a run of a recurrent model (nwm, lstm, gru, rnn): its directory, a checkpoint "
                                         "in it, or a shipped model's name (pretrained.py)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split")

@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from contextlib import contextmanager
@@ -243,7 +244,7 @@ def get_info(name, data_root=None) -> DatasetInfo:
 def _root_flag(data_root):
     """" --data-root X" when X is not the root the scripts use by default, else ""."""
     root = resolve_data_root(data_root)
-    return "" if root.resolve() == resolve_data_root().resolve() else f" --data-root {root}"
+    return "" if root.resolve() == resolve_data_root().resolve() else f" --data-root {shlex.quote(str(root))}"
 
 
 def create_command(name, data_root=None) -> str:

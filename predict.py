@@ -8,7 +8,7 @@
 --model is a shipped model (pretrained.SHIPPED, listed under --model below; `python
 pretrained.py` says what each was trained on), a run directory (or any file in one but a
 checkpoint), or a checkpoint inside one. Inputs are PNG or JPEG files, or folders of them
-(their regular files only; each file is taken once). Each image is converted to what the
+(their regular files only, not hidden ones; each file is taken once). Each image is converted to what the
 model expects: turned upright as its EXIF orientation says, RGB or gray (alpha composited onto
 black, as the training images' background), 8- or 16-bit values scaled to [0, 1]; its size
 must be the training images' size (or pass --resize); of an animated or multi-page file only
@@ -96,7 +96,9 @@ def image_paths(inputs):
         path = Path(name)
         try:
             if path.is_dir():
-                entries = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSIONS)
+                # hidden files are not the user's images (macOS's ._name.png metadata beside each copied file)
+                entries = sorted(p for p in path.iterdir()
+                                 if p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
                 skipped += [p for p in entries if not p.is_file()]  # FIFOs would block the read, folders fail it
                 found = [p for p in entries if p.is_file()]
                 if not found:

@@ -471,13 +471,14 @@ def open_run(run_dir, settings, data, restart=False):
         raise RunConflict(f"{run_dir} was trained on other data (dataset fingerprint {str(stored_data)[:12]} there, "
                           f"{data['sha256'][:12]} now). Point --data-root at its data, choose another --run-name, "
                           f"or --restart.")
+    damaged_test = False
     if is_finished(run_dir):
         try:
             load_json(run_dir / TEST_METRICS)
         except DamagedFile:
-            (run_dir / TEST_METRICS).unlink()  # the run is tested again at its end, as it was
+            damaged_test = True  # the run is tested again at its end, as it was: removed once nothing refuses
     changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
-    if not changed and is_finished(run_dir):
+    if not changed and is_finished(run_dir) and not damaged_test:
         return "finished", None
     if not (run_dir / LAST).is_file():
         raise RunConflict(f"{run_dir} is a finished run without {LAST}, its training state (a shipped run is kept "
@@ -485,6 +486,7 @@ def open_run(run_dir, settings, data, restart=False):
                           f"the run was trained, or train a new run under another --run-name.")
     epochs_run = _resume_state(run_dir)["epoch"]
     if not changed:
+        (run_dir / TEST_METRICS).unlink(missing_ok=not damaged_test)  # only a damaged one is there
         return "resume", None
     if settings["epochs"] < epochs_run:
         raise RunConflict(f"--epochs {settings['epochs']} is below the {epochs_run} epochs {run_dir} has trained; "

@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import struct
 import subprocess
@@ -240,6 +241,14 @@ def test_the_command_the_loader_suggests_for_a_file_refuses_in_one_line(tmp_path
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip() == f"error: {a_file} is a file, not a folder, so no dataset can be written to " \
                                  f"{a_file / 'tetrominoes'}; pick another --data-root (or --out)"
+
+
+def test_the_suggested_command_keeps_a_data_root_with_a_space_whole(tmp_path):
+    root = tmp_path / "my data"
+    with pytest.raises(dc.DatasetNotFoundError) as e:
+        dc.load_dataset("tetrominoes", "train", root)
+    suggested = shlex.split(str(e.value).splitlines()[-1])  # pasted into a shell
+    assert suggested[suggested.index("--data-root") + 1] == str(root)
 
 
 def test_a_file_system_error_or_ctrl_c_during_the_work_ends_in_one_line(tmp_path, monkeypatch, capsys):

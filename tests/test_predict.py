@@ -87,6 +87,7 @@ def test_predict_converts_what_the_model_expects(tiny_run, tmp_path, capsys):
     sixteen = (np.asarray(squares_image("L"), np.uint16) * 257)
     Image.fromarray(sixteen).save(folder / "deep.png")  # 16-bit gray
     (folder / "notes.txt").write_text("not an image")  # folders: only PNG and JPEG files are taken
+    (folder / "._gray.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata beside a copied file: hidden, skipped
     predict_cpu([str(folder), "--model", str(tiny_run), "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "gray copied into 3 channels" in out and "transparency composited onto black" in out

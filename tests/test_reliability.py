@@ -302,6 +302,13 @@ def test_a_metrics_file_behind_last_pt_is_written_again_from_it(run_train, tmp_p
 def test_a_damaged_test_metrics_file_is_made_again(run_train, tmp_path):
     finished = run_train(tmp_path, "--run-name", "r", "--epochs", "1")
     truncate(tmp_path / "r" / runs.TEST_METRICS)
+    damaged = (tmp_path / "r" / runs.TEST_METRICS).read_bytes()
+    last = (tmp_path / "r" / runs.LAST).read_bytes()
+    (tmp_path / "r" / runs.LAST).unlink()  # a refusal (no training state) changes nothing, the damaged file neither
+    with pytest.raises(SystemExit):
+        run_train(tmp_path, "--run-name", "r", "--epochs", "1")
+    assert (tmp_path / "r" / runs.TEST_METRICS).read_bytes() == damaged
+    (tmp_path / "r" / runs.LAST).write_bytes(last)
     assert run_train(tmp_path, "--run-name", "r", "--epochs", "1") == finished
 
 
