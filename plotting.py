@@ -398,9 +398,13 @@ def confusion_plot(confusion, class_names, title="confusion matrix (rows: true, 
 
 
 def per_class_iou_plot(iou, class_names, title="per-class IoU (test split)"):
+    """A bar per class; a class neither in the masks nor predicted (IoU undefined, NaN) is marked "absent",
+    apart from a class missed entirely (IoU 0)."""
+    iou = np.asarray(iou, float)
     fig, ax = plt.subplots(figsize=(0.7 * len(class_names) + 1.5, 3))
-    ax.bar(range(len(class_names)), np.nan_to_num(np.asarray(iou, float)), color=class_colours(len(class_names)),
-           edgecolor="0.3")
+    ax.bar(range(len(class_names)), np.nan_to_num(iou), color=class_colours(len(class_names)), edgecolor="0.3")
+    for i in np.flatnonzero(np.isnan(iou)):
+        ax.text(i, 0.02, "absent", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("IoU")

@@ -508,3 +508,11 @@ def test_curves_command_draws_runs_over_a_spread_and_names_missing_metrics(run_t
     with pytest.raises(SystemExit) as exit_info:
         analysis_cli.main(["curves", str(tmp_path / "figures"), "--figures", str(tmp_path)])
     assert "has no metrics.csv" in str(exit_info.value.code)
+
+
+def test_per_class_iou_plot_tells_an_absent_class_from_a_missed_one():
+    fig = plotting.per_class_iou_plot([float("nan"), 0.0, 0.5], ["background", "missed", "found"])
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [0.0, 0.0, 0.5]
+    assert [(t.get_text(), t.get_position()[0]) for t in ax.texts] == [("absent", 0)]  # the NaN class only
+    plotting.plt.close(fig)
