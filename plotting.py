@@ -28,7 +28,8 @@ def class_colours(num_classes):
     dataset may have up to 256) hues a golden-ratio step apart at three brightnesses, every class
     its own colour."""
     if num_classes <= 21:
-        return [(0.0, 0.0, 0.0)] + list(plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors[:num_classes - 1])
+        palette = plt.get_cmap("tab10" if num_classes <= 11 else "tab20").colors
+        return [(0.0, 0.0, 0.0)] + list(palette[:num_classes - 1])
     steps = np.arange(num_classes - 1)
     return [(0.0, 0.0, 0.0)] + [colorsys.hsv_to_rgb((i * 0.6180339887) % 1, 0.8, 1.0 - 0.3 * (i % 3)) for i in steps]
 

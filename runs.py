@@ -55,7 +55,8 @@ NOT_CHECKPOINTS = {CONFIG: "the run's settings", METRICS: "the run's per-epoch m
 # with the same values: open_run) except these. BUDGET, how long it trains, may grow when it continues.
 # NOT_DEFINING, how and where it computes, may change between invocations: config.json keeps the first
 # invocation's values (each invocation's hardware is in its `invocations`), and under the names of OUTCOMES what
-# that invocation computed with (amp: whether bfloat16; cuda_graph, compile: their outcome), and under RESOLVED
+# the latest invocation computed with (amp: whether bfloat16; cuda_graph, compile: their outcome; each
+# invocation's own are in its record too), and under RESOLVED
 # what its machine made of the flag (device: "auto" as cuda or cpu; bptt_segment: "auto" as a length for that
 # device's memory): --resume takes neither back as flags. INVOCATION, how one command was invoked, config.json
 # does not keep.
@@ -427,9 +428,10 @@ def open_run(run_dir, settings, data, restart=False):
     or None.
 
     A run continues only with the same settings and data; its budget (BUDGET) may be
-    raised, which reopens a finished run: test_metrics.json goes, and the run is tested
-    again at its new end. A directory where no epoch finished nor any batch was kept (last.pt)
-    is simply started over; one where epochs finished but last.pt is gone is refused, unless
+    raised, which reopens a finished run: it is tested again at its new end (train.fit removes its
+    test_metrics.json once the run starts, so that a refusal before then leaves it). A directory where
+    no epoch finished nor any batch was kept (last.pt) is simply started over, unless it holds a trained
+    run's checkpoint.pt or test_metrics.json; one where epochs finished but last.pt is gone is refused, unless
     the run is finished and asked for nothing more (a shipped run keeps no last.pt). A damaged test_metrics.json is
     made again by testing the run again. Raises RunConflict, before anything is changed,
     when the run cannot continue.
@@ -444,6 +446,11 @@ def open_run(run_dir, settings, data, restart=False):
             epochs_run = len(load_metrics(run_dir))
         except DamagedFile as e:
             raise _damaged(run_dir, str(e)) from None
+        trained = [name for name in (CHECKPOINT, TEST_METRICS) if (run_dir / name).is_file()]
+        if not epochs_run and trained:  # a trained run's metrics.csv lost: starting over would overwrite the rest
+            raise RunConflict(f"{run_dir} holds {' and '.join(trained)} of a trained run but neither {METRICS} nor "
+                              f"{LAST}, so it can neither be resumed nor told finished. Restore {METRICS}, or "
+                              f"--restart to start the run over (this deletes it all), or choose another --run-name.")
         if not epochs_run:
             return "new", None
         if not is_finished(run_dir):  # a finished one (a shipped run keeps no last.pt) is checked below
@@ -476,7 +483,7 @@ def open_run(run_dir, settings, data, restart=False):
         try:
             load_json(run_dir / TEST_METRICS)
         except DamagedFile:
-            damaged_test = True  # the run is tested again at its end, as it was: removed once nothing refuses
+            damaged_test = True  # the run is tested again at its end, as it was (train.fit removes it)
     changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
     if not changed and is_finished(run_dir) and not damaged_test:
         return "finished", None
@@ -486,25 +493,28 @@ def open_run(run_dir, settings, data, restart=False):
                           f"the run was trained, or train a new run under another --run-name.")
     epochs_run = _resume_state(run_dir)["epoch"]
     if not changed:
-        (run_dir / TEST_METRICS).unlink(missing_ok=not damaged_test)  # only a damaged one is there
         return "resume", None
     if settings["epochs"] < epochs_run:
         raise RunConflict(f"--epochs {settings['epochs']} is below the {epochs_run} epochs {run_dir} has trained; "
                           f"raise it, or --restart")
-    (run_dir / TEST_METRICS).unlink(missing_ok=True)  # tested again at the new end
     return "resume", {"after_epoch": epochs_run, "changed": {k: list(v) for k, v in changed.items()},
                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def last_arithmetic(run_dir):
     """The --amp and --bf16-coupling values ("on" or "off") that go on as a run's last epoch ran: its precision
-    (metrics.csv's last row) and the coupling of its last invocation (config.json), or those of the epoch
-    in progress that last.pt holds; {} before its first epoch."""
+    (metrics.csv's last row, or last.pt's where metrics.csv is damaged) and the coupling of its last invocation
+    (config.json), or those of the epoch in progress that last.pt holds; {} before its first epoch."""
     progress, _ = load_progress(run_dir)
     if progress is not None and "precision" in progress:
         return {"amp": "on" if progress["precision"] == precision(True) else "off",
                 "bf16_coupling": "on" if progress["bf16_coupling"] else "off"}
-    rows = load_metrics(run_dir)
+    try:
+        rows = load_metrics(run_dir)
+    except DamagedFile:  # open_run writes it again from last.pt, whose state holds the same rows
+        if not (Path(run_dir) / LAST).is_file():
+            raise
+        rows = load_torch(Path(run_dir) / LAST)["state"]["history"]
     if not rows:
         return {}
     invocations = load_json(Path(run_dir) / CONFIG).get("invocations") or [{}]
@@ -534,10 +544,11 @@ def write_config(run_dir, invocation, computed, first=None, budget_change=None):
     """config.json, its one writer, once per invocation before its first epoch. A new run's is `first` (the
     settings, less INVOCATION's, and what the run was built from and on), with what its first `invocation`
     says of where it started (git commit, device, command, time); a continued run's is the stored one, with
-    open_run's `budget_change` applied and noted in budget_changes. Either gets `computed` (how this
-    invocation computes: the precision and the outcomes of OUTCOMES) and `invocation` appended to
-    `invocations`."""
+    open_run's `budget_change` applied and noted in budget_changes. `computed` (how this invocation
+    computes: the precision and the outcomes of OUTCOMES) goes into the top level, which so says how the
+    latest invocation computed, and into its record, appended to `invocations`, which keeps every one's."""
     path = Path(run_dir) / CONFIG
+    invocation = dict(invocation, **computed)
     if first is not None:
         config = {k: v for k, v in first.items() if k not in INVOCATION}
         config.update(computed)

@@ -104,8 +104,9 @@ def build_parser():
     g.add_argument("--seed", type=int_at_least(0, 2**64 - 1), default=0,
                    help="seeds the initialisation and the batch order")
     g.add_argument("--max-minutes", type=positive_float, default=None,
-                   help="a time budget: stop after the epoch in which the training time (summed over epochs, across "
-                        "resumes) passes this many minutes, then test the kept checkpoint as usual (default: none)")
+                   help="a time budget: stop after the epoch in which the training and validation time (summed over "
+                        "epochs, across resumes) passes this many minutes, then test the kept checkpoint as usual "
+                        "(default: none)")
     g.add_argument("--stop-after-minutes", type=positive_float, default=None,
                    help="pause: end this invocation after the epoch in which it has spent this many minutes, leaving "
                         "the run unfinished; the same command continues it, to exactly where an uninterrupted run "
@@ -117,7 +118,8 @@ def build_parser():
                         "batches in last.pt. For a slice that must end by a machine's or a job's time limit; the "
                         "same command continues the run where it paused (default: none)")
 
-    g = p.add_argument_group("speed (none of these changes the mathematics)")
+    g = p.add_argument_group("speed (the model and recipe stay the same; --amp and --bf16-coupling change the "
+                             "rounding)")
     add_device(g)
     add_threads(g)
     g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
@@ -196,7 +198,10 @@ def parse(argv=None):
             parser.error(f"--resume {args.resume} names the run's folder itself: leave out --run-name and --runs-root")
         parser.set_defaults(**{k: v for k, v in stored.items()
                                if k in vars(args) and k not in runs.OUTCOMES + runs.RESOLVED + runs.INVOCATION})
-        parser.set_defaults(**runs.last_arithmetic(args.resume))  # the precision and coupling of its last epoch
+        try:
+            parser.set_defaults(**runs.last_arithmetic(args.resume))  # the precision and coupling of its last epoch
+        except runs.DamagedFile:  # and last.pt damaged too: open_run names what to restore
+            pass
         args = parser.parse_args(argv)
     try:  # a built-in dataset, or one imported under this run's data root (the parser cannot list those)
         info = get_info(args.dataset, args.data_root)
@@ -515,6 +520,8 @@ def fit(run, status):
                     cuda_graph=graph_outcome, compile=compile_outcome)
     hardware = runs.hardware(device, amp)
     invocation = invocation_record(state["epoch"] + 1, hardware, args.bf16_coupling == "on")
+    # a reopened run's test (or a damaged one) is of a run that now trains again: it goes once the run starts
+    (run.dir / runs.TEST_METRICS).unlink(missing_ok=True)
     # each invocation may run on another machine, from another commit
     runs.write_config(run.dir, invocation, computed, first_record(run, model) if status == "new" else None,
                       run.budget_change)
@@ -556,8 +563,15 @@ def fit(run, status):
                     f"in epoch {epoch} after {training.done} of its {training.total} batches, which are kept")
                 break
             val_started = run.stop.running_time()
-            val = evaluate(train_model, *run.data["val"], run.num_classes, args.batch_size, amp, graphed=graphed_eval,
-                           tick=run.stop.tick)  # a stop asked for now waits for the epoch's end, keeping it
+            try:
+                val = evaluate(train_model, *run.data["val"], run.num_classes, args.batch_size, amp,
+                               graphed=graphed_eval, stop=run.stop)
+            except Interrupted:  # stopped at once (a scheduler's kill may follow): the training pass is kept
+                seconds = spent + val_started - started
+                if keep_progress(run, model, optimizer, generator, training, seconds, done_before, hardware, slices):
+                    print(f"kept epoch {epoch}'s training pass in {run.dir / runs.LAST}; its validation runs when "
+                          f"it resumes", file=sys.stderr)
+                raise
             val_seconds = run.stop.running_time() - val_started
             if not math.isfinite(val["loss"]):
                 raise NonFiniteLossError(f"the validation loss became {val['loss']}")
@@ -565,7 +579,8 @@ def fit(run, status):
             kept = (f"the best checkpoint so far (epoch {state['best_epoch']}, val loss {state['best_val_loss']:.4f}) "
                     f"is kept in {run.dir / runs.CHECKPOINT}" if state["best_epoch"] else
                     "no epoch finished, so there is no checkpoint")
-            print(f"error: training stopped in epoch {epoch}: {e}; {kept}. Try a lower --lr, or another --seed.",
+            print(f"error: training stopped in epoch {epoch}: {e}; {kept}. Train again with a lower --lr or another "
+                  f"--seed (they define the run: add --restart to replace this one, or --run-name for a new one).",
                   file=sys.stderr)
             sys.exit(1)
         if deadline:

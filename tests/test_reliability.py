@@ -299,6 +299,34 @@ def test_a_metrics_file_behind_last_pt_is_written_again_from_it(run_train, tmp_p
     assert metrics_rows(tmp_path / "cut" / "r") == metrics_rows(tmp_path / "whole" / "r")
 
 
+def test_an_extension_refused_after_the_run_is_opened_leaves_the_finished_run_as_it_was(run_train, tmp_path,
+                                                                                         monkeypatch):
+    run_train(tmp_path, "--run-name", "r", "--epochs", "1")
+    tested = (tmp_path / "r" / runs.TEST_METRICS).read_bytes()
+
+    def refuse(*a, **k):  # as check_arithmetic refuses an extension in another precision
+        raise runs.RunConflict("refused")
+
+    check_arithmetic = runs.check_arithmetic
+    monkeypatch.setattr(runs, "check_arithmetic", refuse)
+    with pytest.raises(SystemExit):
+        run_train(tmp_path, "--run-name", "r", "--epochs", "2")
+    assert (tmp_path / "r" / runs.TEST_METRICS).read_bytes() == tested  # still finished, its test kept
+    monkeypatch.setattr(runs, "check_arithmetic", check_arithmetic)
+    assert run_train(tmp_path, "--run-name", "r", "--epochs", "2")["epochs_run"] == 2
+
+
+def test_a_trained_run_without_its_metrics_and_last_pt_is_refused_not_started_over(run_train, tmp_path, capsys):
+    run_train(tmp_path, "--run-name", "r", "--epochs", "1")
+    (tmp_path / "r" / runs.METRICS).unlink()
+    (tmp_path / "r" / runs.LAST).unlink()
+    kept = {name: (tmp_path / "r" / name).read_bytes() for name in (runs.CHECKPOINT, runs.TEST_METRICS)}
+    with pytest.raises(SystemExit):
+        run_train(tmp_path, "--run-name", "r", "--epochs", "1")
+    assert "holds checkpoint.pt and test_metrics.json of a trained run" in capsys.readouterr().err
+    assert {name: (tmp_path / "r" / name).read_bytes() for name in kept} == kept
+
+
 def test_a_damaged_test_metrics_file_is_made_again(run_train, tmp_path):
     finished = run_train(tmp_path, "--run-name", "r", "--epochs", "1")
     truncate(tmp_path / "r" / runs.TEST_METRICS)
@@ -330,10 +358,11 @@ def test_a_finished_run_without_last_pt_is_finished_and_not_extended(run_train, 
     (tmp_path / "r" / runs.LAST).unlink()  # as a shipped run is kept
     assert run_train(tmp_path, "--run-name", "r", "--epochs", "2") == finished
     assert "is already finished" in capsys.readouterr().out
-    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    files = lambda: {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.name != runs.LOCK}  # noqa: E731
+    before = files()  # the lock file names each invocation that holds it, with the second it began: not compared
     err = refused(capsys, run_train, tmp_path, "--epochs", "3")
     assert "is a finished run without last.pt" in err and "--restart" not in err
-    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+    assert files() == before
 
 # -----------------------------------------------------------------------------
 # write errors: a full disk, a read-only runs root

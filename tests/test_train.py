@@ -100,6 +100,26 @@ def test_resume_flag_takes_the_stored_settings(run_train, tmp_path, monkeypatch)
     assert runs.load_json(run_dir / runs.CONFIG)["lr"] == 0.002
 
 
+def test_resume_flag_repairs_a_damaged_metrics_file_as_the_plain_command_does(run_train, tmp_path, capsys):
+    reference = run_train(tmp_path / "whole", "--run-name", "r", "--epochs", "2")
+    run_dir = tmp_path / "cut" / "r"
+    run_train(tmp_path / "cut", "--run-name", "r", "--epochs", "2", "--stop-after-minutes", "1e-9")
+    (run_dir / runs.METRICS).write_bytes(b"\xff\xfe\x00garbage")  # last.pt holds the epoch's row
+    result = train.main(["--resume", str(run_dir), "--device", "cpu", "--no-progress"])
+    assert "Traceback" not in capsys.readouterr().err
+    assert {k: result[k] for k in METRIC_NAMES} == {k: reference[k] for k in METRIC_NAMES}
+
+
+def test_config_keeps_each_invocations_outcomes_in_its_record(run_train, tmp_path):
+    run_dir = tmp_path / "r"
+    run_train(tmp_path, "--run-name", "r", "--epochs", "2", "--amp", "on", "--stop-after-minutes", "1e-9")
+    run_train(tmp_path, "--run-name", "r", "--epochs", "2", "--amp", "off")  # a slice named another precision
+    config = runs.load_json(run_dir / runs.CONFIG)
+    assert (config["amp"], config["precision"]) == (False, runs.precision(False))  # how the latest slice computed
+    assert [(i["amp"], i["precision"], i["compile"]) for i in config["invocations"]] == \
+        [(True, runs.precision(True), config["compile"]), (False, runs.precision(False), config["compile"])]
+
+
 def test_resume_flag_leaves_the_first_machines_device_and_segment(run_train, tmp_path):
     run_dir = tmp_path / "runs" / "r"
     run_train(tmp_path / "runs", "--run-name", "r", "--epochs", "2", "--lr", "0.002", "--stop-after-minutes", "1e-9")
@@ -302,6 +322,30 @@ def test_a_stop_signal_between_batches_keeps_the_epochs_progress(run_train, tmp_
     assert not (run_dir / runs.METRICS).exists()
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     test = run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "r")
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "whole" / "r")
+    assert {k: test[k] for k in METRIC_NAMES} == {k: reference[k] for k in METRIC_NAMES}
+
+
+def test_a_stop_signal_during_validation_keeps_the_training_pass(run_train, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+    reference = run_train(tmp_path / "whole", "--epochs", "2", "--run-name", "r")
+    real_evaluate = train.evaluate
+
+    def sigterm_in_validation(*a, **k):  # a scheduler's SIGTERM, its kill soon after: no waiting for the pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate", sigterm_in_validation)
+    with pytest.raises(SystemExit) as exit_info:
+        run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "r")
+    assert exit_info.value.code == 143
+    run_dir = tmp_path / "cut" / "r"
+    assert "kept epoch 1's training pass in" in capsys.readouterr().err
+    progress = runs.load_torch(run_dir / runs.LAST)["epoch_in_progress"]["training"]
+    assert progress["done"] == 3 and not (run_dir / runs.METRICS).exists()  # all 3 batches of epoch 1
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    test = run_train(tmp_path / "cut", "--epochs", "2", "--run-name", "r")  # validates epoch 1, trains epoch 2
     assert metrics_rows(run_dir) == metrics_rows(tmp_path / "whole" / "r")
     assert {k: test[k] for k in METRIC_NAMES} == {k: reference[k] for k in METRIC_NAMES}
 
