@@ -112,13 +112,14 @@ def test_config_json_is_written_whole_once_per_invocation_with_its_budget_change
     runs.write_config(tmp_path, invocation, dict(precision="float32", compile="off"), first)
     config = runs.load_json(tmp_path / runs.CONFIG)
     assert not set(runs.INVOCATION) & config.keys()  # how one command was invoked is not kept
-    assert config["command"] == "python train.py" and config["invocations"] == [invocation]
+    # each invocation's record keeps what it computed with
+    assert config["command"] == "python train.py" and config["invocations"] == [dict(invocation, compile="off")]
     change = {"after_epoch": 2, "changed": {"epochs": [2, 4]}, "time": "t1"}
     runs.write_config(tmp_path, dict(invocation, first_epoch=3), dict(precision="float32", compile="on"),
                       budget_change=change)
     config = runs.load_json(tmp_path / runs.CONFIG)
     assert config["epochs"] == 4 and config["budget_changes"] == [change] and config["compile"] == "on"
-    assert [i["first_epoch"] for i in config["invocations"]] == [1, 3]
+    assert [(i["first_epoch"], i["compile"]) for i in config["invocations"]] == [(1, "off"), (3, "on")]
 
 
 def test_train_py_takes_the_model_keywords_ranges_that_build_model_checks():
