@@ -393,7 +393,7 @@ def main(argv=None):
     except ScoresError as e:
         sys.exit(f"error: {e}")
 
-    rows, skipped, dropped, baselines = [], [], [], {}
+    rows, skipped, dropped, baselines, training_again = [], [], [], {}, set()
     test_splits = TestSplits(args.data_root, device)
     terminal = shows_bars(args.progress)  # in a log, a line per run instead
     try:
@@ -408,8 +408,7 @@ def main(argv=None):
                     continue
                 if not runs.is_finished(run_dir):
                     skipped.append((run_dir, "unfinished (no test_metrics.json): resume it with its train.py command"))
-                    table, gone = scores.update([], drop={(key,)})  # its row is of a training it went on from
-                    dropped += [run for (run,) in gone]
+                    training_again.add((key,))
                     continue
                 try:
                     row, config, stored = score_run(run_dir, key, test_splits, device, args.evaluate,
@@ -430,6 +429,9 @@ def main(argv=None):
                     baselines[version] = baseline
                 table, _ = scores.update([row, *filter(None, [baseline])])  # after each run: Ctrl-C keeps the rest
                 rows.append(row)
+        if training_again:  # their rows are of trainings they went on from: dropped in one update
+            table, gone = scores.update([], drop=training_again)
+            dropped = [run for (run,) in gone]
         if args.fresh:  # with no run scored too: then no row is kept
             table, _ = scores.update([], keep_only={(row["run"],) for row in rows}
                                      | {(None, *version) for version, row in baselines.items() if row})

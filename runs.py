@@ -478,14 +478,14 @@ def open_run(run_dir, settings, data, restart=False):
         raise RunConflict(f"{run_dir} was trained on other data (dataset fingerprint {str(stored_data)[:12]} there, "
                           f"{data['sha256'][:12]} now). Point --data-root at its data, choose another --run-name, "
                           f"or --restart.")
-    damaged_test = False
-    if is_finished(run_dir):
+    finished = is_finished(run_dir)
+    if finished:
         try:
             load_json(run_dir / TEST_METRICS)
         except DamagedFile:
-            damaged_test = True  # the run is tested again at its end, as it was (train.fit removes it)
+            finished = False  # the run is tested again at its end, as it was (train.fit removes the damaged file)
     changed = {k: (stored.get(k), settings[k]) for k in BUDGET if stored.get(k) != settings[k]}
-    if not changed and is_finished(run_dir) and not damaged_test:
+    if not changed and finished:
         return "finished", None
     if not (run_dir / LAST).is_file():
         raise RunConflict(f"{run_dir} is a finished run without {LAST}, its training state (a shipped run is kept "
